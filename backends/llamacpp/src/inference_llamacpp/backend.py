@@ -1,0 +1,49 @@
+"""The ``llama_cpp`` backend object: cheap to import, imports llama.cpp only to load.
+
+The registry reads ``available()``, ``reason``, ``priority`` and ``formats``
+from here without importing llama-cpp-python; the engine module is imported
+by :meth:`LlamaCppBackend.load_model` alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from inference.gguf import read_header
+from inference.options import LoadConfig, Option, load_config
+from inference.protocols import TextModel
+
+__all__ = ["INSTALL_HINT", "LlamaCppBackend"]
+
+INSTALL_HINT = "pip install 'inference[llamacpp]' (from the inference checkout)"
+
+
+class LlamaCppBackend:
+    """Runs GGUF models in-process with llama-cpp-python, on whatever that build uses."""
+
+    name = "llama_cpp"
+    aliases = ("llamacpp", "llama.cpp")
+    priority = 50
+    formats = ("gguf",)
+    extra = "llamacpp"
+
+    def __init__(self) -> None:
+        self.reason = ""
+
+    def available(self) -> bool:
+        if importlib.util.find_spec("llama_cpp") is None:
+            self.reason = f"llama-cpp-python is not installed: {INSTALL_HINT}"
+            return False
+        self.reason = "llama.cpp in-process (CPU, or the GPU its build supports)"
+        return True
+
+    def load_model(
+        self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any
+    ) -> TextModel:
+        cfg = load_config(*opts, **kwargs)
+        header = read_header(path)  # validates before llama.cpp sees the file
+        from .engine import LlamaCppModel
+
+        return LlamaCppModel.load(path, cfg, header=header)

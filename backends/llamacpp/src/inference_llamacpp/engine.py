@@ -1,0 +1,517 @@
+"""The llama.cpp engine: a GGUF model run in-process through llama-cpp-python.
+
+Built on llama.cpp's own C API as llama-cpp-python binds it (``llama_cpp``
+module): model and context, batches, the native sampler chain, the KV cache
+and the abort callback. Nothing here is specific to a device, so the ROCm
+backend runs the same class on an AMD GPU.
+
+What the engine adds to :class:`inference.BaseTextModel`:
+
+- prompt-prefix reuse: a call whose prompt starts with the tokens already in
+  the KV cache (the next turn of a chat) prefills only the new tokens;
+- ``classify`` and ``batch_generate`` put several sequences into one
+  ``llama_decode`` call;
+- prefill can be cancelled part-way through, through llama.cpp's abort
+  callback; decoding stops within one token;
+- llama.cpp's own log goes to the ``inference.llama_cpp`` logger and is
+  silent unless ``INFERENCE_LOG=debug`` or that logger is at DEBUG.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import logging
+import os
+import resource
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import llama_cpp as lc
+
+from inference import env
+from inference.base import BaseTextModel
+from inference.errors import Cancelled, GenerationError, ModelLoadError
+from inference.gguf import GGUFHeader, read_header
+from inference.options import GenerateConfig, LoadConfig
+from inference.stream import StreamControl
+from inference.types import ModelInfo
+
+__all__ = ["DEFAULT_CONTEXT_CAP", "LlamaCppModel"]
+
+_log = logging.getLogger("inference.llama_cpp")
+
+#: ``context_len=0`` uses the model's trained length, capped at this.
+DEFAULT_CONTEXT_CAP = 4096
+#: Sequences one context can hold at once (classify and batch_generate).
+DEFAULT_SEQUENCES = 16
+#: Prompts at least this long get the abort callback during prefill.
+_ABORTABLE_PREFILL = 64
+#: Tokens the repeat penalty looks back over.
+_PENALTY_LAST_N = 64
+
+_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR,
+           4: logging.DEBUG, 5: logging.DEBUG}
+
+
+@lc.llama_log_callback  # type: ignore[misc]
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if _log.isEnabledFor(logging.DEBUG) or (level in (2, 3) and _log.isEnabledFor(logging.WARNING)
+                                            and _engine_logs):
+        _log.log(_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
+
+
+_engine_logs = False
+_NO_ABORT = lc.ggml_abort_callback()  # a NULL callback
+_init_lock = threading.Lock()
+_initialised = False
+
+
+def _init_backend() -> None:
+    """Route llama.cpp's log to ``logging`` and initialise it, once."""
+    global _initialised, _engine_logs
+    with _init_lock:
+        _engine_logs = env.engine_logs_enabled()
+        if _engine_logs and _log.level == logging.NOTSET:
+            _log.setLevel(logging.DEBUG)
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        if not _initialised:
+            lc.llama_backend_init()
+            _initialised = True
+
+
+def _rss() -> tuple[int | None, int | None]:
+    """(current, peak) resident memory of this process in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        current = None
+    return current, peak
+
+
+class _Batch:
+    """A reusable ``llama_batch`` of up to ``capacity`` tokens."""
+
+    def __init__(self, capacity: int, n_seq_max: int) -> None:
+        self.capacity = capacity
+        self.raw = lc.llama_batch_init(capacity, 0, n_seq_max)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> None:
+        b, i = self.raw, self.n
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+
+    def free(self) -> None:
+        lc.llama_batch_free(self.raw)
+
+
+class LlamaCppModel(BaseTextModel):
+    """A GGUF model loaded into llama.cpp. Use :meth:`load`."""
+
+    backend_name: ClassVar[str] = "llama_cpp"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], cfg: LoadConfig, *,
+             header: GGUFHeader | None = None) -> LlamaCppModel:
+        """Validate ``path`` with the core's GGUF reader, then load it."""
+        text = os.fspath(path)
+        header = header or read_header(text)
+        if cfg.adapter_path:
+            read_header(cfg.adapter_path)  # a corrupt adapter must not reach llama.cpp
+        return cls(text, header, cfg)
+
+    def __init__(self, path: str, header: GGUFHeader, cfg: LoadConfig) -> None:
+        _init_backend()
+        self._path = path
+        self._model: Any = None
+        self._ctx: Any = None
+        self._adapter: Any = None
+        self._batch: _Batch | None = None
+        self._abort_cb: Any = None
+        try:
+            self._open(header, cfg)
+        except BaseException:
+            self._free()
+            raise
+
+    def _open(self, header: GGUFHeader, cfg: LoadConfig) -> None:
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if cfg.gpu_layers < 0 else cfg.gpu_layers
+        self._model = lc.llama_model_load_from_file(self._path.encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"{self._path}: llama.cpp could not load the model "
+                                 "(set INFERENCE_LOG=debug for its log)", path=self._path)
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        trained = lc.llama_model_n_ctx_train(self._model)
+        n_ctx = cfg.context_len or min(trained or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+        n_seq = min(max(cfg.parallel_slots or DEFAULT_SEQUENCES, 1), lc.llama_max_parallel_sequences())
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(n_ctx, 512)
+        cparams.n_ubatch = min(n_ctx, 512)
+        n_seq = min(n_seq, cparams.n_batch)
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = True  # one sequence may use the whole context
+        threads = os.cpu_count() or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ModelLoadError(
+                f"{self._path}: llama.cpp could not create a context of {n_ctx} tokens "
+                "(out of memory? try a smaller context_len)", path=self._path)
+        if cfg.adapter_path:
+            self._adapter = lc.llama_adapter_lora_init(self._model, cfg.adapter_path.encode())
+            if not self._adapter:
+                raise ModelLoadError(f"{cfg.adapter_path}: llama.cpp could not load the LoRA "
+                                     "adapter (is it for this model?)", path=cfg.adapter_path)
+            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales):
+                raise ModelLoadError(f"{cfg.adapter_path}: the LoRA adapter could not be applied",
+                                     path=cfg.adapter_path)
+        self._n_ctx = lc.llama_n_ctx(self._ctx)
+        self._n_batch = lc.llama_n_batch(self._ctx)
+        self._n_seq = n_seq
+        self._n_vocab = n_vocab
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = _Batch(self._n_batch, n_seq)
+        self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._tok_buf = (lc.llama_token * 0)()
+        eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
+        bos = lc.llama_vocab_bos(self._vocab)
+        eos = lc.llama_vocab_eos(self._vocab)
+        quant_name, bits, group = header.quantisation
+        super().__init__(
+            info=ModelInfo(
+                architecture=header.architecture or "unknown",
+                vocab_size=n_vocab,
+                layers=lc.llama_model_n_layer(self._model),
+                hidden_size=lc.llama_model_n_embd(self._model),
+                context_length=self._n_ctx,
+                quant_bits=bits,
+                quant_group_size=group,
+                backend=self.backend_name,
+                path=self._path,
+                notes=(f"weights {quant_name}", f"trained context {trained}") if quant_name
+                else (f"trained context {trained}",),
+            ),
+            eog_ids=eog,
+            chat_template=header.chat_template,
+            bos_token=self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
+            eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
+            add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
+        )
+
+    # -- primitives ------------------------------------------------------------
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = self._piece_buf
+        n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            if not 0 <= token_id < self._n_vocab:
+                return b""
+            piece = self._pieces[token_id] = self._piece(token_id, special=False)
+        return piece
+
+    def _encode(self, text: str, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+            if n < 0:
+                raise GenerationError("llama.cpp could not tokenise the prompt")
+        return buf[:n]
+
+    def _sampler(self, cfg: GenerateConfig) -> Any:
+        """The native sampler chain for ``cfg``: penalties, filters, then pick."""
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lc.llama_sampler_chain_add
+        if cfg.repeat_penalty != 1.0:
+            add(chain, lc.llama_sampler_init_penalties(
+                self._n_vocab, _PENALTY_LAST_N, cfg.repeat_penalty, 0.0, 0.0))
+        if cfg.temperature <= 0.0:
+            add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if cfg.top_k > 0:
+            add(chain, lc.llama_sampler_init_top_k(cfg.top_k))
+        if 0.0 < cfg.top_p < 1.0:
+            add(chain, lc.llama_sampler_init_top_p(cfg.top_p, 1))
+        if cfg.min_p > 0.0:
+            add(chain, lc.llama_sampler_init_min_p(cfg.min_p, 1))
+        add(chain, lc.llama_sampler_init_temp(cfg.temperature))
+        seed = lc.LLAMA_DEFAULT_SEED if cfg.seed is None else cfg.seed & 0xFFFFFFFF
+        add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, batch: _Batch, control: StreamControl | None) -> None:
+        """Run ``llama_decode``; abortable through ``control`` when given."""
+        if control is not None:
+            if self._abort_cb is None:
+                self._abort_cb = lc.ggml_abort_callback(lambda _data: self._stop_now())
+            self._abort_for = control
+            lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        try:
+            batch.raw.n_tokens = batch.n
+            rc = lc.llama_decode(self._ctx, batch.raw)
+        finally:
+            if control is not None:
+                lc.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+                self._abort_for = None
+        if rc == 0:
+            return
+        self._cached = []
+        if rc == 2 and control is not None:
+            control.check()
+            raise Cancelled("the call was cancelled during prefill")
+        if rc == 1:
+            raise GenerationError("llama.cpp found no room in the KV cache for the batch "
+                                  f"(context {self._n_ctx} tokens); load with a larger context_len")
+        raise GenerationError(f"llama_decode failed with code {rc}")
+
+    _abort_for: StreamControl | None = None
+
+    def _stop_now(self) -> bool:
+        control = self._abort_for
+        return control is not None and control.stop_requested()
+
+    def _prefill(self, ids: Sequence[int], seq: int, start: int,
+                 control: StreamControl) -> None:
+        """Decode ``ids[start:]`` into sequence ``seq``; logits for the last."""
+        batch = self._batch
+        assert batch is not None
+        abortable = control if len(ids) - start >= _ABORTABLE_PREFILL else None
+        last = len(ids) - 1
+        pos = start
+        while pos <= last:
+            batch.clear()
+            end = min(pos + batch.capacity, last + 1)
+            for p in range(pos, end):
+                batch.add(ids[p], p, seq, p == last)
+            self._decode(batch, abortable)
+            pos = end
+            if pos <= last and control.stop_requested():
+                self._cached = []
+                control.check()
+
+    def _generate_ids(self, ids: Sequence[int], cfg: GenerateConfig,
+                      control: StreamControl) -> Iterator[int]:
+        mem, ctx, batch = self._mem, self._ctx, self._batch
+        assert batch is not None
+        # Reuse the longest prefix already in the KV cache (keep >= 1 token to decode).
+        cached = self._cached
+        keep = 0
+        limit = min(len(cached), len(ids) - 1)
+        while keep < limit and cached[keep] == ids[keep]:
+            keep += 1
+        if not keep or not lc.llama_memory_seq_rm(mem, 0, keep, -1):
+            keep = 0
+            lc.llama_memory_clear(mem, True)
+        self._cached = []
+        sampler = self._sampler(cfg)
+        try:
+            if cfg.repeat_penalty != 1.0:
+                for t in ids[-_PENALTY_LAST_N:]:
+                    lc.llama_sampler_accept(sampler, t)
+            self._prefill(ids, 0, keep, control)
+            history = list(ids)
+            self._cached = history
+            pos = len(ids)
+            n_ctx = self._n_ctx
+            sample = lc.llama_sampler_sample
+            decode = lc.llama_decode
+            raw = batch.raw
+            while True:
+                tok = sample(sampler, ctx, -1)
+                yield tok
+                if pos >= n_ctx:
+                    return  # the context is full: the base reports "length"
+                raw.token[0] = tok
+                raw.pos[0] = pos
+                raw.n_seq_id[0] = 1
+                raw.seq_id[0][0] = 0
+                raw.logits[0] = 1
+                raw.n_tokens = 1
+                rc = decode(ctx, raw)
+                if rc != 0:
+                    self._cached = []
+                    raise GenerationError(f"llama_decode failed with code {rc}")
+                history.append(tok)
+                pos += 1
+        finally:
+            lc.llama_sampler_free(sampler)
+
+    def _classify_ids(self, batch: Sequence[Sequence[int]], cfg: GenerateConfig,
+                      control: StreamControl) -> list[tuple[int, Sequence[float] | None]]:
+        out: list[tuple[int, Sequence[float] | None]] = []
+        for group in self._groups(batch):
+            lc.llama_memory_clear(self._mem, True)
+            self._cached = []
+            rows = self._prefill_many([batch[i] for i in group], control)
+            sampler = self._sampler(cfg)
+            try:
+                for row in rows:
+                    logits = None
+                    if cfg.return_logits:
+                        ptr = lc.llama_get_logits_ith(self._ctx, row)
+                        logits = array.array("f", bytes(self._n_vocab * 4))
+                        ctypes.memmove(logits.buffer_info()[0], ptr, self._n_vocab * 4)
+                    tok = lc.llama_sampler_sample(sampler, self._ctx, row)
+                    lc.llama_sampler_reset(sampler)
+                    out.append((tok, logits))
+            finally:
+                lc.llama_sampler_free(sampler)
+            control.check()
+        lc.llama_memory_clear(self._mem, True)
+        return out
+
+    def _groups(self, batch: Sequence[Sequence[int]]) -> Iterator[list[int]]:
+        """Split prompts into groups that fit the sequences and the context."""
+        group: list[int] = []
+        used = 0
+        for i, ids in enumerate(batch):
+            if group and (len(group) >= self._n_seq or used + len(ids) > self._n_ctx):
+                yield group
+                group, used = [], 0
+            group.append(i)
+            used += len(ids)
+        if group:
+            yield group
+
+    def _prefill_many(self, prompts: Sequence[Sequence[int]], control: StreamControl) -> list[int]:
+        """Prefill each prompt as its own sequence, packing them into batches.
+
+        Returns, per prompt, the row of its last token's logits in the final
+        decode call (each prompt's last token lands in the last batch).
+        """
+        batch = self._batch
+        assert batch is not None
+        # Flatten (seq, pos, token); the last token of every sequence goes last,
+        # so that all the logits we need come from the final decode call.
+        body = [(s, p, t) for s, ids in enumerate(prompts) for p, t in enumerate(ids[:-1])]
+        tails = [(s, len(ids) - 1, ids[-1]) for s, ids in enumerate(prompts)]
+        room = min(len(body), batch.capacity - len(tails))
+        cut = len(body) - room
+        self._feed(body[:cut], control)
+        rows = [0] * len(prompts)
+        batch.clear()
+        for s, p, t in body[cut:]:
+            batch.add(t, p, s, False)
+        for s, p, t in tails:
+            rows[s] = batch.n
+            batch.add(t, p, s, True)
+        self._decode(batch, control)
+        return rows
+
+    def _feed(self, chunk: list[tuple[int, int, int]], control: StreamControl) -> None:
+        batch = self._batch
+        assert batch is not None
+        for start in range(0, len(chunk), batch.capacity):
+            batch.clear()
+            for s, p, t in chunk[start:start + batch.capacity]:
+                batch.add(t, p, s, False)
+            self._decode(batch, control)
+            control.check()
+
+    def _generate_batch(  # type: ignore[override]
+        self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl,
+        finished: set[int],
+    ) -> Iterator[tuple[int, int]]:
+        """Decode several sequences together, one token each per decode call."""
+        offset = 0
+        for group in self._groups(batch):
+            yield from self._generate_group([batch[i] for i in group], offset, cfg, control,
+                                            finished)
+            offset += len(group)
+
+    def _generate_group(self, prompts: Sequence[Sequence[int]], offset: int,
+                        cfg: GenerateConfig, control: StreamControl,
+                        finished: set[int]) -> Iterator[tuple[int, int]]:
+        lc.llama_memory_clear(self._mem, True)
+        self._cached = []
+        budget = self._n_ctx - sum(len(p) for p in prompts)
+        rows = self._prefill_many(prompts, control)
+        samplers = [self._sampler(cfg) for _ in prompts]
+        batch = self._batch
+        assert batch is not None
+        try:
+            if cfg.repeat_penalty != 1.0:
+                for smp, ids in zip(samplers, prompts):
+                    for t in ids[-_PENALTY_LAST_N:]:
+                        lc.llama_sampler_accept(smp, t)
+            pos = [len(p) for p in prompts]
+            live = list(range(len(prompts)))
+            while live:
+                nxt: list[tuple[int, int]] = []
+                for s in live:
+                    tok = lc.llama_sampler_sample(samplers[s], self._ctx, rows[s])
+                    yield offset + s, tok
+                    nxt.append((s, tok))
+                live = [s for s, _ in nxt if offset + s not in finished]
+                if not live:
+                    break
+                if budget < len(live):
+                    for s in live:
+                        finished.add(offset + s)  # the shared context is full
+                    break
+                budget -= len(live)
+                batch.clear()
+                for s, tok in nxt:
+                    if offset + s in finished:
+                        continue
+                    rows[s] = batch.n
+                    batch.add(tok, pos[s], s, True)
+                    pos[s] += 1
+                self._decode(batch, None)
+                control.check()
+        finally:
+            for smp in samplers:
+                lc.llama_sampler_free(smp)
+            lc.llama_memory_clear(self._mem, True)
+
+    def _memory(self) -> tuple[int | None, int | None]:
+        return _rss()
+
+    def _release(self) -> None:
+        self._free()
+
+    def _free(self) -> None:
+        if self._batch is not None:
+            self._batch.free()
+            self._batch = None
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._adapter:
+            lc.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+

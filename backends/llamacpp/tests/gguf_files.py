@@ -1,0 +1,96 @@
+"""Small GGUF files written by the tests: a tiny random llama and a LoRA adapter.
+
+The tiny model borrows SmolLM2's real tokenizer, so llama.cpp loads and runs
+it; its weights are random, so its output is noise, but it is enough to test
+chat templates, loading and adapters without a second real model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+
+from inference.gguf import read_header  # noqa: E402
+
+
+def _tokenizer(w: "gguf.GGUFWriter", source: str) -> None:
+    h = read_header(source)
+    w.add_tokenizer_model(h.get("tokenizer.ggml.model"))
+    w.add_tokenizer_pre(h.get("tokenizer.ggml.pre"))
+    w.add_token_list(list(h.get("tokenizer.ggml.tokens")))
+    w.add_token_types(list(h.get("tokenizer.ggml.token_type")))
+    w.add_token_merges(list(h.get("tokenizer.ggml.merges")))
+    w.add_bos_token_id(h.get("tokenizer.ggml.bos_token_id"))
+    w.add_eos_token_id(h.get("tokenizer.ggml.eos_token_id"))
+    w.add_add_bos_token(False)
+
+
+def write_tiny_llama(path: Path, source: str, *, chat_template: str | None = None,
+                     n_embd: int = 64, n_ff: int = 128, seed: int = 0) -> Path:
+    """A one-layer llama with random weights and ``source``'s tokenizer."""
+    rng = np.random.default_rng(seed)
+    vocab = len(read_header(source, load_arrays=False).get("tokenizer.ggml.tokens"))
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny test llama")
+    w.add_block_count(1)
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_dimension_count(n_embd // 4)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(1)
+    _tokenizer(w, source)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * 0.05).astype(np.float16)
+
+    kv = n_embd // 2
+    w.add_tensor("token_embd.weight", mat(vocab, n_embd))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight", mat(n_embd, n_embd))
+    w.add_tensor("blk.0.attn_k.weight", mat(kv, n_embd))
+    w.add_tensor("blk.0.attn_v.weight", mat(kv, n_embd))
+    w.add_tensor("blk.0.attn_output.weight", mat(n_embd, n_embd))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.add_tensor("blk.0.ffn_gate.weight", mat(n_ff, n_embd))
+    w.add_tensor("blk.0.ffn_up.weight", mat(n_ff, n_embd))
+    w.add_tensor("blk.0.ffn_down.weight", mat(n_embd, n_ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_lora(path: Path, base: str, *, rank: int = 8, scale: float = 0.5,
+               seed: int = 1) -> Path:
+    """A random LoRA adapter for ``base`` on every attention output projection."""
+    h = read_header(base, load_arrays=False)
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), h.architecture)
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for t in h.tensors:
+        if not t.name.endswith("attn_output.weight"):
+            continue
+        n_in, n_out = t.shape  # ggml order: ne0 = inputs, ne1 = outputs
+        a = (rng.standard_normal((rank, n_in)) * scale).astype(np.float32)
+        b = (rng.standard_normal((n_out, rank)) * scale).astype(np.float32)
+        w.add_tensor(t.name + ".lora_a", a)
+        w.add_tensor(t.name + ".lora_b", b)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,661 @@
+"""BaseTextModel: the whole TextModel built from a few engine primitives.
+
+A backend author subclasses :class:`BaseTextModel` and writes only what the
+engine does:
+
+- ``_encode(text, add_bos)``: token ids of a prompt (special tokens parsed);
+- ``_token_bytes(id)``: the raw bytes of one token;
+- ``_generate_ids(ids, cfg, control)``: a generator of sampled token ids
+  after prefilling ``ids``, honouring the sampling fields of ``cfg``;
+
+and, optionally, ``_classify_ids`` and ``_generate_batch`` for real batching,
+``_memory`` and ``_release``. The base class supplies the rest: options and
+keyword settings, chat templates (sandboxed), stop tokens and stop strings,
+``max_tokens``, incremental UTF-8, cancellation, deadlines, metrics, ``err``,
+a lock so that concurrent calls never interleave inside the engine, and an
+optional dedicated engine thread for engines whose state is thread-bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from .chat_template import render_chat
+from .detok import TextAssembler
+from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
+from .options import GenerateConfig, Option, generate_config
+from .stream import StreamControl, TokenStream
+from .types import (
+    BatchResult,
+    ClassifyResult,
+    FinishReason,
+    GenerateMetrics,
+    Message,
+    ModelInfo,
+    Token,
+)
+
+__all__ = ["BaseTextModel", "EngineThread"]
+
+_T = TypeVar("_T")
+
+_perf = time.perf_counter
+
+
+class BaseTextModel:
+    """Implements :class:`~inference.TextModel` and :class:`~inference.Tokenizer`
+    over engine primitives. See the module docstring."""
+
+    #: Set by subclasses: the backend name shown in errors and ``info``.
+    backend_name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        info: ModelInfo,
+        eog_ids: Iterable[int] = (),
+        chat_template: str | None = None,
+        bos_token: str = "",
+        eos_token: str = "",
+        add_bos: bool = False,
+        engine_thread: bool = False,
+    ) -> None:
+        self._info = info
+        self._eog_ids = frozenset(eog_ids)
+        self._chat_template = chat_template or None
+        self._bos_token = bos_token
+        self._eos_token = eos_token
+        self._add_bos = add_bos
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._active: StreamControl | None = None
+        self._closed = False
+        self._released = False
+        self._err: BaseException | None = None
+        self._metrics: GenerateMetrics | None = None
+        self._engine = EngineThread(f"inference-{self.backend_name or 'engine'}") if engine_thread else None
+
+    # -- engine primitives (override) -----------------------------------
+
+    def _encode(self, text: str, add_bos: bool) -> list[int]:
+        raise NotImplementedError
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def _generate_ids(
+        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
+    ) -> Iterator[int]:
+        raise NotImplementedError
+
+    def _classify_ids(
+        self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
+    ) -> list[tuple[int, Sequence[float] | None]]:
+        """Next token (and logits if asked) after each prompt.
+
+        The fallback runs one single-token generation per prompt and cannot
+        return logits; backends override it with one batched forward pass.
+        """
+        if cfg.return_logits:
+            raise GenerationError(f"the {self.backend_name} backend cannot return logits")
+        out: list[tuple[int, Sequence[float] | None]] = []
+        one = replace(cfg, max_tokens=1)
+        for ids in batch:
+            engine = self._generate_ids(ids, one, control)
+            try:
+                out.append((next(iter(engine)), None))
+            finally:
+                _close(engine)
+            control.check()
+        return out
+
+    #: Override with a generator method ``(batch, cfg, control, finished)``
+    #: yielding ``(index, token_id)`` pairs to decode sequences together.
+    #: ``finished`` is a set of indices the caller has ended; the engine
+    #: skips them and returns when every sequence is finished.
+    _generate_batch: (
+        Callable[
+            [Sequence[Sequence[int]], GenerateConfig, StreamControl, set[int]],
+            Iterator[tuple[int, int]],
+        ]
+        | None
+    ) = None
+
+    def _memory(self) -> tuple[int | None, int | None]:
+        """(active, peak) memory in bytes, where the backend can tell."""
+        return None, None
+
+    def _release(self) -> None:
+        """Free the engine's memory; called once, with the lock held."""
+
+    def _render_chat(self, messages: Sequence[Message]) -> str:
+        return render_chat(
+            self._chat_template,
+            messages,
+            bos_token=self._bos_token,
+            eos_token=self._eos_token,
+        )
+
+    # -- TextModel --------------------------------------------------------
+
+    @property
+    def model_type(self) -> str:
+        return self._info.architecture
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def metrics(self) -> GenerateMetrics | None:
+        return self._metrics
+
+    @property
+    def err(self) -> BaseException | None:
+        return self._err
+
+    def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
+        cfg = generate_config(*opts, **kwargs)
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
+        self._check_open()
+        return self._stream(prompt, cfg, self._add_bos)
+
+    def chat(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *opts: Option | GenerateConfig,
+        **kwargs: Any,
+    ) -> TokenStream:
+        cfg = generate_config(*opts, **kwargs)
+        msgs = [Message.coerce(m) for m in messages]
+        if not msgs:
+            raise ValueError("chat needs at least one message")
+        self._check_open()
+        try:
+            text = self._render_chat(msgs)
+        except InferenceError as exc:
+            self._err = exc
+            raise
+        add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
+        return self._stream(text, cfg, add_bos)
+
+    def classify(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[ClassifyResult]:
+        cfg = generate_config(*opts, **kwargs)
+        items = _prompts(prompts)
+        self._check_open()
+        if not items:
+            return []
+        return self._run(lambda control: self._do_classify(items, cfg, control), cfg)
+
+    def batch_generate(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[BatchResult]:
+        cfg = generate_config(*opts, **kwargs)
+        items = _prompts(prompts)
+        self._check_open()
+        if not items:
+            return []
+        return self._run(lambda control: self._do_batch(items, cfg, control), cfg)
+
+    # -- Tokenizer ----------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS; special-token text is parsed."""
+        self._check_open()
+        return self._encode(text, False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        self._check_open()
+        return b"".join(self._token_bytes(i) for i in ids).decode("utf-8", "replace")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the model. Idempotent; a running call is cancelled first."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owner == threading.get_ident():
+            return  # inside our own stream: released when it ends
+        active = self._active
+        if active is not None:
+            active.cancel()
+        with self._lock:
+            self._release_once()
+        if self._engine is not None:
+            self._engine.stop()
+
+    def __enter__(self) -> BaseTextModel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self._info.path or self._info.architecture!r} {state}>"
+
+    # -- machinery -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+
+    def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+
+    @contextlib.contextmanager
+    def _hold(self, control: StreamControl) -> Iterator[None]:
+        """Take the model lock, waiting in a way that honours cancellation."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise GenerationError(
+                "this thread already has a call running on this model "
+                "(an unfinished stream?); finish or close it first"
+            )
+        while not self._lock.acquire(timeout=0.05):
+            control.check()
+        self._owner = me
+        self._active = control
+        try:
+            if self._closed:
+                raise ModelClosedError("the model is closed")
+            yield
+        finally:
+            self._active = None
+            self._owner = None
+            if self._closed:
+                self._release_once()
+            self._lock.release()
+
+    def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
+        self._err = err
+        if metrics is not None:
+            self._metrics = metrics
+
+    def _stream(self, text: str, cfg: GenerateConfig, add_bos: bool) -> TokenStream:
+        def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
+            return self._produce(text, add_bos, cfg, control)
+
+        if self._engine is not None:
+            producer = self._engine.pump(producer)
+        return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
+
+    def _produce(
+        self, text: str, add_bos: bool, cfg: GenerateConfig, control: StreamControl
+    ) -> Generator[Token, None, FinishReason]:
+        with self._hold(control):
+            start = _perf()
+            ids = self._check_prompt(self._encode(text, add_bos))
+            return (yield from self._produce_ids(ids, cfg, control, start))
+
+    def _check_prompt(self, ids: list[int]) -> list[int]:
+        """Refuse an empty prompt or one that does not fit the context."""
+        if not ids:
+            raise GenerationError("the prompt is empty: it encodes to no tokens")
+        ctx = self._info.context_length
+        if ctx and len(ids) >= ctx:
+            raise GenerationError(
+                f"the prompt has {len(ids)} tokens but the context holds {ctx}; "
+                "shorten it or load the model with a larger context_len"
+            )
+        return ids
+
+    def _measure(
+        self, prompt_tokens: int, generated: int, start: float, first: float, end: float
+    ) -> GenerateMetrics:
+        prefill = max(first - start, 0.0)
+        decode = max(end - first, 0.0) if generated else 0.0
+        active, peak = self._memory()
+        return GenerateMetrics(
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            prefill_seconds=prefill,
+            decode_seconds=decode,
+            total_seconds=max(end - start, 0.0),
+            time_to_first_token=prefill if generated else 0.0,
+            prefill_tokens_per_second=prompt_tokens / prefill if prefill > 0 else 0.0,
+            decode_tokens_per_second=(generated - 1) / decode if generated > 1 and decode > 0 else 0.0,
+            peak_memory_bytes=peak,
+            active_memory_bytes=active,
+        )
+
+    def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:
+        """Run a non-streaming call under the lock, recording err and metrics."""
+        control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+
+        def job() -> _T:
+            with self._hold(control):
+                return fn(control)
+
+        try:
+            result = self._engine.call(job) if self._engine is not None else job()
+        except InferenceError as exc:
+            self._record(exc, control.metrics)
+            raise
+        except Exception as exc:
+            wrapped = GenerationError(f"{self.backend_name or 'the engine'} failed: {exc}")
+            self._record(wrapped, control.metrics)
+            raise wrapped from exc
+        self._record(None, control.metrics)
+        return result
+
+    def _do_classify(
+        self, prompts: list[str], cfg: GenerateConfig, control: StreamControl
+    ) -> list[ClassifyResult]:
+        start = _perf()
+        batch = []
+        for i, prompt in enumerate(prompts):
+            try:
+                batch.append(self._check_prompt(self._encode(prompt, self._add_bos)))
+            except GenerationError as exc:
+                raise GenerationError(f"prompt {i}: {exc}") from exc
+        picked = self._classify_ids(batch, cfg, control)
+        end = _perf()
+        total_prompt = sum(len(ids) for ids in batch)
+        control.metrics = self._measure(total_prompt, len(batch), start, end, end)
+        return [
+            ClassifyResult(
+                token=Token(tid, self._token_bytes(tid).decode("utf-8", "replace")),
+                logits=logits,
+                prompt_tokens=len(ids),
+            )
+            for (tid, logits), ids in zip(picked, batch)
+        ]
+
+    def _do_batch(
+        self, prompts: list[str], cfg: GenerateConfig, control: StreamControl
+    ) -> list[BatchResult]:
+        start = _perf()
+        results: dict[int, BatchResult] = {}
+        batch: list[list[int]] = []
+        index: list[int] = []
+        for i, prompt in enumerate(prompts):
+            try:
+                ids = self._check_prompt(self._encode(prompt, self._add_bos))
+            except Exception as exc:
+                results[i] = BatchResult(finish_reason="error", err=_as_generation_error(exc))
+                continue
+            batch.append(ids)
+            index.append(i)
+        if self._generate_batch is None or len(batch) < 2 or cfg.max_tokens == 0:
+            for j, ids in enumerate(batch):
+                results[index[j]] = self._one_of_batch(ids, cfg, control)
+        else:
+            for j, res in enumerate(self._together(batch, cfg, control)):
+                results[index[j]] = res
+        end = _perf()
+        done = [results[i] for i in range(len(prompts))]
+        generated = sum(r.metrics.generated_tokens for r in done if r.metrics)
+        firsts = [start + r.metrics.time_to_first_token for r in done if r.metrics and r.metrics.generated_tokens]
+        control.metrics = self._measure(
+            sum(len(ids) for ids in batch), generated, start, min(firsts, default=end), end
+        )
+        return done
+
+    def _one_of_batch(
+        self, ids: list[int], cfg: GenerateConfig, control: StreamControl
+    ) -> BatchResult:
+        """One prompt of a batch, through the single-sequence engine path."""
+        tokens: list[Token] = []
+        control.metrics = None
+        gen = self._produce_ids(ids, cfg, control, _perf())
+        try:
+            while True:
+                tokens.append(next(gen))
+        except StopIteration as stop:
+            reason: FinishReason = stop.value
+            err: BaseException | None = None
+        except Cancelled as exc:
+            reason, err = "cancelled", exc
+        except Exception as exc:
+            reason, err = "error", _as_generation_error(exc)
+        return BatchResult(
+            tokens=tuple(tokens),
+            text="".join(t.text for t in tokens),
+            finish_reason=reason,
+            err=err,
+            metrics=control.metrics,
+        )
+
+    def _produce_ids(
+        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl, start: float
+    ) -> Generator[Token, None, FinishReason]:
+        """The per-token loop: stop tokens, stop strings, max_tokens, checks.
+
+        The caller holds the lock; ``start`` is when the call began.
+        """
+        if cfg.max_tokens == 0:
+            control.metrics = self._measure(len(ids), 0, start, start, _perf())
+            return "length"
+        stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
+        asm = TextAssembler(cfg.stop)
+        push = asm.push
+        token_bytes = self._token_bytes
+        stop_requested = control.stop_requested
+        max_tokens = cfg.max_tokens
+        n = 0
+        first = 0.0
+        reason: FinishReason = "length"
+        engine = self._generate_ids(ids, cfg, control)
+        try:
+            for tid in engine:
+                n += 1
+                if n == 1:
+                    first = _perf()
+                if tid in stop_ids:
+                    reason = "stop"
+                    break
+                yield from push(tid, token_bytes(tid))
+                if asm.stopped:
+                    reason = "stop"
+                    break
+                if n >= max_tokens:
+                    break
+                if stop_requested():
+                    control.check()
+        finally:
+            _close(engine)
+            control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf())
+        if not asm.stopped:
+            yield from asm.flush()
+        return reason
+
+    def _together(
+        self, batch: list[list[int]], cfg: GenerateConfig, control: StreamControl
+    ) -> list[BatchResult]:
+        """Decode several sequences in one engine batch."""
+        assert self._generate_batch is not None
+        start = _perf()
+        count = len(batch)
+        stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
+        asms = [TextAssembler(cfg.stop) for _ in batch]
+        tokens: list[list[Token]] = [[] for _ in batch]
+        counts = [0] * count
+        firsts = [0.0] * count
+        ends = [0.0] * count
+        reasons: list[FinishReason] = ["length"] * count
+        finished: set[int] = set()
+        err: BaseException | None = None
+        engine = self._generate_batch(batch, cfg, control, finished)
+        try:
+            for i, tid in engine:
+                if i in finished:
+                    continue
+                counts[i] += 1
+                if counts[i] == 1:
+                    firsts[i] = _perf()
+                asm = asms[i]
+                if tid in stop_ids:
+                    reasons[i] = "stop"
+                elif tokens[i].extend(asm.push(tid, self._token_bytes(tid))) or asm.stopped:
+                    reasons[i] = "stop"
+                elif counts[i] < cfg.max_tokens:
+                    continue
+                finished.add(i)
+                ends[i] = _perf()
+                if len(finished) == count:
+                    break
+                control.check()
+        except Cancelled as exc:
+            err = exc
+        except Exception as exc:
+            err = _as_generation_error(exc)
+        finally:
+            _close(engine)
+        now = _perf()
+        out: list[BatchResult] = []
+        for i in range(count):
+            if i in finished:
+                if not asms[i].stopped:
+                    tokens[i].extend(asms[i].flush())
+                reason, this_err = reasons[i], None
+            else:
+                reason = "cancelled" if isinstance(err, Cancelled) else "error"
+                this_err = err or GenerationError("the engine ended the batch early")
+            out.append(
+                BatchResult(
+                    tokens=tuple(tokens[i]),
+                    text="".join(t.text for t in tokens[i]),
+                    finish_reason=reason,
+                    err=this_err,
+                    metrics=self._measure(
+                        len(batch[i]), counts[i], start, firsts[i] or now, ends[i] or now
+                    ),
+                )
+            )
+        return out
+
+
+def _prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of str, not a single str")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
+    return items
+
+
+def _as_generation_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, InferenceError):
+        return exc
+    wrapped = GenerationError(str(exc) or type(exc).__name__)
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _close(it: Iterator[Any]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+class EngineThread:
+    """One worker thread that runs every engine call of a model.
+
+    For engines whose state belongs to the thread that made it (MLX streams
+    are thread-local): calls run there in order, and streams are pumped
+    through a queue so that the consumer's thread never touches the engine.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def _ensure(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the engine thread and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        self._ensure()
+        box: list[Any] = []
+        done = threading.Event()
+
+        def job() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self._jobs.put(job)
+        done.wait()
+        ok, value = box[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def pump(
+        self, producer: Callable[[StreamControl], Generator[Token, None, FinishReason]]
+    ) -> Callable[[StreamControl], Generator[Token, None, FinishReason]]:
+        """Wrap a producer so that it runs on the engine thread."""
+
+        def pumped(control: StreamControl) -> Generator[Token, None, FinishReason]:
+            self._ensure()
+            out: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+
+            def job() -> None:
+                gen = producer(control)
+                try:
+                    while True:
+                        out.put((0, next(gen)))
+                except StopIteration as stop:
+                    out.put((1, stop.value))
+                except BaseException as exc:
+                    out.put((2, exc))
+
+            self._jobs.put(job)
+            try:
+                while True:
+                    kind, value = out.get()
+                    if kind == 0:
+                        if control.stop_requested():
+                            control.check()
+                        yield value
+                    elif kind == 1:
+                        return value  # type: ignore[no-any-return]
+                    else:
+                        raise value
+            finally:
+                control.cancel()
+
+        return pumped
+
+    def stop(self) -> None:
+        """End the thread once its queued calls have run."""
+        if self._thread is not None:
+            self._jobs.put(None)

@@ -1,0 +1,102 @@
+"""Render a model's own chat template, safely.
+
+A chat template comes from the model file and is untrusted input: it is
+compiled and rendered in Jinja2's ``ImmutableSandboxedEnvironment``, so one
+that reaches for Python internals raises instead of running
+(CVE-2024-34359 was llama-cpp-python rendering GGUF templates unsandboxed).
+
+Jinja2 is imported only when a template is first rendered; the backends
+that render templates depend on it, the core does not.
+
+A model with no template gets :data:`CHATML_TEMPLATE`, the ChatML format
+that llama.cpp also falls back to.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import GenerationError, ModelLoadError
+from .types import Message
+
+__all__ = ["CHATML_TEMPLATE", "compile_template", "render_chat"]
+
+#: The fallback template for models that ship none.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class _TemplateError(Exception):
+    """Raised by a template's own ``raise_exception(...)``."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+@functools.lru_cache(maxsize=32)
+def compile_template(source: str) -> Any:
+    """Compile ``source`` in a sandbox; ModelLoadError if it is not valid Jinja."""
+    try:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as exc:  # pragma: no cover - backends depend on jinja2
+        raise ModelLoadError(
+            "chat templates need Jinja2, which is not installed: pip install jinja2"
+        ) from exc
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, autoescape=False
+    )
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise ModelLoadError(f"the model's chat template is not valid: {exc}") from exc
+
+
+def render_chat(
+    template: str | None,
+    messages: Sequence[Message],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render ``messages`` with ``template`` (ChatML when None or empty).
+
+    Raises :class:`~inference.GenerationError` when the template fails or
+    tries an operation the sandbox forbids; nothing it asks for is run.
+    """
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    compiled = compile_template(template or CHATML_TEMPLATE)
+    try:
+        rendered = compiled.render(
+            messages=[m.to_dict() for m in messages],
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_generation_prompt=add_generation_prompt,
+        )
+    except SecurityError as exc:
+        raise GenerationError(
+            f"the model's chat template tried an unsafe operation and was stopped: {exc}"
+        ) from exc
+    except _TemplateError as exc:
+        raise GenerationError(f"the model's chat template refused the messages: {exc}") from exc
+    except (TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise GenerationError(f"the model's chat template failed: {exc}") from exc
+    if not isinstance(rendered, str):  # pragma: no cover - jinja always returns str
+        raise GenerationError("the model's chat template did not render text")
+    return rendered

@@ -1,0 +1,98 @@
+"""From token bytes to token text: incremental UTF-8 and stop strings.
+
+:class:`TextAssembler` takes each generated token's raw bytes and hands back
+the :class:`~inference.Token` objects to emit. It never shows a replacement
+character for a character split across tokens (the token that starts it
+carries ``""``), holds back text that might be the start of a stop string,
+and releases it when it turns out not to be. The texts it emits concatenate
+to exactly the generated text, without the stop string.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+from .types import Token
+
+__all__ = ["TextAssembler"]
+
+
+class TextAssembler:
+    """Turns (id, bytes) pairs into tokens to emit; one per generation."""
+
+    __slots__ = ("_decode", "_stops", "_longest", "_pending", "_buf", "stopped")
+
+    def __init__(self, stop: Sequence[str] = ()) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self._stops = tuple(stop)
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._pending: list[Token] = []
+        self._buf = ""
+        #: Set once a stop string has matched; nothing more is emitted.
+        self.stopped = False
+
+    def text_of(self, data: bytes) -> str:
+        """Decode one token's bytes, keeping an unfinished character back."""
+        return self._decode(data)
+
+    def push(self, token_id: int, data: bytes) -> list[Token]:
+        """Add one token; return the tokens that are now safe to emit."""
+        text = self._decode(data)
+        if not self._stops:
+            return [Token(token_id, text)]
+        self._pending.append(Token(token_id, text))
+        self._buf += text
+        return self._scan()
+
+    def _scan(self) -> list[Token]:
+        buf = self._buf
+        cut = -1
+        for s in self._stops:
+            i = buf.find(s)
+            if i != -1 and (cut == -1 or i < cut):
+                cut = i
+        if cut != -1:
+            self.stopped = True
+            return self._take(cut, partial=True)
+        hold = 0
+        for s in self._stops:
+            for n in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:n]):
+                    hold = n
+                    break
+        return self._take(len(buf) - hold, partial=False)
+
+    def _take(self, upto: int, *, partial: bool) -> list[Token]:
+        """Emit pending tokens whose text ends at or before ``upto``.
+
+        With ``partial`` the token that crosses ``upto`` is emitted cut short
+        and everything after it is dropped (a stop string matched there).
+        """
+        out: list[Token] = []
+        used = 0
+        keep = 0
+        for keep, tok in enumerate(self._pending):  # noqa: B007
+            end = used + len(tok.text)
+            if end <= upto:
+                out.append(tok)
+                used = end
+                continue
+            if partial:
+                head = tok.text[: upto - used]
+                if head:
+                    out.append(Token(tok.id, head))
+                self._pending.clear()
+                self._buf = ""
+                return out
+            break
+        else:
+            keep = len(self._pending)
+        del self._pending[:keep]
+        self._buf = self._buf[used:]
+        return out
+
+    def flush(self) -> list[Token]:
+        """The generation ended without a stop string: release what was held."""
+        out, self._pending, self._buf = self._pending, [], ""
+        return out

@@ -1,0 +1,74 @@
+"""Every environment variable the library reads, in one place.
+
+=========================  ==================================================
+``INFERENCE_BACKEND``      backend name to use when none is given in code
+``INFERENCE_LOG``          ``debug``, ``info``, ``warning``...: log level of
+                           the ``inference`` logger; ``debug`` also lets the
+                           engines' own logs through
+``INFERENCE_API_KEY``      API key for the ``openai`` remote backend
+``OPENAI_API_KEY``         read when ``INFERENCE_API_KEY`` is unset
+``INFERENCE_CACHE_DIR``    where backends keep converted models (default:
+                           ``$XDG_CACHE_HOME/inference`` or
+                           ``~/.cache/inference``)
+=========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+__all__ = [
+    "INFERENCE_API_KEY",
+    "INFERENCE_BACKEND",
+    "INFERENCE_CACHE_DIR",
+    "INFERENCE_LOG",
+    "OPENAI_API_KEY",
+    "cache_dir",
+    "configure_logging",
+    "engine_logs_enabled",
+]
+
+INFERENCE_BACKEND = "INFERENCE_BACKEND"
+INFERENCE_LOG = "INFERENCE_LOG"
+INFERENCE_API_KEY = "INFERENCE_API_KEY"
+OPENAI_API_KEY = "OPENAI_API_KEY"
+INFERENCE_CACHE_DIR = "INFERENCE_CACHE_DIR"
+
+_logger = logging.getLogger("inference")
+
+
+def configure_logging() -> None:
+    """Apply ``INFERENCE_LOG`` to the ``inference`` logger.
+
+    Called by the CLI and by backends when they load a model, never at
+    import. Without the variable, logging is left to the application.
+    """
+    level = os.environ.get(INFERENCE_LOG, "").strip().upper()
+    if not level:
+        return
+    _logger.setLevel(getattr(logging, level, logging.INFO))
+    if not _logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        _logger.addHandler(handler)
+
+
+def engine_logs_enabled() -> bool:
+    """Whether engines may print their own logs: ``INFERENCE_LOG=debug``,
+    or the ``inference`` logger set to DEBUG by the application."""
+    if os.environ.get(INFERENCE_LOG, "").strip().lower() == "debug":
+        return True
+    return _logger.isEnabledFor(logging.DEBUG) and _logger.level != logging.NOTSET
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder for ``parts`` (not created)."""
+    root = os.environ.get(INFERENCE_CACHE_DIR)
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "inference"
+    return base.joinpath(*parts)

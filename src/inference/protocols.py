@@ -1,0 +1,133 @@
+"""The contract between programs and backends, as typing Protocols.
+
+A program holds a :class:`TextModel`; a backend is a :class:`Backend`.
+Optional capabilities (such as :class:`Tokenizer`) are separate protocols
+that a program checks with ``isinstance`` before use, so the core contract
+stays small while backends grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import os
+    from types import TracebackType
+
+    from .options import GenerateConfig, LoadConfig, Option
+    from .stream import TokenStream
+    from .types import BatchResult, ClassifyResult, GenerateMetrics, Message, ModelInfo
+
+__all__ = ["Backend", "TextModel", "Tokenizer"]
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """A loaded language model that streams tokens.
+
+    Every method takes options from the ``with_*`` builders and the same
+    settings as keyword arguments. Calls on one model from many threads are
+    safe: they are serialised (or spread over the backend's parallel slots),
+    never interleaved inside the engine.
+    """
+
+    def generate(
+        self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> TokenStream:
+        """Stream the continuation of a raw text prompt."""
+        ...
+
+    def chat(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *opts: Option | GenerateConfig,
+        **kwargs: Any,
+    ) -> TokenStream:
+        """Stream the assistant's reply, through the model's own chat template."""
+        ...
+
+    def classify(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[ClassifyResult]:
+        """One forward pass per prompt: the next token (and logits when asked)."""
+        ...
+
+    def batch_generate(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[BatchResult]:
+        """Generate for several prompts; each result carries its own error."""
+        ...
+
+    @property
+    def model_type(self) -> str:
+        """Architecture family, e.g. "llama" or "qwen3"."""
+        ...
+
+    @property
+    def info(self) -> ModelInfo:
+        """Facts about the loaded model."""
+        ...
+
+    @property
+    def metrics(self) -> GenerateMetrics | None:
+        """Metrics of the last finished call, or None before the first."""
+        ...
+
+    @property
+    def err(self) -> BaseException | None:
+        """The exception of the last call, or None if it succeeded."""
+        ...
+
+    def close(self) -> None:
+        """Free the model's memory. Idempotent; later calls raise."""
+        ...
+
+    def __enter__(self) -> TextModel: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Optional capability: the model's own tokenizer."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without BOS; special-token text is parsed."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine that loads models.
+
+    Beyond these three members the registry reads optional attributes,
+    documented in ``docs/backends.md``: ``priority`` (int, higher wins),
+    ``formats`` (e.g. ``("gguf",)``), ``reason`` (one line: why it is or is
+    not available, read after :meth:`available`), ``aliases`` and ``extra``
+    (the ``pip install 'inference[extra]'`` that installs it).
+    """
+
+    name: str
+
+    def available(self) -> bool:
+        """Whether this backend can run here, now. Must be cheap and never raise."""
+        ...
+
+    def load_model(
+        self,
+        path: str | os.PathLike[str],
+        *opts: Option | LoadConfig,
+        **kwargs: Any,
+    ) -> TextModel:
+        """Load the model at ``path``; raise ModelLoadError on failure."""
+        ...

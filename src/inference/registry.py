@@ -1,0 +1,411 @@
+"""The backend registry: who is installed, who can run, who loads this model.
+
+Backends arrive through the ``inference.backends`` entry-point group (the
+built-in ``openai`` backend too) or :func:`register_backend`. The group is
+read once; each entry stays a dotted string until it is needed and is then
+imported at most once. A backend whose import or ``available()`` raises is
+kept, marked broken with its error, and never breaks the others.
+
+Selection, in order: the ``backend`` option; the ``INFERENCE_BACKEND``
+environment variable; the available backend with the highest ``priority``
+among those that load the model's format (mlx on Apple GPUs 100, rocm 80,
+llama_cpp 50, mlx on a CPU only 10, others 0 unless they say).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import importlib.metadata
+
+from . import env
+from .discovery import detect_format
+from .errors import (
+    BackendNotFoundError,
+    BackendUnavailableError,
+    ModelLoadError,
+    NoBackendError,
+)
+from .options import LoadConfig, Option, load_config
+from .protocols import Backend, TextModel
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackendStatus",
+    "backend_status",
+    "default_backend",
+    "get_backend",
+    "list_backends",
+    "load_model",
+    "register_backend",
+]
+
+ENTRY_POINT_GROUP = "inference.backends"
+
+#: Backend name -> the extra that installs it: ``pip install 'inference[extra]'``.
+KNOWN_EXTRAS: Mapping[str, str] = MappingProxyType(
+    {"llama_cpp": "llamacpp", "rocm": "rocm", "mlx": "mlx"}
+)
+
+#: Model format -> extras that can load it, best first.
+FORMAT_EXTRAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"gguf": ("llamacpp", "rocm", "mlx"), "safetensors": ("mlx",)}
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """What ``inference backends`` shows for one backend."""
+
+    name: str
+    available: bool
+    reason: str
+    priority: int
+    formats: tuple[str, ...]
+    broken: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+class _Entry:
+    """One registered backend: an entry point not yet imported, or the object."""
+
+    __slots__ = ("name", "point", "backend", "error")
+
+    def __init__(
+        self,
+        name: str,
+        point: importlib.metadata.EntryPoint | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.name = name
+        self.point = point
+        self.backend = backend
+        self.error: BaseException | None = None
+
+
+_lock = threading.RLock()
+_entries: dict[str, _Entry] = {}
+_aliases: dict[str, str] = {}
+_scanned = False
+
+
+def _scan() -> None:
+    """Read the entry-point group, once."""
+    global _scanned
+    if _scanned:
+        return
+    with _lock:
+        if _scanned:
+            return
+        import importlib.metadata
+
+        try:
+            points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken distribution's metadata
+            _log.warning("could not read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+            points = importlib.metadata.EntryPoints(())
+        for point in points:
+            if point.name not in _entries:
+                _entries[point.name] = _Entry(point.name, point=point)
+        _scanned = True
+
+
+def _materialise(obj: Any, where: str) -> Backend:
+    """Turn an entry point's object (instance, class or factory) into a Backend."""
+    if not _looks_like_backend(obj) and callable(obj):
+        obj = obj()
+    if not _looks_like_backend(obj):
+        raise TypeError(
+            f"{where} is not a backend: it needs name, available() and load_model()"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def _looks_like_backend(obj: Any) -> bool:
+    return (
+        not isinstance(obj, type)
+        and isinstance(getattr(obj, "name", None), str)
+        and callable(getattr(obj, "available", None))
+        and callable(getattr(obj, "load_model", None))
+    )
+
+
+def _load(entry: _Entry) -> Backend | None:
+    """Import an entry's backend, once; keep the error if it fails."""
+    if entry.backend is not None or entry.error is not None:
+        return entry.backend
+    with _lock:
+        if entry.backend is not None or entry.error is not None:
+            return entry.backend
+        assert entry.point is not None
+        try:
+            backend = _materialise(entry.point.load(), f"entry point {entry.point.value!r}")
+        except Exception as exc:
+            _log.debug("backend %r failed to load: %s", entry.name, exc)
+            entry.error = exc
+            return None
+        entry.backend = backend
+        for alias in _attr_tuple(backend, "aliases"):
+            _aliases.setdefault(alias, entry.name)
+        return backend
+
+
+def _resolve(name: str) -> _Entry | None:
+    _scan()
+    with _lock:
+        entry = _entries.get(name)
+        if entry is None and name in _aliases:
+            entry = _entries.get(_aliases[name])
+        if entry is None:
+            # An alias may be declared by a backend not yet imported.
+            for other in list(_entries.values()):
+                if other.backend is None and other.error is None and other.point is not None:
+                    _load(other)
+                    if name in _aliases:
+                        return _entries.get(_aliases[name])
+        return entry
+
+
+def register_backend(backend: Backend | type | Any, *, name: str | None = None) -> None:
+    """Register a backend object (or class, or factory) under its ``name``.
+
+    A later registration under the same name replaces the earlier one.
+    """
+    obj = _materialise(backend, repr(backend))
+    key = name or obj.name
+    _scan()
+    with _lock:
+        _entries[key] = _Entry(key, backend=obj)
+        for alias in _attr_tuple(obj, "aliases"):
+            _aliases[alias] = key
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend (used by tests)."""
+    _scan()
+    with _lock:
+        _entries.pop(name, None)
+        for alias, target in list(_aliases.items()):
+            if target == name:
+                del _aliases[alias]
+
+
+def list_backends() -> list[str]:
+    """Names of every registered backend, imported or not; sorted."""
+    _scan()
+    with _lock:
+        return sorted(_entries)
+
+
+def get_backend(name: str) -> Backend | None:
+    """The backend called ``name`` (or an alias), or None if none is registered.
+
+    Raises :class:`BackendUnavailableError` when it is registered but its
+    plugin fails to import.
+    """
+    entry = _resolve(name)
+    if entry is None:
+        return None
+    backend = _load(entry)
+    if backend is None:
+        raise BackendUnavailableError(
+            f"backend {entry.name!r} is installed but broken: {_describe(entry.error)}",
+            backend=entry.name,
+            reason=_describe(entry.error),
+        )
+    return backend
+
+
+def _attr_tuple(backend: Any, attr: str) -> tuple[str, ...]:
+    try:
+        value = getattr(backend, attr, ())
+    except Exception:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, Iterable) else ()
+
+
+def _priority(backend: Any) -> int:
+    try:
+        value = getattr(backend, "priority", 0)
+        return int(value() if callable(value) else value)
+    except Exception:
+        return 0
+
+
+def _reason(backend: Any) -> str:
+    try:
+        value = getattr(backend, "reason", "")
+        value = value() if callable(value) else value
+        return str(value or "")
+    except Exception as exc:
+        return f"reason unavailable: {_describe(exc)}"
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check(backend: Backend) -> tuple[bool, str, bool]:
+    """(available, reason, broken), never raising."""
+    try:
+        ok = bool(backend.available())
+    except Exception as exc:
+        return False, f"available() raised {_describe(exc)}", True
+    return ok, _reason(backend), False
+
+
+def _status(entry: _Entry) -> BackendStatus:
+    backend = _load(entry)
+    if backend is None:
+        return BackendStatus(
+            entry.name, False, f"failed to load: {_describe(entry.error)}", 0, (), broken=True
+        )
+    ok, reason, broken = _check(backend)
+    return BackendStatus(
+        entry.name,
+        ok,
+        reason,
+        _priority(backend),
+        _attr_tuple(backend, "formats"),
+        broken=broken,
+        aliases=_attr_tuple(backend, "aliases"),
+    )
+
+
+def backend_status() -> list[BackendStatus]:
+    """Every registered backend with whether it can run here and why (not).
+
+    This imports each backend's plugin module, but backends must not import
+    their engines to answer.
+    """
+    _scan()
+    with _lock:
+        entries = list(_entries.values())
+    return sorted((_status(e) for e in entries), key=lambda s: (-s.priority, s.name))
+
+
+def _format_of(path: str | os.PathLike[str]) -> str | None:
+    text = os.fspath(path)
+    fmt = detect_format(text)
+    if fmt == "url":
+        return fmt
+    if not os.path.exists(text):
+        raise ModelLoadError(f"{text}: no such file or directory", path=text)
+    return fmt
+
+
+def _not_a_model(path: str) -> ModelLoadError:
+    if os.path.isdir(path):
+        what = "a directory with no model weights (expected config.json and *.safetensors, or a .gguf file)"
+    else:
+        what = "not a model file in a known format (expected a .gguf file or a directory with config.json and *.safetensors)"
+    return ModelLoadError(f"{path}: {what}", path=path)
+
+
+def _extras_hint(fmt: str | None) -> str:
+    extras = FORMAT_EXTRAS.get(fmt or "", tuple(dict.fromkeys(KNOWN_EXTRAS.values())))
+    if not extras:
+        return ""
+    return "; install a backend with " + " or ".join(f"pip install 'inference[{e}]'" for e in extras)
+
+
+def default_backend(path: str | os.PathLike[str] | None = None) -> Backend:
+    """The backend :func:`load_model` would use for ``path`` (any format if None).
+
+    Honours ``INFERENCE_BACKEND``; raises :class:`NoBackendError` listing
+    every installed backend and its reason when none fits.
+    """
+    fmt = _format_of(path) if path is not None else None
+    if path is not None and fmt is None:
+        raise _not_a_model(os.fspath(path))
+    chosen = os.environ.get(env.INFERENCE_BACKEND, "").strip()
+    if chosen:
+        return _by_name(chosen, source=f"{env.INFERENCE_BACKEND}={chosen}")
+    return _best(fmt)
+
+
+def _by_name(name: str, *, source: str) -> Backend:
+    backend = get_backend(name)
+    if backend is None:
+        known = ", ".join(list_backends()) or "none"
+        hint = f"; install it with pip install 'inference[{KNOWN_EXTRAS[name]}]'" if name in KNOWN_EXTRAS else ""
+        raise BackendNotFoundError(
+            f"backend {name!r} ({source}) not found: it is either misspelled or not installed"
+            f"{hint}. Registered: {known}"
+        )
+    ok, reason, _ = _check(backend)
+    if not ok:
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available here: {reason or 'no reason given'}",
+            backend=name,
+            reason=reason,
+        )
+    return backend
+
+
+def _best(fmt: str | None) -> Backend:
+    statuses = backend_status()
+    candidates: list[tuple[int, str]] = []
+    for st in statuses:
+        if not st.available:
+            continue
+        if fmt == "url" and "url" not in st.formats:
+            continue
+        if fmt != "url" and st.formats and fmt is not None and fmt not in st.formats:
+            continue
+        if fmt != "url" and fmt is None and st.formats == ("url",):
+            continue
+        candidates.append((st.priority, st.name))
+    if candidates:
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        backend = get_backend(candidates[0][1])
+        assert backend is not None
+        return backend
+    lines = [
+        f"  {st.name}: {'available' if st.available else 'unavailable'}"
+        f"{' (does not load ' + fmt + ')' if st.available and fmt else ''}: {st.reason or 'no reason given'}"
+        for st in statuses
+    ]
+    listing = "\n".join(lines) if lines else "  (no backends installed)"
+    what = f"{fmt} models" if fmt else "models"
+    raise NoBackendError(
+        f"no available backend loads {what}{_extras_hint(fmt)}\ninstalled backends:\n{listing}"
+    )
+
+
+def load_model(
+    path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any
+) -> TextModel:
+    """Load the model at ``path`` (a file, a directory or an http(s) URL)
+    with the best available backend, or the one asked for.
+
+    Raises :class:`ModelLoadError` for a missing or unreadable model,
+    :class:`BackendNotFoundError`, :class:`BackendUnavailableError` or
+    :class:`NoBackendError` when no backend can take it.
+    """
+    cfg = load_config(*opts, **kwargs)
+    if cfg.backend:
+        fmt = _format_of(path)
+        backend = _by_name(cfg.backend, source="backend option")
+        if fmt is None:
+            formats = _attr_tuple(backend, "formats")
+            if formats:
+                raise _not_a_model(os.fspath(path))
+    else:
+        backend = default_backend(path)
+    env.configure_logging()
+    _log.debug("loading %s with backend %r", os.fspath(path), backend.name)
+    return backend.load_model(path, cfg)

@@ -1,0 +1,259 @@
+"""TokenStream: what ``generate`` and ``chat`` return, and how a call is stopped.
+
+A stream wraps a *producer*: a generator function that takes a
+:class:`StreamControl` and yields :class:`~inference.Token` objects, returning
+its finish reason. The stream adds what every backend needs and no backend
+should write twice: cancellation from any thread, deadlines, quiet endings
+for cancellation, error wrapping, ``async for`` and ``text()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from types import TracebackType
+from typing import Any
+
+from .errors import Cancelled, DeadlineExceeded, GenerationError
+from .types import FinishReason, GenerateMetrics, Token
+
+__all__ = ["Producer", "StreamControl", "TokenStream"]
+
+
+class StreamControl:
+    """The stop signals of one call, polled by the producer between tokens.
+
+    ``stop_requested()`` is cheap enough to call for every token and from an
+    engine's abort callback during a long prefill. ``check()`` raises the
+    matching :class:`~inference.Cancelled` or
+    :class:`~inference.DeadlineExceeded`.
+    """
+
+    __slots__ = ("_event", "_user", "deadline", "timeout", "metrics")
+
+    def __init__(
+        self,
+        *,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self._user = cancel
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+        self.metrics: GenerateMetrics | None = None
+
+    def cancel(self) -> None:
+        """Ask the producer to stop at its next check."""
+        self._event.set()
+
+    def stop_requested(self) -> bool:
+        """True once cancelled, the user's event is set, or the deadline passed."""
+        if self._event.is_set():
+            return True
+        if self._user is not None and self._user.is_set():
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def check(self) -> None:
+        """Raise Cancelled or DeadlineExceeded if the call must stop."""
+        if self._event.is_set() or (self._user is not None and self._user.is_set()):
+            raise Cancelled("the call was cancelled")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded(f"the call ran past its timeout of {self.timeout:g} s")
+
+    def start_deadline(self) -> None:
+        """Restart the deadline clock (used when the call really begins)."""
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
+
+
+#: A generator function that streams tokens and returns the finish reason.
+Producer = Callable[[StreamControl], Generator[Token, None, FinishReason]]
+
+#: Called once when a stream ends: (error or None, metrics or None).
+FinishHook = Callable[[BaseException | None, GenerateMetrics | None], None]
+
+_END = object()
+
+
+class TokenStream(Iterator[Token]):
+    """An iterator of :class:`~inference.Token` with a way to stop it.
+
+    Iterate it (``for tok in stream``) or ``async for`` it. ``cancel()`` may
+    be called from any thread; breaking out of the loop and ``close()`` stop
+    the engine too. A cancelled or timed-out stream ends quietly with
+    ``finish_reason == "cancelled"`` and ``err`` holding the
+    :class:`~inference.Cancelled`; any other failure raises
+    :class:`~inference.GenerationError` from the iteration and is kept in
+    ``err``.
+    """
+
+    __slots__ = (
+        "_control",
+        "_gen",
+        "_started",
+        "_done",
+        "_finish_reason",
+        "_err",
+        "_on_finish",
+        "_texts",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+        on_finish: FinishHook | None = None,
+    ) -> None:
+        self._control = StreamControl(cancel=cancel, timeout=timeout)
+        self._gen = producer(self._control)
+        self._started = False
+        self._done = False
+        self._finish_reason: FinishReason | None = None
+        self._err: BaseException | None = None
+        self._on_finish = on_finish
+        self._texts: list[str] | None = None
+
+    # -- iteration ---------------------------------------------------------
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> Token:
+        if self._done:
+            raise StopIteration
+        self._started = True
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self._finish(stop.value or "stop", None)
+            raise StopIteration from None
+        except Cancelled as exc:
+            self._finish("cancelled", exc)
+            raise StopIteration from None
+        except GenerationError as exc:
+            self._finish("error", exc)
+            raise
+        except Exception as exc:
+            wrapped = GenerationError(f"generation failed: {exc}")
+            wrapped.__cause__ = exc
+            self._finish("error", wrapped)
+            raise wrapped from exc
+
+    def _finish(self, reason: FinishReason, err: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._finish_reason = reason
+        self._err = err
+        if self._on_finish is not None:
+            hook, self._on_finish = self._on_finish, None
+            hook(err, self._control.metrics)
+
+    # -- stopping ----------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop the engine within one token. Safe from any thread."""
+        self._control.cancel()
+
+    def close(self) -> None:
+        """Stop and release the engine now; the stream ends as cancelled."""
+        self._control.cancel()
+        if self._done:
+            return
+        try:
+            self._gen.close()
+        except ValueError:
+            # Running in another thread: it sees the cancel at its next token.
+            return
+        self._finish("cancelled", Cancelled("the stream was closed"))
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.close()
+
+    # -- results -----------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Whether the stream has ended."""
+        return self._done
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """"stop", "length", "cancelled" or "error"; None while running."""
+        return self._finish_reason
+
+    @property
+    def err(self) -> BaseException | None:
+        """Why the stream ended early, or None."""
+        return self._err
+
+    @property
+    def metrics(self) -> GenerateMetrics | None:
+        """Timings of this call, once it has ended."""
+        return self._control.metrics if self._done else None
+
+    def text(self) -> str:
+        """Consume the rest of the stream and return all of its text."""
+        return "".join(tok.text for tok in self)
+
+    # -- async -------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Token]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Token]:
+        """Run the blocking engine in a worker thread; cancelling the task
+        cancels the stream."""
+        import asyncio  # imported here: it costs start-up time for sync users
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def pump() -> None:
+            try:
+                for tok in self:
+                    loop.call_soon_threadsafe(queue.put_nowait, tok)
+            except BaseException as exc:  # handed to the awaiting task
+                loop.call_soon_threadsafe(queue.put_nowait, _Raise(exc))
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        worker = threading.Thread(target=pump, name="inference-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raise):
+                    raise item.exc
+                yield item
+        finally:
+            if not self._done:
+                self.cancel()
+                await asyncio.shield(loop.run_in_executor(None, worker.join))
+
+
+class _Raise:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

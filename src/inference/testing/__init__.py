@@ -1,0 +1,10 @@
+"""Tools for testing with and for ``inference``: a fake backend and the
+conformance suite that every backend runs."""
+
+from __future__ import annotations
+
+from .conformance import TextModelConformance, run_conformance
+from .fake import EOS_ID, FakeBackend, FakeModel
+from .models import smollm2_path
+
+__all__ = ["EOS_ID", "FakeBackend", "FakeModel", "TextModelConformance", "run_conformance", "smollm2_path"]

@@ -1,0 +1,422 @@
+"""The conformance suite every backend runs: one class, or one call.
+
+With pytest, subclass it and say how to load your model::
+
+    from inference.testing import TextModelConformance
+
+    class TestMyBackend(TextModelConformance):
+        @classmethod
+        def make_model(cls):
+            return inference.load_model(PATH, backend="mine")
+
+Or run every check with one call, from any test runner::
+
+    from inference.testing import run_conformance
+    run_conformance(lambda: inference.load_model(PATH, backend="mine"))
+
+One model is loaded per class and closed at the end (the close checks load a
+fresh one). The checks ask for few tokens, so a slow engine on a CPU still
+runs them in seconds. Class attributes tune them for your backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ..errors import Cancelled, DeadlineExceeded, GenerationError, InferenceError, ModelClosedError
+from ..options import with_max_tokens, with_stop, with_temperature
+from ..protocols import TextModel, Tokenizer
+from ..stream import TokenStream
+from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token
+
+__all__ = ["TextModelConformance", "run_conformance"]
+
+
+class TextModelConformance:
+    """Checks that a :class:`~inference.TextModel` keeps the contract."""
+
+    #: A prompt with an obvious greedy continuation.
+    prompt: ClassVar[str] = "Count: one, two, three,"
+    #: A second, different prompt.
+    other_prompt: ClassVar[str] = "The capital of France is"
+    #: Tokens per generation in most checks.
+    max_tokens: ClassVar[int] = 6
+    #: Threads in the concurrency check.
+    threads: ClassVar[int] = 8
+    #: Whether classify(return_logits=True) must give logits.
+    supports_logits: ClassVar[bool] = True
+    #: Whether a seed makes sampling at temperature > 0 repeatable.
+    supports_seed: ClassVar[bool] = True
+    #: Whether Token.id is a real id (remote backends may report -1).
+    real_token_ids: ClassVar[bool] = True
+
+    _model: ClassVar[TextModel | None] = None
+
+    @classmethod
+    def make_model(cls) -> TextModel:
+        """Load the model under test. Override this."""
+        raise NotImplementedError("override make_model() to load your model")
+
+    @classmethod
+    def setup_class(cls) -> None:
+        cls._model = None
+
+    @classmethod
+    def teardown_class(cls) -> None:
+        if cls._model is not None:
+            cls._model.close()
+            cls._model = None
+
+    @property
+    def model(self) -> TextModel:
+        cls = type(self)
+        if cls._model is None:
+            cls._model = cls.make_model()
+        return cls._model
+
+    def _greedy(self, prompt: str | None = None, n: int | None = None) -> list[Token]:
+        stream = self.model.generate(prompt or self.prompt, max_tokens=n or self.max_tokens)
+        return list(stream)
+
+    # -- streaming -------------------------------------------------------
+
+    def test_is_text_model(self) -> None:
+        assert isinstance(self.model, TextModel)
+        assert isinstance(self.model.model_type, str) and self.model.model_type
+        assert self.model.info.architecture == self.model.model_type
+
+    def test_streams_tokens(self) -> None:
+        stream = self.model.generate(self.prompt, max_tokens=self.max_tokens)
+        assert isinstance(stream, TokenStream)
+        tokens = list(stream)
+        assert 0 < len(tokens) <= self.max_tokens
+        for tok in tokens:
+            assert isinstance(tok, Token)
+            assert isinstance(tok.id, int) and isinstance(tok.text, str)
+            if self.real_token_ids:
+                assert tok.id >= 0
+        assert "".join(t.text for t in tokens).strip(), "the stream produced no text"
+        assert stream.finish_reason in ("stop", "length")
+        assert stream.err is None
+
+    def test_greedy_is_deterministic(self) -> None:
+        first = self._greedy()
+        second = self._greedy()
+        assert [t.id for t in first] == [t.id for t in second]
+        assert "".join(t.text for t in first) == "".join(t.text for t in second)
+
+    def test_text_matches_tokens(self) -> None:
+        tokens = self._greedy()
+        text = self.model.generate(self.prompt, max_tokens=self.max_tokens).text()
+        assert text == "".join(t.text for t in tokens)
+
+    def test_options_and_keywords_agree(self) -> None:
+        by_kw = self.model.generate(self.prompt, max_tokens=3, temperature=0.0).text()
+        by_opt = self.model.generate(self.prompt, with_max_tokens(3), with_temperature(0.0)).text()
+        assert by_kw == by_opt
+
+    def test_unknown_keyword_is_type_error(self) -> None:
+        try:
+            self.model.generate(self.prompt, max_tokenz=3)
+        except TypeError as exc:
+            assert "max_tokens" in str(exc), "the error should list the valid names"
+        else:
+            raise AssertionError("an unknown keyword must raise TypeError")
+
+    def test_max_tokens(self) -> None:
+        for n in (1, 3):
+            stream = self.model.generate(self.prompt, max_tokens=n)
+            tokens = list(stream)
+            assert len(tokens) <= n
+            if stream.finish_reason == "length":
+                assert stream.metrics is not None
+                assert stream.metrics.generated_tokens == n
+
+    def test_seed_repeats_sampling(self) -> None:
+        if not self.supports_seed:
+            return
+        a = self.model.generate(self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7).text()
+        b = self.model.generate(self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7).text()
+        assert a == b
+
+    def test_stop_string_is_not_emitted(self) -> None:
+        full = self.model.generate(self.prompt, max_tokens=self.max_tokens).text()
+        stripped = full.strip()
+        if len(stripped) < 4:
+            raise AssertionError(f"greedy output too short to test stop strings: {full!r}")
+        # Stop on a piece from the middle of the output.
+        start = full.index(stripped) + len(stripped) // 2
+        stop = full[start : start + 2]
+        stream = self.model.generate(self.prompt, with_max_tokens(self.max_tokens), with_stop(stop))
+        text = stream.text()
+        assert stop not in text
+        assert text == full[: full.index(stop)]
+        assert stream.finish_reason == "stop"
+
+    # -- chat --------------------------------------------------------------
+
+    def test_chat(self) -> None:
+        stream = self.model.chat(
+            [Message("user", "Say hello."), {"role": "assistant", "content": "Hello!"},
+             Message("user", "Again.")],
+            max_tokens=self.max_tokens,
+        )
+        assert stream.text()
+        assert stream.finish_reason in ("stop", "length")
+
+    def test_chat_rejects_bad_messages(self) -> None:
+        for bad in ([], [{"role": "wizard", "content": "x"}], [{"role": "user"}]):
+            try:
+                self.model.chat(bad, max_tokens=1)
+            except ValueError:
+                continue
+            raise AssertionError(f"chat({bad!r}) must raise ValueError")
+
+    # -- classify and batches ----------------------------------------------
+
+    def test_classify(self) -> None:
+        prompts = [self.prompt, self.other_prompt]
+        results = self.model.classify(prompts)
+        assert len(results) == 2
+        for res, prompt in zip(results, prompts):
+            assert isinstance(res, ClassifyResult)
+            assert res.logits is None
+            first = self._greedy(prompt, 1)
+            if first:
+                assert res.token.id == first[0].id
+                assert res.token.text == first[0].text or not self.real_token_ids
+
+    def test_classify_logits(self) -> None:
+        if not self.supports_logits:
+            return
+        (res,) = self.model.classify([self.prompt], return_logits=True)
+        assert res.logits is not None
+        logits = list(res.logits)
+        if self.model.info.vocab_size:
+            assert len(logits) >= self.model.info.vocab_size
+        assert max(range(len(logits)), key=logits.__getitem__) == res.token.id
+
+    def test_batch_generate(self) -> None:
+        prompts = [self.prompt, self.other_prompt, self.prompt]
+        results = self.model.batch_generate(prompts, max_tokens=self.max_tokens)
+        assert len(results) == 3
+        for res in results:
+            assert isinstance(res, BatchResult)
+            assert res.err is None, res.err
+            assert res.finish_reason in ("stop", "length")
+            assert 0 < len(res.tokens) <= self.max_tokens
+            assert res.text == "".join(t.text for t in res.tokens)
+        single = self._greedy(self.prompt)
+        assert results[0].tokens[0].id == single[0].id
+        assert results[0].text == results[2].text
+
+    def test_batch_keeps_errors_per_prompt(self) -> None:
+        ctx = self.model.info.context_length
+        if not ctx or ctx > 32768:
+            return
+        too_long = " a" * (ctx + 64)
+        results = self.model.batch_generate([self.prompt, too_long], max_tokens=2)
+        assert results[0].err is None and results[0].text
+        assert results[1].err is not None and results[1].finish_reason == "error"
+
+    # -- stopping ------------------------------------------------------------
+
+    def test_cancel_mid_stream_then_reuse(self) -> None:
+        expected = self.model.generate(self.prompt, max_tokens=3).text()
+        stream = self.model.generate(self.prompt, max_tokens=10_000)
+        got = []
+        for tok in stream:
+            got.append(tok)
+            if len(got) == 2:
+                threading.Thread(target=stream.cancel).start()
+                time.sleep(0.05)
+        assert 2 <= len(got) <= 4, f"cancel took effect after {len(got)} tokens"
+        assert stream.finish_reason == "cancelled"
+        assert isinstance(stream.err, Cancelled)
+        assert self.model.generate(self.prompt, max_tokens=3).text() == expected
+
+    def test_break_releases_model(self) -> None:
+        for _tok in self.model.generate(self.prompt, max_tokens=10_000):
+            break
+        # A stream abandoned with break must not block the next call.
+        done = threading.Event()
+        out: list[str] = []
+
+        def other() -> None:
+            out.append(self.model.generate(self.prompt, max_tokens=2).text())
+            done.set()
+
+        threading.Thread(target=other, daemon=True).start()
+        assert done.wait(120), "the model stayed locked after break"
+        assert out[0]
+
+    def test_cancel_event_option(self) -> None:
+        event = threading.Event()
+        event.set()
+        stream = self.model.generate(self.prompt, max_tokens=10_000, cancel=event)
+        tokens = list(stream)
+        assert len(tokens) <= 1
+        assert stream.finish_reason == "cancelled"
+
+    def test_timeout(self) -> None:
+        stream = self.model.generate(self.prompt, max_tokens=10_000, timeout=1e-6)
+        tokens = list(stream)
+        assert len(tokens) <= 1
+        assert stream.finish_reason == "cancelled"
+        assert isinstance(stream.err, DeadlineExceeded)
+        assert isinstance(stream.err, TimeoutError)
+        assert isinstance(self.model.err, DeadlineExceeded)
+        assert self.model.generate(self.prompt, max_tokens=2).text()
+        assert self.model.err is None
+
+    def test_close_stream_early(self) -> None:
+        stream = self.model.generate(self.prompt, max_tokens=10_000)
+        next(stream)
+        stream.close()
+        assert stream.finish_reason == "cancelled"
+        assert self.model.generate(self.prompt, max_tokens=2).text()
+
+    def test_async_iteration(self) -> None:
+        async def collect() -> str:
+            parts = []
+            async for tok in self.model.generate(self.prompt, max_tokens=self.max_tokens):
+                parts.append(tok.text)
+            return "".join(parts)
+
+        expected = self.model.generate(self.prompt, max_tokens=self.max_tokens).text()
+        assert asyncio.run(collect()) == expected
+
+    def test_async_task_cancel(self) -> None:
+        async def run() -> TokenStream:
+            stream = self.model.generate(self.prompt, max_tokens=10_000)
+            started = asyncio.Event()
+
+            async def consume() -> None:
+                async for _ in stream:
+                    started.set()
+
+            task = asyncio.create_task(consume())
+            await asyncio.wait_for(started.wait(), 120)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            return stream
+
+        stream = asyncio.run(run())
+        assert stream.finish_reason == "cancelled"
+        assert self.model.generate(self.prompt, max_tokens=2).text()
+
+    # -- threads ---------------------------------------------------------------
+
+    def test_concurrent_calls(self) -> None:
+        expected = self.model.generate(self.prompt, max_tokens=4).text()
+        results: list[str | BaseException] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            try:
+                text = self.model.generate(self.prompt, max_tokens=4).text()
+            except BaseException as exc:
+                text = exc  # type: ignore[assignment]
+            with lock:
+                results.append(text)
+
+        threads = [threading.Thread(target=work) for _ in range(self.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(results) == self.threads
+        assert all(r == expected for r in results), results
+
+    # -- errors, metrics, lifecycle ---------------------------------------------
+
+    def test_errors_surface(self) -> None:
+        try:
+            self.model.generate(123)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("a non-str prompt must raise TypeError")
+        ctx = self.model.info.context_length
+        if ctx and ctx <= 32768:
+            stream = self.model.generate(" a" * (ctx + 64), max_tokens=2)
+            try:
+                stream.text()
+            except GenerationError as exc:
+                assert stream.err is exc
+                assert self.model.err is exc
+                assert stream.finish_reason == "error"
+            else:
+                raise AssertionError("a prompt longer than the context must fail")
+        assert self.model.generate(self.prompt, max_tokens=2).text()
+        assert self.model.err is None
+
+    def test_metrics(self) -> None:
+        stream = self.model.generate(self.prompt, max_tokens=self.max_tokens)
+        assert stream.metrics is None
+        tokens = list(stream)
+        m = stream.metrics
+        assert isinstance(m, GenerateMetrics)
+        assert m.prompt_tokens > 0
+        assert m.generated_tokens >= len(tokens) > 0
+        assert m.total_seconds > 0 and m.time_to_first_token > 0
+        assert m.total_seconds >= m.time_to_first_token
+        assert self.model.metrics == m
+
+    def test_tokenizer_capability(self) -> None:
+        if not isinstance(self.model, Tokenizer):
+            return
+        ids = self.model.encode("Hello, world!")
+        assert ids and all(isinstance(i, int) for i in ids)
+        assert self.model.decode(ids) == "Hello, world!"
+
+    def test_close_twice_and_use_after_close(self) -> None:
+        model = type(self).make_model()
+        with model:
+            assert model.generate(self.prompt, max_tokens=1).text() is not None
+        model.close()
+        for call in (
+            lambda: model.generate(self.prompt),
+            lambda: model.chat([Message("user", "hi")]),
+            lambda: model.classify([self.prompt]),
+            lambda: model.batch_generate([self.prompt]),
+        ):
+            try:
+                call()
+            except ModelClosedError:
+                continue
+            raise AssertionError("a closed model must raise ModelClosedError")
+
+
+def run_conformance(
+    make_model: Callable[[], TextModel], **settings: Any
+) -> list[str]:
+    """Run every check against models from ``make_model``; return their names.
+
+    ``settings`` override the class attributes (``max_tokens=4``...). The
+    first failing check raises its AssertionError (or error) with its name.
+    """
+    suite = type(
+        "Conformance",
+        (TextModelConformance,),
+        {"make_model": classmethod(lambda cls: make_model()), **settings},
+    )
+    names = sorted(n for n in dir(suite) if n.startswith("test_"))
+    suite.setup_class()
+    try:
+        case = suite()
+        for name in names:
+            try:
+                getattr(case, name)()
+            except (AssertionError, InferenceError, Exception) as exc:
+                raise AssertionError(f"conformance check {name} failed: {exc!r}") from exc
+    finally:
+        suite.teardown_class()
+    return names

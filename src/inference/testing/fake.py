@@ -1,0 +1,196 @@
+"""A deterministic fake backend: a real TextModel with no weights and no GPU.
+
+Use it in your own tests::
+
+    from inference.testing import FakeBackend
+    model = FakeBackend(reply="Hello there.").load_model("any")
+    assert model.generate("Hi").text() == "Hello there."
+
+The fake tokenizer is byte-level (token id = byte value, 256 = end of
+generation), so multi-byte UTF-8 really is split across tokens. Greedy
+output is ``reply`` (a string, or a function of the prompt); with a
+temperature above zero the bytes are drawn from a seeded generator, so the
+same seed gives the same output. ``delay`` slows each token down, for tests
+of cancellation and timeouts.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..base import BaseTextModel
+from ..errors import GenerationError, ModelLoadError
+from ..options import GenerateConfig, LoadConfig, Option, load_config
+from ..stream import StreamControl
+from ..types import ModelInfo
+
+__all__ = ["EOS_ID", "FakeBackend", "FakeModel"]
+
+EOS_ID = 256
+VOCAB = 257
+DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog. Naïve café, 日本語. "
+
+
+class FakeModel(BaseTextModel):
+    """The fake backend's model. See the module docstring."""
+
+    backend_name = "fake"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        reply: str | Callable[[str], str] = DEFAULT_REPLY,
+        delay: float = 0.0,
+        context_length: int = 4096,
+        repeat: bool = True,
+    ) -> None:
+        super().__init__(
+            info=ModelInfo(
+                architecture="fake",
+                vocab_size=VOCAB,
+                layers=1,
+                hidden_size=8,
+                context_length=context_length,
+                backend="fake",
+                path=path,
+            ),
+            eog_ids=(EOS_ID,),
+            bos_token="",
+            eos_token="",
+        )
+        self._reply = reply
+        self._delay = delay
+        self._repeat = repeat
+        self.calls = 0
+        self.released = False
+
+    def _encode(self, text: str, add_bos: bool) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        if 0 <= token_id < 256:
+            return bytes((token_id,))
+        return b""
+
+    def _reply_bytes(self, ids: Sequence[int]) -> bytes:
+        reply = self._reply
+        if callable(reply):
+            reply = reply(bytes(ids).decode("utf-8", "replace"))
+        return reply.encode("utf-8")
+
+    def _generate_ids(
+        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
+    ) -> Iterator[int]:
+        if len(ids) > self._info.context_length:
+            raise GenerationError(
+                f"the prompt has {len(ids)} tokens; the context holds {self._info.context_length}"
+            )
+        self.calls += 1
+        data = self._reply_bytes(ids)
+        rng = random.Random(cfg.seed) if cfg.temperature > 0 else None
+        produced = 0
+        while True:
+            for byte in data:
+                if self._delay:
+                    time.sleep(self._delay)
+                if rng is not None:
+                    byte = rng.randrange(0x20, 0x7F)
+                produced += 1
+                yield byte
+                if len(ids) + produced >= self._info.context_length:
+                    return
+            if not self._repeat:
+                yield EOS_ID
+                return
+
+    def _classify_ids(
+        self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
+    ) -> list[tuple[int, Sequence[float] | None]]:
+        out: list[tuple[int, Sequence[float] | None]] = []
+        for ids in batch:
+            data = self._reply_bytes(ids)
+            tid = data[0] if data else EOS_ID
+            logits = None
+            if cfg.return_logits:
+                logits = array.array("f", [0.0]) * VOCAB
+                logits[tid] = 10.0
+            out.append((tid, logits))
+        return out
+
+    def _generate_batch(  # type: ignore[override]
+        self,
+        batch: Sequence[Sequence[int]],
+        cfg: GenerateConfig,
+        control: StreamControl,
+        finished: set[int],
+    ) -> Iterator[tuple[int, int]]:
+        engines = [self._generate_ids(ids, cfg, control) for ids in batch]
+        while len(finished) < len(engines):
+            for i, engine in enumerate(engines):
+                if i in finished:
+                    continue
+                tid = next(engine, EOS_ID)
+                yield i, tid
+
+    def _memory(self) -> tuple[int | None, int | None]:
+        return 1024, 2048
+
+    def _release(self) -> None:
+        self.released = True
+
+
+class FakeBackend:
+    """A backend whose models are :class:`FakeModel`.
+
+    ``available`` and ``reason`` are what the registry will see; ``formats``
+    defaults to ``("fake",)`` so that it never takes a real model file
+    unless asked for by name.
+    """
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        available: bool = True,
+        reason: str = "always available (fake backend for tests)",
+        priority: int = 0,
+        formats: tuple[str, ...] = ("fake",),
+        reply: str | Callable[[str], str] = DEFAULT_REPLY,
+        delay: float = 0.0,
+        context_length: int = 4096,
+        repeat: bool = True,
+    ) -> None:
+        self.name = name
+        self._available = available
+        self.reason = reason
+        self.priority = priority
+        self.formats = formats
+        self._model_args: dict[str, Any] = {
+            "reply": reply,
+            "delay": delay,
+            "context_length": context_length,
+            "repeat": repeat,
+        }
+        self.loads: list[LoadConfig] = []
+
+    def available(self) -> bool:
+        return self._available
+
+    def load_model(
+        self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any
+    ) -> FakeModel:
+        cfg = load_config(*opts, **kwargs)
+        text = os.fspath(path)
+        if not text:
+            raise ModelLoadError("the fake backend needs a non-empty path", path=text)
+        self.loads.append(cfg)
+        args = dict(self._model_args)
+        if cfg.context_len:
+            args["context_length"] = cfg.context_len
+        return FakeModel(text, **args)
