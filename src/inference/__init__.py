@@ -12,62 +12,123 @@ one for the model's format is chosen unless you name one.
 
 from __future__ import annotations
 
-from .base import BaseTextModel
-from .discovery import detect_format, discover
-from .errors import (
-    BackendNotFoundError,
-    BackendUnavailableError,
-    Cancelled,
-    DeadlineExceeded,
-    GenerationError,
-    InferenceError,
-    ModelClosedError,
-    ModelLoadError,
-    NoBackendError,
-)
-from .options import (
-    GenerateConfig,
-    LoadConfig,
-    Option,
-    with_adapter_path,
-    with_api_key,
-    with_backend,
-    with_cancel,
-    with_context_len,
-    with_gpu_layers,
-    with_logits,
-    with_max_tokens,
-    with_min_p,
-    with_parallel_slots,
-    with_repeat_penalty,
-    with_seed,
-    with_stop,
-    with_stop_tokens,
-    with_temperature,
-    with_timeout,
-    with_top_k,
-    with_top_p,
-)
-from .protocols import Backend, TextModel, Tokenizer
-from .registry import (
-    BackendStatus,
-    backend_status,
-    default_backend,
-    get_backend,
-    list_backends,
-    load_model,
-    register_backend,
-)
-from .stream import TokenStream
-from .types import (
-    BatchResult,
-    ClassifyResult,
-    DiscoveredModel,
-    GenerateMetrics,
-    Message,
-    ModelInfo,
-    Token,
-)
+from typing import TYPE_CHECKING, Any
+
+# The public names are imported on first use (PEP 562), so that
+# ``import inference`` costs next to nothing: a program that only lists
+# backends, or imports the package without using it, pays for no more.
+if TYPE_CHECKING:
+    from .base import BaseTextModel
+    from .discovery import detect_format, discover
+    from .errors import (
+        BackendNotFoundError,
+        BackendUnavailableError,
+        Cancelled,
+        DeadlineExceeded,
+        GenerationError,
+        InferenceError,
+        ModelClosedError,
+        ModelLoadError,
+        NoBackendError,
+    )
+    from .options import (
+        GenerateConfig,
+        LoadConfig,
+        Option,
+        with_adapter_path,
+        with_api_key,
+        with_backend,
+        with_cancel,
+        with_context_len,
+        with_gpu_layers,
+        with_logits,
+        with_max_tokens,
+        with_min_p,
+        with_parallel_slots,
+        with_repeat_penalty,
+        with_seed,
+        with_stop,
+        with_stop_tokens,
+        with_temperature,
+        with_timeout,
+        with_top_k,
+        with_top_p,
+    )
+    from .protocols import Backend, TextModel, Tokenizer
+    from .registry import (
+        BackendStatus,
+        backend_status,
+        default_backend,
+        get_backend,
+        list_backends,
+        load_model,
+        register_backend,
+    )
+    from .stream import TokenStream
+    from .types import (
+        BatchResult,
+        ClassifyResult,
+        DiscoveredModel,
+        GenerateMetrics,
+        Message,
+        ModelInfo,
+        Token,
+    )
+
+#: Public name -> the submodule that defines it.
+_LAZY: dict[str, str] = {
+    "BaseTextModel": "base",
+    "detect_format": "discovery",
+    "discover": "discovery",
+    "BackendNotFoundError": "errors",
+    "BackendUnavailableError": "errors",
+    "Cancelled": "errors",
+    "DeadlineExceeded": "errors",
+    "GenerationError": "errors",
+    "InferenceError": "errors",
+    "ModelClosedError": "errors",
+    "ModelLoadError": "errors",
+    "NoBackendError": "errors",
+    "GenerateConfig": "options",
+    "LoadConfig": "options",
+    "Option": "options",
+    "with_adapter_path": "options",
+    "with_api_key": "options",
+    "with_backend": "options",
+    "with_cancel": "options",
+    "with_context_len": "options",
+    "with_gpu_layers": "options",
+    "with_logits": "options",
+    "with_max_tokens": "options",
+    "with_min_p": "options",
+    "with_parallel_slots": "options",
+    "with_repeat_penalty": "options",
+    "with_seed": "options",
+    "with_stop": "options",
+    "with_stop_tokens": "options",
+    "with_temperature": "options",
+    "with_timeout": "options",
+    "with_top_k": "options",
+    "with_top_p": "options",
+    "Backend": "protocols",
+    "TextModel": "protocols",
+    "Tokenizer": "protocols",
+    "BackendStatus": "registry",
+    "backend_status": "registry",
+    "default_backend": "registry",
+    "get_backend": "registry",
+    "list_backends": "registry",
+    "load_model": "registry",
+    "register_backend": "registry",
+    "TokenStream": "stream",
+    "BatchResult": "types",
+    "ClassifyResult": "types",
+    "DiscoveredModel": "types",
+    "GenerateMetrics": "types",
+    "Message": "types",
+    "ModelInfo": "types",
+    "Token": "types",
+}
 
 __version__ = "0.1.0"
 
@@ -125,3 +186,20 @@ __all__ = [
     "with_top_k",
     "with_top_p",
 ]
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,7 +14,6 @@ that llama.cpp also falls back to.
 
 from __future__ import annotations
 
-import datetime
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +41,8 @@ def _raise_exception(message: str) -> None:
 
 
 def _strftime_now(fmt: str) -> str:
+    import datetime  # imported here: it costs start-up time
+
     return datetime.datetime.now().strftime(fmt)
 
 
@@ -79,9 +80,9 @@ def render_chat(
     Raises :class:`~inference.GenerationError` when the template fails or
     tries an operation the sandbox forbids; nothing it asks for is run.
     """
-    from jinja2.exceptions import SecurityError, TemplateError
+    compiled = compile_template(template or CHATML_TEMPLATE)  # ModelLoadError without Jinja2
+    from jinja2.exceptions import SecurityError
 
-    compiled = compile_template(template or CHATML_TEMPLATE)
     try:
         rendered = compiled.render(
             messages=[m.to_dict() for m in messages],
@@ -95,8 +96,13 @@ def render_chat(
         ) from exc
     except _TemplateError as exc:
         raise GenerationError(f"the model's chat template refused the messages: {exc}") from exc
-    except (TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
-        raise GenerationError(f"the model's chat template failed: {exc}") from exc
+    except Exception as exc:
+        # Whatever else a template can raise: TemplateError, TypeError,
+        # OverflowError (a sandboxed range too big), ZeroDivisionError,
+        # RecursionError (a macro calling itself)...
+        raise GenerationError(
+            f"the model's chat template failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(rendered, str):  # pragma: no cover - jinja always returns str
         raise GenerationError("the model's chat template did not render text")
     return rendered

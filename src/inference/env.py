@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "INFERENCE_API_KEY",
@@ -48,7 +51,10 @@ def configure_logging() -> None:
     level = os.environ.get(INFERENCE_LOG, "").strip().upper()
     if not level:
         return
-    _logger.setLevel(getattr(logging, level, logging.INFO))
+    value = getattr(logging, level, None) if level.isalpha() else None
+    # Only a real level name counts; anything else (a typo, or a logging
+    # attribute such as BASIC_FORMAT) falls back to INFO instead of raising.
+    _logger.setLevel(value if isinstance(value, int) else logging.INFO)
     if not _logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
@@ -65,6 +71,8 @@ def engine_logs_enabled() -> bool:
 
 def cache_dir(*parts: str) -> Path:
     """The cache folder for ``parts`` (not created)."""
+    from pathlib import Path  # imported here: it costs start-up time
+
     root = os.environ.get(INFERENCE_CACHE_DIR)
     if root:
         base = Path(root)

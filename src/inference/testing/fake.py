@@ -95,6 +95,9 @@ class FakeModel(BaseTextModel):
         data = self._reply_bytes(ids)
         rng = random.Random(cfg.seed) if cfg.temperature > 0 else None
         produced = 0
+        if not data:  # an empty reply: end at once instead of looping forever
+            yield EOS_ID
+            return
         while True:
             for byte in data:
                 if self._delay:
@@ -123,7 +126,7 @@ class FakeModel(BaseTextModel):
             out.append((tid, logits))
         return out
 
-    def _generate_batch(  # type: ignore[override]
+    def _generate_batch(
         self,
         batch: Sequence[Sequence[int]],
         cfg: GenerateConfig,

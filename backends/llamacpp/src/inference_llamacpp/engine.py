@@ -148,6 +148,7 @@ class LlamaCppModel(BaseTextModel):
     def _open(self, header: GGUFHeader, cfg: LoadConfig) -> None:
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = 0x7FFFFFFF if cfg.gpu_layers < 0 else cfg.gpu_layers
+        self._model_params(mparams, cfg)
         self._model = lc.llama_model_load_from_file(self._path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"{self._path}: llama.cpp could not load the model "
@@ -217,6 +218,9 @@ class LlamaCppModel(BaseTextModel):
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
         )
+
+    def _model_params(self, params: Any, cfg: LoadConfig) -> None:
+        """Adjust ``llama_model_params`` before loading (device choice)."""
 
     # -- primitives ------------------------------------------------------------
 
