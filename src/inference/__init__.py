@@ -12,12 +12,14 @@ one for the model's format is chosen unless you name one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 # The public names are imported on first use (PEP 562), so that
 # ``import inference`` costs next to nothing: a program that only lists
 # backends, or imports the package without using it, pays for no more.
+# (``typing`` itself is not imported: it would cost more than the rest.)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .base import BaseTextModel
     from .discovery import detect_format, discover
     from .errors import (

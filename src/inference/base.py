@@ -31,7 +31,7 @@ from .chat_template import render_chat
 from .detok import TextAssembler
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .options import GenerateConfig, Option, generate_config
-from .stream import StreamControl, TokenStream
+from .stream import Producer, StreamControl, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -80,7 +80,9 @@ class BaseTextModel:
         self._released = False
         self._err: BaseException | None = None
         self._metrics: GenerateMetrics | None = None
-        self._engine = EngineThread(f"inference-{self.backend_name or 'engine'}") if engine_thread else None
+        self._engine = (
+            EngineThread(f"inference-{self.backend_name or 'engine'}") if engine_thread else None
+        )
 
     # -- engine primitives (override) -----------------------------------
 
@@ -292,11 +294,10 @@ class BaseTextModel:
             self._metrics = metrics
 
     def _stream(self, text: str, cfg: GenerateConfig, add_bos: bool) -> TokenStream:
-        def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
+        def produce(control: StreamControl) -> Generator[Token, None, FinishReason]:
             return self._produce(text, add_bos, cfg, control)
 
-        if self._engine is not None:
-            producer = self._engine.pump(producer)
+        producer: Producer = produce if self._engine is None else self._engine.pump(produce)
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
 
     def _produce(
@@ -333,7 +334,9 @@ class BaseTextModel:
             total_seconds=max(end - start, 0.0),
             time_to_first_token=prefill if generated else 0.0,
             prefill_tokens_per_second=prompt_tokens / prefill if prefill > 0 else 0.0,
-            decode_tokens_per_second=(generated - 1) / decode if generated > 1 and decode > 0 else 0.0,
+            decode_tokens_per_second=(generated - 1) / decode
+            if generated > 1 and decode > 0
+            else 0.0,
             peak_memory_bytes=peak,
             active_memory_bytes=active,
         )
@@ -378,7 +381,7 @@ class BaseTextModel:
                 logits=logits,
                 prompt_tokens=len(ids),
             )
-            for (tid, logits), ids in zip(picked, batch)
+            for (tid, logits), ids in zip(picked, batch, strict=True)
         ]
 
     def _do_batch(
@@ -405,7 +408,11 @@ class BaseTextModel:
         end = _perf()
         done = [results[i] for i in range(len(prompts))]
         generated = sum(r.metrics.generated_tokens for r in done if r.metrics)
-        firsts = [start + r.metrics.time_to_first_token for r in done if r.metrics and r.metrics.generated_tokens]
+        firsts = [
+            start + r.metrics.time_to_first_token
+            for r in done
+            if r.metrics and r.metrics.generated_tokens
+        ]
         control.metrics = self._measure(
             sum(len(ids) for ids in batch), generated, start, min(firsts, default=end), end
         )
@@ -506,10 +513,12 @@ class BaseTextModel:
                 asm = asms[i]
                 if tid in stop_ids:
                     reasons[i] = "stop"
-                elif tokens[i].extend(asm.push(tid, self._token_bytes(tid))) or asm.stopped:
-                    reasons[i] = "stop"
-                elif counts[i] < cfg.max_tokens:
-                    continue
+                else:
+                    tokens[i].extend(asm.push(tid, self._token_bytes(tid)))
+                    if asm.stopped:
+                        reasons[i] = "stop"
+                    elif counts[i] < cfg.max_tokens:
+                        continue
                 finished.add(i)
                 ends[i] = _perf()
                 if len(finished) == count:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 from collections.abc import Sequence
@@ -112,11 +113,14 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
         out.write("no backends installed; try: pip install 'inference[llamacpp]'\n")
         return 0
     width = max(len(s.name) for s in statuses)
-    out.write(f"{'NAME':<{width}}  AVAILABLE  PRIORITY  FORMATS          REASON\n")
+    fwidth = max(15, *(len(",".join(s.formats)) for s in statuses))
+    out.write(f"{'NAME':<{width}}  AVAILABLE  PRIORITY  {'FORMATS':<{fwidth}}  REASON\n")
     for s in statuses:
         avail = "broken" if s.broken else ("yes" if s.available else "no")
         formats = ",".join(s.formats) or "-"
-        out.write(f"{s.name:<{width}}  {avail:<9}  {s.priority:>8}  {formats:<15}  {s.reason}\n")
+        out.write(
+            f"{s.name:<{width}}  {avail:<9}  {s.priority:>8}  {formats:<{fwidth}}  {s.reason}\n"
+        )
     return 0
 
 
@@ -130,7 +134,10 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"no models found in {args.directory}\n")
         return 0
     for m in found:
-        quant = f"{m.quant_bits}-bit" + (f" g{m.quant_group_size}" if m.quant_group_size else "") if m.quant_bits else "-"
+        quant = "-"
+        if m.quant_bits:
+            group = f" g{m.quant_group_size}" if m.quant_group_size else ""
+            quant = f"{m.quant_bits}-bit{group}"
         error = dict(m.extra).get("error")
         detail = f"error: {error}" if error else (
             f"{m.architecture or '?'}  {quant}  ctx {m.context_length or '?'}  "
@@ -291,13 +298,19 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
             return _cmd_chat(args, out, inp)
         if args.command == "bench":
             return _cmd_bench(args, out)
-    except (InferenceError, ValueError, TypeError) as exc:
-        sys.stderr.write(f"inference: error: {exc}\n")
-        return 1
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # One line, no traceback, whatever failed (a backend's own error
+        # too); INFERENCE_LOG=debug logs the traceback.
+        logging.getLogger("inference").debug("the command failed", exc_info=True)
+        message = str(exc) if isinstance(exc, (InferenceError, ValueError, TypeError)) else (
+            f"{type(exc).__name__}: {exc}"
+        )
+        sys.stderr.write(f"inference: error: {message}\n")
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return 2  # pragma: no cover

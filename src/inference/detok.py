@@ -21,7 +21,7 @@ __all__ = ["TextAssembler"]
 class TextAssembler:
     """Turns (id, bytes) pairs into tokens to emit; one per generation."""
 
-    __slots__ = ("_decode", "_stops", "_longest", "_pending", "_buf", "stopped")
+    __slots__ = ("_buf", "_decode", "_longest", "_pending", "_stops", "stopped")
 
     def __init__(self, stop: Sequence[str] = ()) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode

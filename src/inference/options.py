@@ -220,11 +220,12 @@ def with_logits(enabled: bool = True) -> Option:
 
 def with_timeout(seconds: float | None) -> Option:
     """End the call after ``seconds``; it finishes with DeadlineExceeded."""
-    if seconds is not None:
-        seconds = _float("timeout", seconds, low=0.0)
-        if seconds == 0.0:
-            raise _fail("timeout", 0, "> 0 seconds (None means no deadline)")
-    return Option("generate", "timeout", seconds)
+    if seconds is None:
+        return Option("generate", "timeout", None)
+    value = _float("timeout", seconds, low=0.0)
+    if value == 0.0:
+        raise _fail("timeout", seconds, "> 0 seconds (None means no deadline)")
+    return Option("generate", "timeout", value)
 
 
 def with_cancel(event: threading.Event | None) -> Option:

@@ -73,12 +73,14 @@ class BackendStatus:
     formats: tuple[str, ...]
     broken: bool = False
     aliases: tuple[str, ...] = ()
+    #: The extra that installs it: ``pip install 'inference[extra]'`` ("" if none).
+    extra: str = ""
 
 
 class _Entry:
     """One registered backend: an entry point not yet imported, or the object."""
 
-    __slots__ = ("name", "point", "backend", "error")
+    __slots__ = ("backend", "error", "name", "point")
 
     def __init__(
         self,
@@ -221,7 +223,7 @@ def get_backend(name: str) -> Backend | None:
             f"backend {entry.name!r} is installed but broken: {_describe(entry.error)}",
             backend=entry.name,
             reason=_describe(entry.error),
-        )
+        ) from entry.error
     return backend
 
 
@@ -252,6 +254,21 @@ def _reason(backend: Any) -> str:
         return f"reason unavailable: {_describe(exc)}"
 
 
+def _extra(backend: Any, name: str) -> str:
+    try:
+        value = getattr(backend, "extra", "")
+    except Exception:
+        value = ""
+    return value if isinstance(value, str) and value else KNOWN_EXTRAS.get(name, "")
+
+
+def _install_hint(reason: str, extra: str) -> str:
+    """`` (pip install 'inference[extra]')``, unless the reason already says it."""
+    if not extra or f"inference[{extra}]" in reason:
+        return ""
+    return f" (pip install 'inference[{extra}]')"
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return ""
@@ -271,7 +288,13 @@ def _status(entry: _Entry) -> BackendStatus:
     backend = _load(entry)
     if backend is None:
         return BackendStatus(
-            entry.name, False, f"failed to load: {_describe(entry.error)}", 0, (), broken=True
+            entry.name,
+            False,
+            f"failed to load: {_describe(entry.error)}",
+            0,
+            (),
+            broken=True,
+            extra=KNOWN_EXTRAS.get(entry.name, ""),
         )
     ok, reason, broken = _check(backend)
     return BackendStatus(
@@ -282,6 +305,7 @@ def _status(entry: _Entry) -> BackendStatus:
         _attr_tuple(backend, "formats"),
         broken=broken,
         aliases=_attr_tuple(backend, "aliases"),
+        extra=_extra(backend, entry.name),
     )
 
 
@@ -309,9 +333,15 @@ def _format_of(path: str | os.PathLike[str]) -> str | None:
 
 def _not_a_model(path: str) -> ModelLoadError:
     if os.path.isdir(path):
-        what = "a directory with no model weights (expected config.json and *.safetensors, or a .gguf file)"
+        what = (
+            "a directory with no model weights"
+            " (expected config.json and *.safetensors, or a .gguf file)"
+        )
     else:
-        what = "not a model file in a known format (expected a .gguf file or a directory with config.json and *.safetensors)"
+        what = (
+            "not a model file in a known format"
+            " (expected a .gguf file or a directory with config.json and *.safetensors)"
+        )
     return ModelLoadError(f"{path}: {what}", path=path)
 
 
@@ -319,7 +349,8 @@ def _extras_hint(fmt: str | None) -> str:
     extras = FORMAT_EXTRAS.get(fmt or "", tuple(dict.fromkeys(KNOWN_EXTRAS.values())))
     if not extras:
         return ""
-    return "; install a backend with " + " or ".join(f"pip install 'inference[{e}]'" for e in extras)
+    commands = " or ".join(f"pip install 'inference[{e}]'" for e in extras)
+    return f"; install a backend with {commands}"
 
 
 def default_backend(path: str | os.PathLike[str] | None = None) -> Backend:
@@ -341,15 +372,20 @@ def _by_name(name: str, *, source: str) -> Backend:
     backend = get_backend(name)
     if backend is None:
         known = ", ".join(list_backends()) or "none"
-        hint = f"; install it with pip install 'inference[{KNOWN_EXTRAS[name]}]'" if name in KNOWN_EXTRAS else ""
+        hint = (
+            f"; install it with pip install 'inference[{KNOWN_EXTRAS[name]}]'"
+            if name in KNOWN_EXTRAS
+            else ""
+        )
         raise BackendNotFoundError(
             f"backend {name!r} ({source}) not found: it is either misspelled or not installed"
             f"{hint}. Registered: {known}"
         )
     ok, reason, _ = _check(backend)
     if not ok:
+        hint = _install_hint(reason, _extra(backend, name))
         raise BackendUnavailableError(
-            f"backend {name!r} is not available here: {reason or 'no reason given'}",
+            f"backend {name!r} is not available here: {reason or 'no reason given'}{hint}",
             backend=name,
             reason=reason,
         )
@@ -376,7 +412,9 @@ def _best(fmt: str | None) -> Backend:
         return backend
     lines = [
         f"  {st.name}: {'available' if st.available else 'unavailable'}"
-        f"{' (does not load ' + fmt + ')' if st.available and fmt else ''}: {st.reason or 'no reason given'}"
+        f"{' (does not load ' + fmt + ')' if st.available and fmt else ''}"
+        f": {st.reason or 'no reason given'}"
+        f"{'' if st.available else _install_hint(st.reason, st.extra)}"
         for st in statuses
     ]
     listing = "\n".join(lines) if lines else "  (no backends installed)"

@@ -30,7 +30,7 @@ class StreamControl:
     :class:`~inference.DeadlineExceeded`.
     """
 
-    __slots__ = ("_event", "_user", "deadline", "timeout", "metrics")
+    __slots__ = ("_event", "_user", "deadline", "metrics", "timeout")
 
     def __init__(
         self,
@@ -91,15 +91,15 @@ class TokenStream(Iterator[Token]):
     """
 
     __slots__ = (
-        "_control",
-        "_gen",
-        "_started",
-        "_done",
-        "_finish_reason",
-        "_err",
-        "_on_finish",
-        "_texts",
         "__weakref__",
+        "_control",
+        "_done",
+        "_err",
+        "_finish_reason",
+        "_gen",
+        "_on_finish",
+        "_started",
+        "_texts",
     )
 
     def __init__(

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-import inference  # noqa: E402
-from inference.testing import smollm2_path  # noqa: E402
+import inference
+from inference.testing import smollm2_path
 
 
 @pytest.fixture(scope="session")

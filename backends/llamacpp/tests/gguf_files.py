@@ -17,7 +17,7 @@ gguf = pytest.importorskip("gguf")
 from inference.gguf import read_header  # noqa: E402
 
 
-def _tokenizer(w: "gguf.GGUFWriter", source: str) -> None:
+def _tokenizer(w: gguf.GGUFWriter, source: str) -> None:
     h = read_header(source)
     w.add_tokenizer_model(h.get("tokenizer.ggml.model"))
     w.add_tokenizer_pre(h.get("tokenizer.ggml.pre"))
@@ -29,8 +29,15 @@ def _tokenizer(w: "gguf.GGUFWriter", source: str) -> None:
     w.add_add_bos_token(False)
 
 
-def write_tiny_llama(path: Path, source: str, *, chat_template: str | None = None,
-                     n_embd: int = 64, n_ff: int = 128, seed: int = 0) -> Path:
+def write_tiny_llama(
+    path: Path,
+    source: str,
+    *,
+    chat_template: str | None = None,
+    n_embd: int = 64,
+    n_ff: int = 128,
+    seed: int = 0,
+) -> Path:
     """A one-layer llama with random weights and ``source``'s tokenizer."""
     rng = np.random.default_rng(seed)
     vocab = len(read_header(source, load_arrays=False).get("tokenizer.ggml.tokens"))
@@ -72,8 +79,7 @@ def write_tiny_llama(path: Path, source: str, *, chat_template: str | None = Non
     return path
 
 
-def write_lora(path: Path, base: str, *, rank: int = 8, scale: float = 0.5,
-               seed: int = 1) -> Path:
+def write_lora(path: Path, base: str, *, rank: int = 8, scale: float = 0.5, seed: int = 1) -> Path:
     """A random LoRA adapter for ``base`` on every attention output projection."""
     h = read_header(base, load_arrays=False)
     rng = np.random.default_rng(seed)

@@ -11,12 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from gguf_files import write_lora, write_tiny_llama
 
 import inference
 from inference import GenerationError, Message, ModelClosedError, ModelLoadError
 from inference.detok import TextAssembler
-
-from gguf_files import write_lora, write_tiny_llama
 
 COUNT = "Count: one, two, three,"
 ANIMAL = [Message("user", "Name a large animal.")]
@@ -124,7 +123,7 @@ def test_multibyte_utf8_split_across_tokens(model: inference.TextModel) -> None:
 
     assert not all(valid(p) for p in pieces), "expected a character split across tokens"
     asm = TextAssembler()
-    out = [tok for i, p in zip(ids, pieces) for tok in asm.push(i, p)]
+    out = [tok for i, p in zip(ids, pieces, strict=True) for tok in asm.push(i, p)]
     assert "".join(t.text for t in out) == text
     assert all("\ufffd" not in t.text for t in out)
     # And in a real stream: no replacement character mid-stream.
@@ -135,7 +134,9 @@ def test_multibyte_utf8_split_across_tokens(model: inference.TextModel) -> None:
 def test_sampling_options(model: inference.TextModel) -> None:
     greedy = model.generate(COUNT, max_tokens=8).text()
     assert model.generate(COUNT, max_tokens=8, temperature=0.9, top_k=1).text() == greedy
-    seeded = [model.generate(COUNT, max_tokens=12, temperature=1.5, seed=s).text() for s in (1, 1, 2, 3)]
+    seeded = [
+        model.generate(COUNT, max_tokens=12, temperature=1.5, seed=s).text() for s in (1, 1, 2, 3)
+    ]
     assert seeded[0] == seeded[1]
     assert len(set(seeded[1:])) > 1, "different seeds should sample differently"
     for kw in ({"top_p": 0.5}, {"min_p": 0.2}, {"top_k": 5, "top_p": 0.9, "min_p": 0.05}):
@@ -213,7 +214,7 @@ PROMPTS = [
 
 def test_classify_matches_generate(model: inference.TextModel) -> None:
     results = model.classify(PROMPTS)
-    for prompt, res in zip(PROMPTS, results):
+    for prompt, res in zip(PROMPTS, results, strict=True):
         (first,) = list(model.generate(prompt, max_tokens=1))
         assert res.token.id == first.id, prompt
         assert res.prompt_tokens == len(model.encode(prompt))
@@ -227,7 +228,7 @@ def test_classify_logits(model: inference.TextModel) -> None:
         assert best == res.token.id
     (alone,) = model.classify(PROMPTS[1:2], return_logits=True)
     assert alone.logits is not None and results[1].logits is not None
-    diff = max(abs(a - b) for a, b in zip(alone.logits, results[1].logits))
+    diff = max(abs(a - b) for a, b in zip(alone.logits, results[1].logits, strict=True))
     assert diff < 0.05, "batched logits should match a single prompt's"
 
 
@@ -242,7 +243,7 @@ def test_classify_more_prompts_than_sequences(model: inference.TextModel) -> Non
 def test_batch_generate_matches_single(model: inference.TextModel) -> None:
     results = model.batch_generate(PROMPTS, max_tokens=6)
     same = 0
-    for prompt, res in zip(PROMPTS, results):
+    for prompt, res in zip(PROMPTS, results, strict=True):
         assert res.err is None
         assert res.text == "".join(t.text for t in res.tokens)
         single = model.generate(prompt, max_tokens=6).text()
@@ -353,22 +354,27 @@ def test_model_without_template_gets_chatml(model_path: str, tmp_path: Path) -> 
     tiny = write_tiny_llama(tmp_path / "plain.gguf", model_path)
     with inference.load_model(tiny, backend="llama_cpp") as m:
         rendered = m._render_chat(ANIMAL)  # type: ignore[attr-defined]
-        assert rendered == "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n"
+        assert (
+            rendered == "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n"
+        )
         assert len(list(m.chat(ANIMAL, max_tokens=3))) <= 3
 
 
 def test_invalid_template_is_a_load_error(model_path: str, tmp_path: Path) -> None:
     tiny = write_tiny_llama(tmp_path / "broken.gguf", model_path, chat_template="{% for %}")
-    with inference.load_model(tiny, backend="llama_cpp") as m:
-        with pytest.raises(ModelLoadError, match="chat template is not valid"):
-            m.chat(ANIMAL, max_tokens=2)
+    with (
+        inference.load_model(tiny, backend="llama_cpp") as m,
+        pytest.raises(ModelLoadError, match="chat template is not valid"),
+    ):
+        m.chat(ANIMAL, max_tokens=2)
 
 
 # -- LoRA adapters --------------------------------------------------------------------
 
 
-def test_lora_adapter_changes_output(model_path: str, model: inference.TextModel,
-                                     tmp_path: Path) -> None:
+def test_lora_adapter_changes_output(
+    model_path: str, model: inference.TextModel, tmp_path: Path
+) -> None:
     adapter = write_lora(tmp_path / "lora.gguf", model_path)
     base = model.generate(COUNT, max_tokens=8).text()
     with inference.load_model(model_path, adapter_path=str(adapter)) as tuned:
@@ -390,7 +396,9 @@ def test_bad_adapter_is_a_load_error(model_path: str, tmp_path: Path) -> None:
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **env},
     )
 
@@ -402,8 +410,13 @@ def test_llama_cpp_log_is_silent_by_default(model_path: str) -> None:
             print(m.generate("Hi", max_tokens=2).text() is not None)
     """
     env = {k: v for k, v in os.environ.items() if k != "INFERENCE_LOG"}
-    quiet = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                           text=True, timeout=300, env=env)
+    quiet = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout.strip() == "True"
     assert quiet.stderr == ""
@@ -417,7 +430,10 @@ def test_cli_streams_a_chat(model_path: str) -> None:
     assert exe, "the inference console script is not installed"
     out = subprocess.run(
         [exe, "chat", model_path, "--max-tokens", "12"],
-        input="Name a large animal.\n/exit\n", capture_output=True, text=True, timeout=300,
+        input="Name a large animal.\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert "The largest animal on Earth is the elephant." in out.stdout

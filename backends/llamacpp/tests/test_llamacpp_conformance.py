@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import inference
-from inference.testing import TextModelConformance
-
-from inference.testing import smollm2_path
+from inference.testing import TextModelConformance, smollm2_path
 
 
 class TestLlamaCppConformance(TextModelConformance):

@@ -11,15 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from inference_rocm import RocmBackend
+from inference_rocm.detect import REINSTALL_COMMAND, llama_cpp_hip_build
+from sysfs_trees import GIB, MIB, Machine, apu_and_discrete_box, discrete_box
 
 import inference
 from inference import BackendUnavailableError, ModelLoadError
 from inference.registry import register_backend, unregister_backend
 from inference.testing import TextModelConformance, smollm2_path
-from inference_rocm import RocmBackend
-from inference_rocm.detect import REINSTALL_COMMAND, llama_cpp_hip_build
-
-from sysfs_trees import GIB, MIB, Machine, apu_and_discrete_box, discrete_box
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("inference_llamacpp")

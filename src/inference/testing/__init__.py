@@ -7,4 +7,11 @@ from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
 from .models import smollm2_path
 
-__all__ = ["EOS_ID", "FakeBackend", "FakeModel", "TextModelConformance", "run_conformance", "smollm2_path"]
+__all__ = [
+    "EOS_ID",
+    "FakeBackend",
+    "FakeModel",
+    "TextModelConformance",
+    "run_conformance",
+    "smollm2_path",
+]

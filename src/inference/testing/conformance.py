@@ -22,6 +22,7 @@ runs them in seconds. Class attributes tune them for your backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -139,8 +140,12 @@ class TextModelConformance:
     def test_seed_repeats_sampling(self) -> None:
         if not self.supports_seed:
             return
-        a = self.model.generate(self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7).text()
-        b = self.model.generate(self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7).text()
+        a = self.model.generate(
+            self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7
+        ).text()
+        b = self.model.generate(
+            self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7
+        ).text()
         assert a == b
 
     def test_stop_string_is_not_emitted(self) -> None:
@@ -161,8 +166,11 @@ class TextModelConformance:
 
     def test_chat(self) -> None:
         stream = self.model.chat(
-            [Message("user", "Say hello."), {"role": "assistant", "content": "Hello!"},
-             Message("user", "Again.")],
+            [
+                Message("user", "Say hello."),
+                {"role": "assistant", "content": "Hello!"},
+                Message("user", "Again."),
+            ],
             max_tokens=self.max_tokens,
         )
         assert stream.text()
@@ -182,7 +190,7 @@ class TextModelConformance:
         prompts = [self.prompt, self.other_prompt]
         results = self.model.classify(prompts)
         assert len(results) == 2
-        for res, prompt in zip(results, prompts):
+        for res, prompt in zip(results, prompts, strict=True):
             assert isinstance(res, ClassifyResult)
             assert res.logits is None
             first = self._greedy(prompt, 1)
@@ -302,10 +310,8 @@ class TextModelConformance:
             task = asyncio.create_task(consume())
             await asyncio.wait_for(started.wait(), 120)
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
             return stream
 
         stream = asyncio.run(run())
@@ -395,15 +401,13 @@ class TextModelConformance:
             raise AssertionError("a closed model must raise ModelClosedError")
 
 
-def run_conformance(
-    make_model: Callable[[], TextModel], **settings: Any
-) -> list[str]:
+def run_conformance(make_model: Callable[[], TextModel], **settings: Any) -> list[str]:
     """Run every check against models from ``make_model``; return their names.
 
     ``settings`` override the class attributes (``max_tokens=4``...). The
     first failing check raises its AssertionError (or error) with its name.
     """
-    suite = type(
+    suite: type[TextModelConformance] = type(
         "Conformance",
         (TextModelConformance,),
         {"make_model": classmethod(lambda cls: make_model()), **settings},

@@ -51,14 +51,21 @@ _ABORTABLE_PREFILL = 64
 #: Tokens the repeat penalty looks back over.
 _PENALTY_LAST_N = 64
 
-_LEVELS = {0: logging.CRITICAL, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR,
-           4: logging.DEBUG, 5: logging.DEBUG}
+_LEVELS = {
+    0: logging.CRITICAL,
+    1: logging.INFO,
+    2: logging.WARNING,
+    3: logging.ERROR,
+    4: logging.DEBUG,
+    5: logging.DEBUG,
+}
 
 
 @lc.llama_log_callback  # type: ignore[misc]
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if _log.isEnabledFor(logging.DEBUG) or (level in (2, 3) and _log.isEnabledFor(logging.WARNING)
-                                            and _engine_logs):
+    if _log.isEnabledFor(logging.DEBUG) or (
+        level in (2, 3) and _log.isEnabledFor(logging.WARNING) and _engine_logs
+    ):
         _log.log(_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
 
 
@@ -122,8 +129,9 @@ class LlamaCppModel(BaseTextModel):
     backend_name: ClassVar[str] = "llama_cpp"
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], cfg: LoadConfig, *,
-             header: GGUFHeader | None = None) -> LlamaCppModel:
+    def load(
+        cls, path: str | os.PathLike[str], cfg: LoadConfig, *, header: GGUFHeader | None = None
+    ) -> LlamaCppModel:
         """Validate ``path`` with the core's GGUF reader, then load it."""
         text = os.fspath(path)
         header = header or read_header(text)
@@ -151,13 +159,18 @@ class LlamaCppModel(BaseTextModel):
         self._model_params(mparams, cfg)
         self._model = lc.llama_model_load_from_file(self._path.encode(), mparams)
         if not self._model:
-            raise ModelLoadError(f"{self._path}: llama.cpp could not load the model "
-                                 "(set INFERENCE_LOG=debug for its log)", path=self._path)
+            raise ModelLoadError(
+                f"{self._path}: llama.cpp could not load the model "
+                "(set INFERENCE_LOG=debug for its log)",
+                path=self._path,
+            )
         self._vocab = lc.llama_model_get_vocab(self._model)
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         trained = lc.llama_model_n_ctx_train(self._model)
         n_ctx = cfg.context_len or min(trained or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
-        n_seq = min(max(cfg.parallel_slots or DEFAULT_SEQUENCES, 1), lc.llama_max_parallel_sequences())
+        n_seq = min(
+            max(cfg.parallel_slots or DEFAULT_SEQUENCES, 1), lc.llama_max_parallel_sequences()
+        )
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(n_ctx, 512)
@@ -173,17 +186,24 @@ class LlamaCppModel(BaseTextModel):
         if not self._ctx:
             raise ModelLoadError(
                 f"{self._path}: llama.cpp could not create a context of {n_ctx} tokens "
-                "(out of memory? try a smaller context_len)", path=self._path)
+                "(out of memory? try a smaller context_len)",
+                path=self._path,
+            )
         if cfg.adapter_path:
             self._adapter = lc.llama_adapter_lora_init(self._model, cfg.adapter_path.encode())
             if not self._adapter:
-                raise ModelLoadError(f"{cfg.adapter_path}: llama.cpp could not load the LoRA "
-                                     "adapter (is it for this model?)", path=cfg.adapter_path)
+                raise ModelLoadError(
+                    f"{cfg.adapter_path}: llama.cpp could not load the LoRA "
+                    "adapter (is it for this model?)",
+                    path=cfg.adapter_path,
+                )
             adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._adapter)
             scales = (ctypes.c_float * 1)(1.0)
             if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales):
-                raise ModelLoadError(f"{cfg.adapter_path}: the LoRA adapter could not be applied",
-                                     path=cfg.adapter_path)
+                raise ModelLoadError(
+                    f"{cfg.adapter_path}: the LoRA adapter could not be applied",
+                    path=cfg.adapter_path,
+                )
         self._n_ctx = lc.llama_n_ctx(self._ctx)
         self._n_batch = lc.llama_n_batch(self._ctx)
         self._n_seq = n_seq
@@ -209,7 +229,8 @@ class LlamaCppModel(BaseTextModel):
                 quant_group_size=group,
                 backend=self.backend_name,
                 path=self._path,
-                notes=(f"weights {quant_name}", f"trained context {trained}") if quant_name
+                notes=(f"weights {quant_name}", f"trained context {trained}")
+                if quant_name
                 else (f"trained context {trained}",),
             ),
             eog_ids=eog,
@@ -258,8 +279,12 @@ class LlamaCppModel(BaseTextModel):
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lc.llama_sampler_chain_add
         if cfg.repeat_penalty != 1.0:
-            add(chain, lc.llama_sampler_init_penalties(
-                self._n_vocab, _PENALTY_LAST_N, cfg.repeat_penalty, 0.0, 0.0))
+            add(
+                chain,
+                lc.llama_sampler_init_penalties(
+                    self._n_vocab, _PENALTY_LAST_N, cfg.repeat_penalty, 0.0, 0.0
+                ),
+            )
         if cfg.temperature <= 0.0:
             add(chain, lc.llama_sampler_init_greedy())
             return chain
@@ -295,8 +320,10 @@ class LlamaCppModel(BaseTextModel):
             control.check()
             raise Cancelled("the call was cancelled during prefill")
         if rc == 1:
-            raise GenerationError("llama.cpp found no room in the KV cache for the batch "
-                                  f"(context {self._n_ctx} tokens); load with a larger context_len")
+            raise GenerationError(
+                "llama.cpp found no room in the KV cache for the batch "
+                f"(context {self._n_ctx} tokens); load with a larger context_len"
+            )
         raise GenerationError(f"llama_decode failed with code {rc}")
 
     _abort_for: StreamControl | None = None
@@ -305,8 +332,7 @@ class LlamaCppModel(BaseTextModel):
         control = self._abort_for
         return control is not None and control.stop_requested()
 
-    def _prefill(self, ids: Sequence[int], seq: int, start: int,
-                 control: StreamControl) -> None:
+    def _prefill(self, ids: Sequence[int], seq: int, start: int, control: StreamControl) -> None:
         """Decode ``ids[start:]`` into sequence ``seq``; logits for the last."""
         batch = self._batch
         assert batch is not None
@@ -324,8 +350,9 @@ class LlamaCppModel(BaseTextModel):
                 self._cached = []
                 control.check()
 
-    def _generate_ids(self, ids: Sequence[int], cfg: GenerateConfig,
-                      control: StreamControl) -> Iterator[int]:
+    def _generate_ids(
+        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
+    ) -> Iterator[int]:
         mem, ctx, batch = self._mem, self._ctx, self._batch
         assert batch is not None
         # Reuse the longest prefix already in the KV cache (keep >= 1 token to decode).
@@ -371,8 +398,9 @@ class LlamaCppModel(BaseTextModel):
         finally:
             lc.llama_sampler_free(sampler)
 
-    def _classify_ids(self, batch: Sequence[Sequence[int]], cfg: GenerateConfig,
-                      control: StreamControl) -> list[tuple[int, Sequence[float] | None]]:
+    def _classify_ids(
+        self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
+    ) -> list[tuple[int, Sequence[float] | None]]:
         out: list[tuple[int, Sequence[float] | None]] = []
         for group in self._groups(batch):
             lc.llama_memory_clear(self._mem, True)
@@ -438,25 +466,34 @@ class LlamaCppModel(BaseTextModel):
         assert batch is not None
         for start in range(0, len(chunk), batch.capacity):
             batch.clear()
-            for s, p, t in chunk[start:start + batch.capacity]:
+            for s, p, t in chunk[start : start + batch.capacity]:
                 batch.add(t, p, s, False)
             self._decode(batch, control)
             control.check()
 
     def _generate_batch(  # type: ignore[override]
-        self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl,
+        self,
+        batch: Sequence[Sequence[int]],
+        cfg: GenerateConfig,
+        control: StreamControl,
         finished: set[int],
     ) -> Iterator[tuple[int, int]]:
         """Decode several sequences together, one token each per decode call."""
         offset = 0
         for group in self._groups(batch):
-            yield from self._generate_group([batch[i] for i in group], offset, cfg, control,
-                                            finished)
+            yield from self._generate_group(
+                [batch[i] for i in group], offset, cfg, control, finished
+            )
             offset += len(group)
 
-    def _generate_group(self, prompts: Sequence[Sequence[int]], offset: int,
-                        cfg: GenerateConfig, control: StreamControl,
-                        finished: set[int]) -> Iterator[tuple[int, int]]:
+    def _generate_group(
+        self,
+        prompts: Sequence[Sequence[int]],
+        offset: int,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        finished: set[int],
+    ) -> Iterator[tuple[int, int]]:
         lc.llama_memory_clear(self._mem, True)
         self._cached = []
         budget = self._n_ctx - sum(len(p) for p in prompts)
@@ -466,7 +503,7 @@ class LlamaCppModel(BaseTextModel):
         assert batch is not None
         try:
             if cfg.repeat_penalty != 1.0:
-                for smp, ids in zip(samplers, prompts):
+                for smp, ids in zip(samplers, prompts, strict=True):
                     for t in ids[-_PENALTY_LAST_N:]:
                         lc.llama_sampler_accept(smp, t)
             pos = [len(p) for p in prompts]
@@ -518,4 +555,3 @@ class LlamaCppModel(BaseTextModel):
         if self._model:
             lc.llama_model_free(self._model)
             self._model = None
-

@@ -1,7 +1,87 @@
-"""placeholder"""
+"""The ``mlx`` backend object: cheap to import, imports MLX only to detect and load.
+
+The registry reads ``available()``, ``reason``, ``priority``, ``formats`` and
+``aliases`` from here. Importing this module imports neither mlx nor mlx-lm;
+``available()`` asks :func:`inference_mlx.detect.detect`, which looks the
+packages up without importing them when they are missing, and otherwise
+imports ``mlx.core`` alone to find the device (well under 100 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from inference.options import LoadConfig, Option, load_config
+from inference.protocols import TextModel
+
+from .detect import INSTALL_HINT, MlxDevice, detect
+
+__all__ = ["INSTALL_HINT", "MlxBackend"]
+
+
 class MlxBackend:
+    """Runs models through Apple's MLX and mlx-lm.
+
+    On a Mac with Apple silicon it uses the GPU through Metal and is the
+    first choice (priority 100); on MLX's CUDA build it uses the NVIDIA GPU
+    (priority 90); where only MLX's CPU device exists it is available but
+    ranked below llama.cpp (priority 10), so ``backend="mlx"`` still works.
+    It loads MLX or Hugging Face model folders (``config.json`` and
+    ``*.safetensors``) and GGUF files of the architectures its loader maps.
+    """
+
     name = "mlx"
+    aliases = ("metal",)
+    formats = ("gguf", "safetensors")
+    extra = "mlx"
+
+    def __init__(self) -> None:
+        self._device: MlxDevice | None = None
+        self._lock = threading.Lock()
+
+    def _detect(self) -> MlxDevice:
+        device = self._device
+        if device is None:
+            with self._lock:
+                device = self._device
+                if device is None:
+                    device = self._device = detect()
+        return device
+
     def available(self) -> bool:
-        return False
-    def load_model(self, *a, **k):
-        raise NotImplementedError
+        """Whether mlx and mlx-lm are installed and MLX has a device here."""
+        try:
+            return self._detect().available
+        except Exception as exc:  # detect() should not raise; never let it escape
+            self._device = MlxDevice(False, "", 0, f"MLX detection failed: {exc}")
+            return False
+
+    @property
+    def priority(self) -> int:
+        """100 on Metal, 90 on CUDA, 10 on the CPU device, 0 when unavailable."""
+        return self._detect().priority
+
+    @property
+    def reason(self) -> str:
+        """One line: which device MLX would use, or why it cannot run."""
+        return self._detect().reason
+
+    @property
+    def device(self) -> str:
+        """``"metal"``, ``"cuda"``, ``"cpu"``, or ``""`` when unavailable."""
+        return self._detect().device
+
+    def load_model(
+        self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any
+    ) -> TextModel:
+        """Load an MLX/Hugging Face model folder or a GGUF file.
+
+        Raises :class:`~inference.ModelLoadError` for a missing, corrupt or
+        unsupported model.
+        """
+        cfg = load_config(*opts, **kwargs)
+        from .engine import MlxModel
+
+        return MlxModel.load(os.fspath(path), cfg, device=self._detect())

@@ -70,8 +70,9 @@ class RocmBackend:
         header = read_header(text)
         from inference_llamacpp.engine import DEFAULT_CONTEXT_CAP
 
-        context_len = cfg.context_len or min(header.context_length or DEFAULT_CONTEXT_CAP,
-                                             DEFAULT_CONTEXT_CAP)
+        context_len = cfg.context_len or min(
+            header.context_length or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP
+        )
         need = estimate(header, context_len=context_len, gpu_layers=cfg.gpu_layers)
         check_fits(need, found.chosen, path=text)
         from .engine import RocmModel

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import llama_cpp as lc
+from inference_llamacpp.engine import LlamaCppModel
 
 from inference.gguf import GGUFHeader
 from inference.options import LoadConfig
-from inference_llamacpp.engine import LlamaCppModel
 
 from .detect import AmdGpu, Detection, read_vram
 
@@ -25,8 +25,15 @@ class RocmModel(LlamaCppModel):
     backend_name: ClassVar[str] = "rocm"
 
     @classmethod
-    def open(cls, path: str, cfg: LoadConfig, *, header: GGUFHeader, detection: Detection,
-             sys_root: str = "/sys") -> RocmModel:
+    def open(
+        cls,
+        path: str,
+        cfg: LoadConfig,
+        *,
+        header: GGUFHeader,
+        detection: Detection,
+        sys_root: str = "/sys",
+    ) -> RocmModel:
         model = cls.__new__(cls)
         model._gpu = detection.chosen
         model._visible = detection.visible_devices

@@ -1,0 +1,438 @@
+"""The backend registry in one process: registration, status and selection.
+
+Every test here runs on an emptied registry (the ``clean_registry`` fixture)
+and registers what it needs; test_entry_points.py covers real entry points in
+child processes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import inference
+from inference import registry
+from inference.errors import (
+    BackendNotFoundError,
+    BackendUnavailableError,
+    ModelLoadError,
+    NoBackendError,
+)
+from inference.options import LoadConfig
+from inference.protocols import Backend, TextModel
+from inference.registry import (
+    ENTRY_POINT_GROUP,
+    FORMAT_EXTRAS,
+    KNOWN_EXTRAS,
+    BackendStatus,
+    backend_status,
+    default_backend,
+    get_backend,
+    list_backends,
+    load_model,
+    register_backend,
+    unregister_backend,
+)
+from inference.testing import FakeBackend, FakeModel
+
+pytestmark = pytest.mark.usefixtures("clean_registry")
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test plugin module (tests/plugins/inference_test_plugins.py)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    import inference_test_plugins
+
+    return inference_test_plugins
+
+
+def _entry_point(name: str, value: str) -> None:
+    """Add a not-yet-imported entry point, as the group scan would."""
+    point = importlib.metadata.EntryPoint(name, value, ENTRY_POINT_GROUP)
+    with registry._lock:
+        registry._entries[name] = registry._Entry(name, point=point)
+
+
+def _safetensors_dir(path: Path) -> Path:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (path / "model.safetensors").write_bytes(b"\0" * 16)
+    return path
+
+
+# -- registration ------------------------------------------------------------------
+
+
+def test_the_fixture_starts_empty() -> None:
+    assert list_backends() == []
+    assert backend_status() == []
+
+
+def test_register_an_instance_a_class_or_a_factory(plugins: Any) -> None:
+    instance = FakeBackend("inst")
+    register_backend(instance)
+    register_backend(plugins.GoodBackend)
+    register_backend(plugins.make_factory_backend)
+    assert list_backends() == ["factory", "good", "inst"]
+    assert get_backend("inst") is instance
+    assert isinstance(get_backend("good"), plugins.GoodBackend)
+    assert type(get_backend("factory")).__name__ == "_FactoryBackend"
+    for name in list_backends():
+        assert isinstance(get_backend(name), Backend)
+
+
+def test_register_under_another_name_and_replace() -> None:
+    first, second = FakeBackend("fake"), FakeBackend("fake")
+    register_backend(first, name="mine")
+    assert list_backends() == ["mine"] and get_backend("mine") is first
+    register_backend(second, name="mine")
+    assert get_backend("mine") is second
+    assert [s.name for s in backend_status()] == ["mine"]
+
+
+def test_register_refuses_what_is_not_a_backend(plugins: Any) -> None:
+    for bad in (plugins.NotABackend, object(), "llama_cpp", lambda: 42):
+        with pytest.raises(TypeError, match="is not a backend: it needs name, available"):
+            register_backend(bad)
+    assert list_backends() == []
+
+
+def test_get_backend_of_an_unknown_name_is_none() -> None:
+    register_backend(FakeBackend())
+    assert get_backend("nope") is None
+
+
+def test_aliases(plugins: Any) -> None:
+    register_backend(plugins.GoodBackend)
+    good = get_backend("good")
+    assert get_backend("goodie") is good
+    assert backend_status()[0].aliases == ("goodie",)
+    unregister_backend("good")
+    assert get_backend("goodie") is None and get_backend("good") is None
+    unregister_backend("good")  # a second time is harmless
+    assert list_backends() == []
+
+
+def test_the_public_register_is_the_registry_one() -> None:
+    assert inference.register_backend is register_backend
+    assert inference.get_backend is get_backend
+
+
+# -- entry points, imported lazily and once ----------------------------------------
+
+
+def test_entry_points_are_listed_without_import_and_imported_once(plugins: Any) -> None:
+    _entry_point("counting", "inference_test_plugins:CountingBackend")
+    made = plugins.CREATED.get("counting", 0)
+    assert list_backends() == ["counting"]
+    assert plugins.CREATED.get("counting", 0) == made, "listing must not import the plugin"
+
+    got: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def look() -> None:
+        barrier.wait()
+        got.append(get_backend("counting"))
+
+    threads = [threading.Thread(target=look) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(b is got[0] for b in got)
+    assert plugins.CREATED["counting"] == made + 1, "the plugin was made more than once"
+
+
+def test_an_alias_of_a_backend_not_yet_imported_is_found(plugins: Any) -> None:
+    _entry_point("good", "inference_test_plugins:GoodBackend")
+    assert isinstance(get_backend("goodie"), plugins.GoodBackend)
+
+
+def test_a_broken_entry_point_is_kept_with_its_error(plugins: Any) -> None:
+    register_backend(FakeBackend("fine", formats=("gguf",)))
+    _entry_point("broken", "inference_test_broken:Backend")
+    _entry_point("notabackend", "inference_test_plugins:NotABackend")
+    assert list_backends() == ["broken", "fine", "notabackend"]
+
+    status = {s.name: s for s in backend_status()}
+    assert status["broken"].broken and not status["broken"].available
+    assert status["broken"].reason == (
+        "failed to load: ImportError: libfrobnicate.so.1: cannot open shared object file"
+    )
+    assert status["notabackend"].broken
+    assert "is not a backend" in status["notabackend"].reason
+    assert status["fine"].available and not status["fine"].broken
+
+    with pytest.raises(BackendUnavailableError) as info:
+        get_backend("broken")
+    assert info.value.backend == "broken"
+    assert "libfrobnicate.so.1" in info.value.reason
+    assert isinstance(info.value.__cause__, ImportError)
+    assert "installed but broken" in str(info.value)
+    # The others still work.
+    assert default_backend().name == "fine"
+
+
+# -- status --------------------------------------------------------------------
+
+
+def test_status_fields_and_order(plugins: Any) -> None:
+    register_backend(FakeBackend("b", priority=5, formats=("gguf",), reason="bee"))
+    register_backend(FakeBackend("a", priority=5, reason="ay"))
+    register_backend(FakeBackend("off", priority=99, available=False, reason="no GPU"))
+    register_backend(plugins.GoodBackend)
+    statuses = backend_status()
+    assert [s.name for s in statuses] == ["good", "off", "a", "b"]
+    assert statuses[0] == BackendStatus(
+        name="good",
+        available=True,
+        reason="good to go",
+        priority=500,
+        formats=("gguf",),
+        broken=False,
+        aliases=("goodie",),
+        extra="good",
+    )
+    off = statuses[1]
+    assert (off.available, off.reason, off.broken) == (False, "no GPU", False)
+    assert statuses[2].formats == ("fake",)
+
+
+def test_available_raising_marks_the_backend_broken(plugins: Any) -> None:
+    register_backend(plugins.RaisingBackend)
+    (status,) = backend_status()
+    assert status.broken and not status.available
+    assert status.reason == "available() raised RuntimeError: the driver crashed"
+    with pytest.raises(BackendUnavailableError, match="the driver crashed"):
+        load_model("http://localhost:1", backend="raising")
+
+
+class _Awkward:
+    """Optional attributes that raise or have odd types."""
+
+    name = "awkward"
+
+    @property
+    def priority(self) -> int:
+        raise RuntimeError("no priority")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        raise RuntimeError("no formats")
+
+    def reason(self) -> str:
+        return "computed reason"
+
+    aliases = "single-alias"
+
+    def available(self) -> bool:
+        return True
+
+    def load_model(self, path: Any, *opts: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_odd_optional_attributes_never_break_status() -> None:
+    register_backend(_Awkward())
+    (status,) = backend_status()
+    assert (status.priority, status.formats, status.reason) == (0, (), "computed reason")
+    assert status.aliases == ("single-alias",)
+    assert get_backend("single-alias") is not None
+
+
+# -- selection -----------------------------------------------------------------------
+
+
+def test_highest_priority_that_loads_the_format_wins(tiny_gguf: Path, tmp_path: Path) -> None:
+    register_backend(FakeBackend("low", priority=10, formats=("gguf",)))
+    register_backend(FakeBackend("high", priority=50, formats=("gguf",)))
+    register_backend(FakeBackend("top", priority=100, formats=("safetensors",)))
+    register_backend(FakeBackend("off", priority=1000, formats=("gguf",), available=False))
+    assert default_backend(tiny_gguf).name == "high"
+    assert default_backend(_safetensors_dir(tmp_path / "st")).name == "top"
+    assert default_backend().name == "top"  # any format: the best available one
+
+
+def test_equal_priorities_break_ties_by_name(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("zed", priority=7, formats=("gguf",)))
+    register_backend(FakeBackend("alf", priority=7, formats=("gguf",)))
+    assert default_backend(tiny_gguf).name == "alf"
+
+
+def test_a_backend_without_formats_takes_any(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("any", formats=()))
+    assert default_backend(tiny_gguf).name == "any"
+
+
+def test_urls_go_to_url_backends_only(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("local", priority=50, formats=("gguf",)))
+    register_backend(FakeBackend("remote", priority=0, formats=("url",)))
+    assert default_backend("https://example.org/v1").name == "remote"
+    assert default_backend("http://localhost:8080").name == "remote"
+    assert default_backend(tiny_gguf).name == "local"
+    unregister_backend("local")
+    # With no path, a backend that only takes URLs is no default.
+    with pytest.raises(NoBackendError):
+        default_backend()
+
+
+def test_explicit_then_environment_then_best(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    low = FakeBackend("low", priority=1, formats=("gguf",))
+    high = FakeBackend("high", priority=9, formats=("gguf",))
+    register_backend(low)
+    register_backend(high)
+    assert default_backend(tiny_gguf) is high
+    monkeypatch.setenv("INFERENCE_BACKEND", " low ")
+    assert default_backend(tiny_gguf) is low
+    load_model(tiny_gguf).close()
+    assert len(low.loads) == 1 and not high.loads
+    load_model(tiny_gguf, backend="high").close()  # the option beats the variable
+    assert len(high.loads) == 1
+    monkeypatch.setenv("INFERENCE_BACKEND", "")
+    assert default_backend(tiny_gguf) is high
+
+
+def test_environment_variable_naming_an_unknown_backend(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_backend(FakeBackend("fake", formats=("gguf",)))
+    monkeypatch.setenv("INFERENCE_BACKEND", "nope")
+    with pytest.raises(BackendNotFoundError) as info:
+        default_backend(tiny_gguf)
+    message = str(info.value)
+    assert "backend 'nope' (INFERENCE_BACKEND=nope) not found" in message
+    assert "misspelled or not installed" in message
+    assert message.endswith("Registered: fake")
+
+
+def test_unknown_backend_by_name_lists_registered_ones(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("one"))
+    register_backend(FakeBackend("two"))
+    with pytest.raises(BackendNotFoundError, match=r"Registered: one, two$") as info:
+        load_model(tiny_gguf, backend="three")
+    assert isinstance(info.value, LookupError)
+    assert "backend 'three' (backend option) not found" in str(info.value)
+
+
+def test_unknown_known_backend_names_its_extra(tiny_gguf: Path) -> None:
+    with pytest.raises(BackendNotFoundError) as info:
+        load_model(tiny_gguf, backend="llama_cpp")
+    message = str(info.value)
+    assert "pip install 'inference[llamacpp]'" in message
+    assert message.endswith("Registered: none")
+    assert KNOWN_EXTRAS["rocm"] == "rocm" and KNOWN_EXTRAS["mlx"] == "mlx"
+
+
+def test_unavailable_backend_by_name_says_why(plugins: Any, tiny_gguf: Path) -> None:
+    register_backend(plugins.UnavailableBackend)
+    with pytest.raises(BackendUnavailableError) as info:
+        load_model(tiny_gguf, backend="unavailable")
+    exc = info.value
+    assert exc.backend == "unavailable"
+    assert exc.reason == "needs a frobnicator, and none is plugged in"
+    assert str(exc) == (
+        "backend 'unavailable' is not available here: needs a frobnicator, and none is"
+        " plugged in (pip install 'inference[frob]')"
+    )
+
+
+def test_unavailable_backends_are_never_picked(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("off", priority=100, formats=("gguf",), available=False))
+    register_backend(FakeBackend("on", priority=1, formats=("gguf",)))
+    assert default_backend(tiny_gguf).name == "on"
+
+
+def test_no_backend_lists_every_backend_reason_and_extra(plugins: Any, tiny_gguf: Path) -> None:
+    register_backend(plugins.UnavailableBackend)
+    register_backend(plugins.RaisingBackend)
+    register_backend(plugins.TopSafetensorsBackend)
+    _entry_point("broken", "inference_test_broken:Backend")
+    with pytest.raises(NoBackendError) as info:
+        load_model(tiny_gguf)
+    message = str(info.value)
+    first, *rest = message.splitlines()
+    assert first == (
+        "no available backend loads gguf models; install a backend with "
+        "pip install 'inference[llamacpp]' or pip install 'inference[rocm]'"
+        " or pip install 'inference[mlx]'"
+    )
+    assert rest[0] == "installed backends:"
+    assert sorted(rest[1:]) == sorted(
+        [
+            "  top: available (does not load gguf): only safetensors",
+            "  unavailable: unavailable: needs a frobnicator, and none is plugged in"
+            " (pip install 'inference[frob]')",
+            "  raising: unavailable: available() raised RuntimeError: the driver crashed",
+            "  broken: unavailable: failed to load: ImportError: libfrobnicate.so.1:"
+            " cannot open shared object file",
+        ]
+    )
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_no_backend_at_all() -> None:
+    with pytest.raises(NoBackendError) as info:
+        default_backend()
+    message = str(info.value)
+    assert "no available backend loads models" in message
+    assert "pip install 'inference[llamacpp]'" in message
+    assert message.endswith("installed backends:\n  (no backends installed)")
+    assert FORMAT_EXTRAS["safetensors"] == ("mlx",)
+
+
+def test_missing_and_unrecognised_paths(tmp_path: Path) -> None:
+    register_backend(FakeBackend("fake", formats=("gguf",)))
+    missing = tmp_path / "nope.gguf"
+    for call in (lambda: load_model(missing), lambda: load_model(missing, backend="fake"),
+                 lambda: default_backend(missing)):
+        with pytest.raises(ModelLoadError) as info:
+            call()
+        assert str(info.value) == f"{missing}: no such file or directory"
+        assert info.value.path == str(missing)
+        assert isinstance(info.value, OSError)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ModelLoadError, match="not a model file in a known format"):
+        load_model(text)
+    with pytest.raises(ModelLoadError, match="not a model file in a known format"):
+        load_model(text, backend="fake")
+    with pytest.raises(ModelLoadError, match="a directory with no model weights"):
+        load_model(tmp_path)
+
+
+def test_a_backend_without_formats_may_be_asked_for_anything(tmp_path: Path) -> None:
+    backend = FakeBackend("raw", formats=())
+    register_backend(backend)
+    text = tmp_path / "weights.bin"
+    text.write_bytes(b"\0")
+    with load_model(text, backend="raw") as model:
+        assert model.info.path == str(text)
+
+
+def test_load_model_passes_the_load_config(tiny_gguf: Path) -> None:
+    backend = FakeBackend("fake", formats=("gguf",))
+    register_backend(backend)
+    with load_model(tiny_gguf, inference.with_context_len(64), gpu_layers=0) as model:
+        assert isinstance(model, TextModel) and isinstance(model, FakeModel)
+        assert model.info.context_length == 64
+    assert backend.loads == [LoadConfig(context_len=64, gpu_layers=0)]
+    load_model(str(tiny_gguf), backend="fake").close()
+    assert backend.loads[-1] == LoadConfig(backend="fake")
+
+
+def test_load_model_validates_its_options(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("fake", formats=("gguf",)))
+    with pytest.raises(TypeError, match="unknown load option 'max_tokens'"):
+        load_model(tiny_gguf, max_tokens=3)
+    with pytest.raises(TypeError, match="is a generate option"):
+        load_model(tiny_gguf, inference.with_temperature(0.5))
+    with pytest.raises(ValueError, match="context_len must be >= 0"):
+        load_model(tiny_gguf, context_len=-1)
