@@ -15,8 +15,12 @@ from inference.types import Message
 
 pytest.importorskip("jinja2")
 
-CHAT = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"),
-        Message("user", "Again?")]
+CHAT = [
+    Message("system", "Be brief."),
+    Message("user", "Hi"),
+    Message("assistant", "Hello!"),
+    Message("user", "Again?"),
+]
 
 
 def test_chatml_fallback_is_exact() -> None:
@@ -91,7 +95,8 @@ def hostile_templates(target: Path) -> list[str]:
         "{% for c in ''.__class__.__mro__[1].__subclasses__() %}"
         f"{{% if c.__name__ == 'Popen' %}}{{{{ c(['touch', '{p}']) }}}}{{% endif %}}{{% endfor %}}",
         f"{{{{ namespace.__init__.__globals__['__builtins__']['open']('{p}', 'w') }}}}",
-        f"{{{{ self._TemplateReference__context.cycler.__init__.__globals__.os.system('touch {p}') }}}}",
+        "{{ self._TemplateReference__context.cycler.__init__.__globals__.os"
+        f".system('touch {p}') }}}}",
         f"{{{{ raise_exception.__globals__['__builtins__']['open']('{p}', 'w') }}}}",
         f"{{{{ strftime_now.__globals__['__builtins__']['open']('{p}', 'w') }}}}",
     ]
@@ -177,7 +182,9 @@ def test_raise_exception_in_a_template() -> None:
     assert render_chat(template, [Message("user", "hi")]) == "ok"
 
 
-@pytest.mark.parametrize("template", ["{% for %}", "{{ unclosed", "{% if x %}no end", "{% endfor %}"])
+@pytest.mark.parametrize(
+    "template", ["{% for %}", "{{ unclosed", "{% if x %}no end", "{% endfor %}"]
+)
 def test_a_syntax_error_is_a_model_load_error(template: str) -> None:
     with pytest.raises(ModelLoadError, match="the model's chat template is not valid") as info:
         render_chat(template, CHAT)

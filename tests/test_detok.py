@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import pairwise
 
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from inference.detok import TextAssembler
@@ -41,6 +41,7 @@ def text_of(tokens: Sequence[Token]) -> str:
 # -- UTF-8 -------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # no flaky deadlines on a busy machine
 @given(text=st.text(), cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
 def test_split_characters_never_show_replacement(text: str, cuts: list[int]) -> None:
     assume(REPLACEMENT not in text)
@@ -77,6 +78,7 @@ def test_text_of_decodes_incrementally() -> None:
 # -- stop strings ----------------------------------------------------------------------
 
 
+@settings(deadline=None)  # no flaky deadlines on a busy machine
 @given(
     text=st.text(ALPHABET, max_size=30),
     stop=st.text(ALPHABET, min_size=1, max_size=4),
@@ -100,6 +102,7 @@ def test_output_is_the_text_before_the_stop(text: str, stop: str, cuts: list[int
     assert ids == sorted(set(ids))
 
 
+@settings(deadline=None)  # no flaky deadlines on a busy machine
 @given(
     text=st.text(ALPHABET, max_size=30),
     stops=st.lists(st.text(ALPHABET, min_size=1, max_size=3), min_size=2, max_size=3),

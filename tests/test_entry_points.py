@@ -110,7 +110,13 @@ def test_every_kind_of_plugin_is_discovered(child: Any, site: Path, models: Any)
     assert out["imported_by_listing"] is False, "listing backends must not import plugins"
     status = {s["name"]: s for s in out["status"]}
     assert [s["name"] for s in out["status"]] == [
-        "top", "unavailable", "raising", "good", "instance", "factory", "broken"
+        "top",
+        "unavailable",
+        "raising",
+        "good",
+        "instance",
+        "factory",
+        "broken",
     ], "sorted by priority, highest first"
     expected = {
         "good": (True, "good to go", 500, ["gguf"], False),
@@ -119,7 +125,11 @@ def test_every_kind_of_plugin_is_discovered(child: Any, site: Path, models: Any)
         "top": (True, "only safetensors", 1000, ["safetensors"], False),
         "unavailable": (False, "needs a frobnicator, and none is plugged in", 900, ["gguf"], False),
         "raising": (
-            False, "available() raised RuntimeError: the driver crashed", 800, ["gguf"], True
+            False,
+            "available() raised RuntimeError: the driver crashed",
+            800,
+            ["gguf"],
+            True,
         ),
         "broken": (
             False,
@@ -132,7 +142,11 @@ def test_every_kind_of_plugin_is_discovered(child: Any, site: Path, models: Any)
     for name, (available, reason, priority, formats, broken) in expected.items():
         s = status[name]
         assert (s["available"], s["reason"], s["priority"], s["formats"], s["broken"]) == (
-            available, reason, priority, formats, broken
+            available,
+            reason,
+            priority,
+            formats,
+            broken,
         ), name
 
 
@@ -217,8 +231,11 @@ def test_inference_backend_variable_is_honoured(
 
 @pytest.mark.parametrize(
     ("chosen", "error"),
-    [("unavailable", "BackendUnavailableError"), ("broken", "BackendUnavailableError"),
-     ("missing", "BackendNotFoundError")],
+    [
+        ("unavailable", "BackendUnavailableError"),
+        ("broken", "BackendUnavailableError"),
+        ("missing", "BackendNotFoundError"),
+    ],
 )
 def test_inference_backend_variable_errors(
     child: Any, site: Path, models: Any, chosen: str, error: str
@@ -235,9 +252,7 @@ def test_inference_backend_variable_errors(
         assert "(INFERENCE_BACKEND=missing) not found" in out["picked"]["message"]
 
 
-def test_no_backend_lists_every_installed_backend(
-    child: Any, tmp_path: Path, models: Any
-) -> None:
+def test_no_backend_lists_every_installed_backend(child: Any, tmp_path: Path, models: Any) -> None:
     folder = tmp_path / "site"
     write_dist(
         folder,
@@ -264,8 +279,11 @@ def test_no_backend_lists_every_installed_backend(
 
 def test_cli_backends_survives_broken_plugins(child: Any, site: Path) -> None:
     paths = (site, child.plugins)
-    text = child.run("from inference.cli import main; raise SystemExit(main(['backends']))",
-                     paths=paths, isolated=True)
+    text = child.run(
+        "from inference.cli import main; raise SystemExit(main(['backends']))",
+        paths=paths,
+        isolated=True,
+    )
     assert text.returncode == 0, text.stderr
     assert "Traceback" not in text.stderr
     rows = {line.split()[0]: line for line in text.stdout.splitlines()[1:]}
@@ -292,20 +310,22 @@ def test_cli_backends_survives_broken_plugins(child: Any, site: Path) -> None:
 
 
 def test_alongside_the_installed_backends(child: Any, site: Path, models: Any) -> None:
-    """Not isolated: the plugins join the backends installed in this environment."""
+    """Not isolated: the plugins join the backends installed in this environment.
+
+    (test_import.py checks that listing the installed ones imports no engine.)
+    """
     out = run(
         child,
         site,
         models,
         """
         names = inference.list_backends()
-        status = {s.name: s.available for s in inference.backend_status()}
-        done(names=names, good=status["good"], engines=[m for m in ("llama_cpp", "mlx", "torch")
-                                                        if m in sys.modules])
+        status = {s.name: s for s in inference.backend_status()}
+        done(names=names, good=status["good"].available, gguf=inference.default_backend(GGUF).name)
         """,
         isolated=False,
     )
     assert {*PLUGINS, "top"} <= set(out["names"])
     assert "openai" in out["names"], "the core registers its own openai backend by entry point"
     assert out["good"] is True
-    assert out["engines"] == [], "listing backends must not import an engine"
+    assert out["gguf"] == "good", "priority 500 beats every installed GGUF backend"

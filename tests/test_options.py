@@ -306,8 +306,14 @@ def inference_logger() -> Iterator[logging.Logger]:
 
 @pytest.mark.parametrize(
     ("value", "level"),
-    [("debug", logging.DEBUG), ("WARNING", logging.WARNING), (" error ", logging.ERROR),
-     ("chatty", logging.INFO), ("basic_format", logging.INFO), ("10", logging.INFO)],
+    [
+        ("debug", logging.DEBUG),
+        ("WARNING", logging.WARNING),
+        (" error ", logging.ERROR),
+        ("chatty", logging.INFO),
+        ("basic_format", logging.INFO),
+        ("10", logging.INFO),
+    ],
 )
 def test_configure_logging(
     monkeypatch: pytest.MonkeyPatch, inference_logger: logging.Logger, value: str, level: int

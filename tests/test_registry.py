@@ -231,6 +231,9 @@ class _Awkward:
 
     aliases = "single-alias"
 
+    def extra(self) -> str:
+        return "awkward-extra"
+
     def available(self) -> bool:
         return True
 
@@ -243,6 +246,7 @@ def test_odd_optional_attributes_never_break_status() -> None:
     (status,) = backend_status()
     assert (status.priority, status.formats, status.reason) == (0, (), "computed reason")
     assert status.aliases == ("single-alias",)
+    assert status.extra == "awkward-extra"
     assert get_backend("single-alias") is not None
 
 
@@ -391,8 +395,11 @@ def test_no_backend_at_all() -> None:
 def test_missing_and_unrecognised_paths(tmp_path: Path) -> None:
     register_backend(FakeBackend("fake", formats=("gguf",)))
     missing = tmp_path / "nope.gguf"
-    for call in (lambda: load_model(missing), lambda: load_model(missing, backend="fake"),
-                 lambda: default_backend(missing)):
+    for call in (
+        lambda: load_model(missing),
+        lambda: load_model(missing, backend="fake"),
+        lambda: default_backend(missing),
+    ):
         with pytest.raises(ModelLoadError) as info:
             call()
         assert str(info.value) == f"{missing}: no such file or directory"
@@ -436,3 +443,22 @@ def test_load_model_validates_its_options(tiny_gguf: Path) -> None:
         load_model(tiny_gguf, inference.with_temperature(0.5))
     with pytest.raises(ValueError, match="context_len must be >= 0"):
         load_model(tiny_gguf, context_len=-1)
+
+
+def test_known_backends_name_their_extra_without_saying_so(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("rocm", formats=("gguf",), available=False, reason="no GPU"))
+    register_backend(
+        FakeBackend(
+            "llama_cpp",
+            formats=("gguf",),
+            available=False,
+            reason="not installed: pip install 'inference[llamacpp]'",
+        )
+    )
+    assert {s.name: s.extra for s in backend_status()} == {"rocm": "rocm", "llama_cpp": "llamacpp"}
+    with pytest.raises(NoBackendError) as info:
+        default_backend(tiny_gguf)
+    lines = str(info.value).splitlines()
+    assert "  rocm: unavailable: no GPU (pip install 'inference[rocm]')" in lines
+    # A reason that already gives the command does not get it twice.
+    assert "  llama_cpp: unavailable: not installed: pip install 'inference[llamacpp]'" in lines

@@ -535,3 +535,18 @@ def test_stream_control_deadline() -> None:
     none = StreamControl()
     none.start_deadline()
     assert none.deadline is None and none.timeout is None
+
+
+def test_an_interrupt_ends_the_stream_as_cancelled() -> None:
+    calls: list[Any] = []
+    rec = Recorder(5, fail_at=1, error=KeyboardInterrupt())
+    stream = TokenStream(rec, on_finish=lambda e, m: calls.append(e))
+    next(stream)
+    with pytest.raises(KeyboardInterrupt):
+        next(stream)
+    assert stream.done
+    assert stream.finish_reason == "cancelled"
+    assert isinstance(stream.err, Cancelled)
+    assert str(stream.err) == "interrupted by KeyboardInterrupt"
+    assert calls == [stream.err], "the model hears how the call ended"
+    assert list(stream) == []

@@ -7,7 +7,7 @@ import pickle
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inference
@@ -116,6 +116,7 @@ def test_message_to_dict() -> None:
     assert Message("assistant", "Hello!").to_dict() == {"role": "assistant", "content": "Hello!"}
 
 
+@settings(deadline=None)  # no flaky deadlines on a busy machine
 @given(role=st.sampled_from(ROLES), content=st.text())
 def test_message_dict_round_trip(role: str, content: str) -> None:
     message = Message(role, content)

@@ -233,9 +233,15 @@ class BaseTextModel:
         active = self._active
         if active is not None:
             active.cancel()
-        with self._lock:
-            self._release_once()
-        if self._engine is not None:
+
+        def release() -> None:
+            with self._lock:
+                self._release_once()
+
+        if self._engine is None:
+            release()
+        else:  # the engine's memory belongs to its thread: free it there
+            self._engine.call(release)
             self._engine.stop()
 
     def __enter__(self) -> BaseTextModel:
@@ -453,6 +459,9 @@ class BaseTextModel:
         if cfg.max_tokens == 0:
             control.metrics = self._measure(len(ids), 0, start, start, _perf())
             return "length"
+        if control.stop_requested():  # cancelled or out of time before it began
+            control.metrics = self._measure(len(ids), 0, start, start, _perf())
+            control.check()
         stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
         asm = TextAssembler(cfg.stop)
         push = asm.push
@@ -578,6 +587,10 @@ def _close(it: Iterator[Any]) -> None:
         close()
 
 
+#: Tokens an engine thread may generate ahead of the stream's reader.
+_PUMP_AHEAD = 8
+
+
 class EngineThread:
     """One worker thread that runs every engine call of a model.
 
@@ -635,17 +648,29 @@ class EngineThread:
 
         def pumped(control: StreamControl) -> Generator[Token, None, FinishReason]:
             self._ensure()
-            out: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+            # Bounded, so the engine runs at most a few tokens ahead of the reader.
+            out: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=_PUMP_AHEAD)
+            reader_gone = threading.Event()
+
+            def put(item: tuple[int, Any]) -> None:
+                while not reader_gone.is_set():
+                    try:
+                        out.put(item, timeout=0.05)
+                        return
+                    except queue.Full:
+                        continue
 
             def job() -> None:
                 gen = producer(control)
                 try:
                     while True:
-                        out.put((0, next(gen)))
+                        put((0, next(gen)))
                 except StopIteration as stop:
-                    out.put((1, stop.value))
+                    put((1, stop.value))
                 except BaseException as exc:
-                    out.put((2, exc))
+                    put((2, exc))
+                finally:
+                    gen.close()
 
             self._jobs.put(job)
             try:
@@ -660,6 +685,7 @@ class EngineThread:
                     else:
                         raise value
             finally:
+                reader_gone.set()
                 control.cancel()
 
         return pumped

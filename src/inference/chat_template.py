@@ -46,6 +46,31 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+#: Longest string or list a template may build with ``*`` (and the largest
+#: power it may raise), so that ``'a' * 10**9`` cannot exhaust memory.
+MAX_TEMPLATE_ITEMS = 1 << 20
+
+
+def _bounded_sandbox(base: Any) -> Any:
+    """The sandbox with ``*`` and ``**`` bounded (Jinja2 bounds only range)."""
+    from jinja2.exceptions import SecurityError
+
+    class BoundedSandbox(base):  # type: ignore[misc, valid-type]
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                        if len(seq) * n > MAX_TEMPLATE_ITEMS:
+                            raise SecurityError("the template builds a value that is too large")
+            elif operator == "**" and isinstance(right, int) and abs(right) > 1024:
+                raise SecurityError("the template raises a number to too large a power")
+            return super().call_binop(context, operator, left, right)
+
+    return BoundedSandbox
+
+
 @functools.lru_cache(maxsize=32)
 def compile_template(source: str) -> Any:
     """Compile ``source`` in a sandbox; ModelLoadError if it is not valid Jinja."""
@@ -56,7 +81,7 @@ def compile_template(source: str) -> Any:
         raise ModelLoadError(
             "chat templates need Jinja2, which is not installed: pip install jinja2"
         ) from exc
-    env = ImmutableSandboxedEnvironment(
+    env = _bounded_sandbox(ImmutableSandboxedEnvironment)(
         trim_blocks=True, lstrip_blocks=True, autoescape=False
     )
     env.globals["raise_exception"] = _raise_exception

@@ -255,8 +255,10 @@ def _reason(backend: Any) -> str:
 
 
 def _extra(backend: Any, name: str) -> str:
+    """The extra that installs the backend: its ``extra``, else a known one."""
     try:
         value = getattr(backend, "extra", "")
+        value = value() if callable(value) else value
     except Exception:
         value = ""
     return value if isinstance(value, str) and value else KNOWN_EXTRAS.get(name, "")

@@ -144,6 +144,9 @@ class TokenStream(Iterator[Token]):
             wrapped.__cause__ = exc
             self._finish("error", wrapped)
             raise wrapped from exc
+        except BaseException as exc:  # KeyboardInterrupt...: the call is over, as cancelled
+            self._finish("cancelled", Cancelled(f"interrupted by {type(exc).__name__}"))
+            raise
 
     def _finish(self, reason: FinishReason, err: BaseException | None) -> None:
         if self._done:

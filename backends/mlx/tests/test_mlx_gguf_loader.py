@@ -672,6 +672,7 @@ def test_fit_llama3_rope_recovers_llama_3_1_and_others() -> None:
 def test_cached_convert_keys_on_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tiny.gguf"
     _write_gguf(path, "qwen3", _hf_weights("qwen3"))
+    monkeypatch.delenv("INFERENCE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     first = cached_convert(str(path))
     assert Path(first).parent == tmp_path / "xdg" / "inference" / "mlx"
@@ -684,6 +685,10 @@ def test_cached_convert_keys_on_the_file(tmp_path: Path, monkeypatch: pytest.Mon
     model, tokenizer = mlx_lm.load(changed)
     assert tokenizer.encode("<|im_start|>") == [VOCAB - 1]
     assert _logits(model, PROBE).shape == (1, len(PROBE), VOCAB)
+
+    # INFERENCE_CACHE_DIR, the library's cache setting, wins over XDG_CACHE_HOME.
+    monkeypatch.setenv("INFERENCE_CACHE_DIR", str(tmp_path / "own"))
+    assert Path(cached_convert(str(path))).parent == tmp_path / "own" / "mlx"
 
 
 def test_unsupported_architecture_is_refused(

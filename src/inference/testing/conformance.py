@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -240,8 +239,9 @@ class TextModelConformance:
         for tok in stream:
             got.append(tok)
             if len(got) == 2:
-                threading.Thread(target=stream.cancel).start()
-                time.sleep(0.05)
+                canceller = threading.Thread(target=stream.cancel)
+                canceller.start()
+                canceller.join()
         assert 2 <= len(got) <= 4, f"cancel took effect after {len(got)} tokens"
         assert stream.finish_reason == "cancelled"
         assert isinstance(stream.err, Cancelled)

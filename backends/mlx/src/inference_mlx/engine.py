@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from inference import env
-from inference.base import BaseTextModel
+from inference.base import BaseTextModel, EngineThread
 from inference.errors import GenerationError, InferenceError, ModelLoadError
 from inference.gguf import read_header
 from inference.options import GenerateConfig, LoadConfig
@@ -155,6 +155,29 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(with_special) and with_special[0] == bos and with_special[:1] != without[:1]
 
 
+class _MlxEngineThread(EngineThread):
+    """The core's engine thread, which also frees its MLX streams as it ends.
+
+    MLX keeps a thread-local stream (and, on the CPU device, a worker thread
+    for it) for each thread that runs work; they are torn down when the
+    thread exits. If that happens while the interpreter is exiting, the
+    process can abort ("terminate called without an active exception"), so
+    the thread destroys them itself before it ends.
+    """
+
+    def _loop(self) -> None:
+        try:
+            super()._loop()
+        finally:
+            try:
+                import mlx.core as mx
+
+                mx.synchronize()
+                mx.clear_streams()
+            except Exception as exc:  # pragma: no cover - nothing left to free
+                _log.debug("freeing MLX streams failed: %s", exc)
+
+
 class MlxModel(BaseTextModel):
     """A model loaded into MLX. Use :meth:`load` (or ``inference.load_model``)."""
 
@@ -182,6 +205,7 @@ class MlxModel(BaseTextModel):
             add_bos=_adds_bos(tokenizer),
             engine_thread=True,
         )
+        self._engine = _MlxEngineThread("inference-mlx")
         self._model: Any = model
         self._wrapper: Any = wrapper
         self._tokenizer: Any = tokenizer
@@ -429,25 +453,25 @@ class MlxModel(BaseTextModel):
             uids = gen.insert([list(ids) for ids in batch], max_tokens=limits)
             index = {uid: i for i, uid in enumerate(uids)}
             removed: set[int] = set()
-            ended: set[int] = set()  # sequences the engine itself finished
-            while True:
+            while len(finished) < len(batch):
                 gone = [i for i in finished if i not in removed]
                 if gone:
-                    gen.remove([uids[i] for i in gone if i not in ended])
+                    gen.remove([uids[i] for i in gone])
                     removed.update(gone)
-                if len(finished) == len(batch) or finished | ended >= set(range(len(batch))):
-                    return
                 control.check()
                 prompt_responses, responses = gen.next()
                 if not responses and not prompt_responses:
                     return
                 for r in responses:
                     i = index[r.uid]
-                    if r.finish_reason is not None:
-                        ended.add(i)
                     if i in finished:
                         continue
                     yield i, int(r.token)
+                    if r.finish_reason is not None and i not in finished:
+                        # The engine's own limit (the context is full): the
+                        # caller did not end it, so it ends as "length".
+                        finished.add(i)
+                        removed.add(i)
         finally:
             gen.close()
 
@@ -479,8 +503,8 @@ class MlxModel(BaseTextModel):
         """Free the weights and MLX's cache, and end the engine thread.
 
         Idempotent; a running call is cancelled first. The engine thread is
-        joined so that MLX's per-thread stream is torn down before the
-        interpreter exits (a thread still ending then can abort the process).
+        joined, so its MLX streams are gone before close returns (a thread
+        still tearing them down while the interpreter exits can abort it).
         """
         super().close()
         thread = getattr(self._engine, "_thread", None)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from inference import env
 from inference.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ def cached_convert(path: str, cache_dir: str | None = None) -> str:
     The folder is named after the file and a key made of its size, its
     modification time in nanoseconds and a hash of its first MiB, so a
     changed file gets a new folder. ``cache_dir`` defaults to
+    :func:`default_cache_dir`: ``$INFERENCE_CACHE_DIR/mlx``, else
     ``$XDG_CACHE_HOME/inference/mlx`` (``~/.cache/inference/mlx``). The
     conversion is written to a temporary folder beside it and renamed into
     place, so a folder that exists is complete; a second call only stats and
@@ -257,9 +259,9 @@ def cached_convert(path: str, cache_dir: str | None = None) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/inference/mlx``, or ``~/.cache/inference/mlx``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "inference" / "mlx"
+    """``$INFERENCE_CACHE_DIR/mlx``; without it ``$XDG_CACHE_HOME/inference/mlx``
+    or ``~/.cache/inference/mlx`` (:func:`inference.env.cache_dir`)."""
+    return env.cache_dir("mlx")
 
 
 # --------------------------------------------------------------------------

