@@ -211,3 +211,16 @@ def test_chat_on_a_model_uses_its_template(tmp_path: Path) -> None:
         assert isinstance(model.err, GenerationError)
         assert not (tmp_path / "pwned").exists()
         assert len(seen) == 1, "a refused chat never reaches the engine"
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ 'a' * 1000000000 }}", "{{ [0] * 100000000 }}", "{{ 10 ** 100000000 }}"],
+)
+def test_templates_cannot_build_huge_values(template: str) -> None:
+    with pytest.raises(GenerationError, match="unsafe"):
+        render_chat(template, [Message("user", "hi")])
+
+
+def test_small_arithmetic_still_works() -> None:
+    assert render_chat("{{ 'ab' * 3 }}{{ 2 ** 10 }}", [Message("user", "hi")]) == "ababab1024"

@@ -55,15 +55,15 @@ def _bounded_sandbox(base: Any) -> Any:
     """The sandbox with ``*`` and ``**`` bounded (Jinja2 bounds only range)."""
     from jinja2.exceptions import SecurityError
 
-    class BoundedSandbox(base):  # type: ignore[misc, valid-type]
+    class BoundedSandbox(base):  # type: ignore[misc]
         intercepted_binops = frozenset(["*", "**"])
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
-                        if len(seq) * n > MAX_TEMPLATE_ITEMS:
-                            raise SecurityError("the template builds a value that is too large")
+                    sized = isinstance(seq, (str, list, tuple)) and isinstance(n, int)
+                    if sized and len(seq) * n > MAX_TEMPLATE_ITEMS:
+                        raise SecurityError("the template builds a value that is too large")
             elif operator == "**" and isinstance(right, int) and abs(right) > 1024:
                 raise SecurityError("the template raises a number to too large a power")
             return super().call_binop(context, operator, left, right)
