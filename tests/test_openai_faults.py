@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import select
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -332,11 +336,13 @@ class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), FaultHandler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.state = FaultState()
         self.port = int(self.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
 
     def set(self, **changes: Any) -> FaultState:
@@ -460,6 +466,44 @@ def test_unknown_keyword_is_type_error(fault: FaultServer) -> None:
         load(fault.url, colour="blue")
     with load(fault.url) as model, pytest.raises(TypeError, match="max_tokens"):
         model.generate("x", max_tokenz=3)
+
+
+@pytest.fixture
+def tls_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FaultServer, Path]]:
+    """The same server over TLS, with a self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate")
+    monkeypatch.delenv("INFERENCE_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = FaultServer(context)
+    server.thread.start()
+    try:
+        yield server, cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https(tls_fault: tuple[FaultServer, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    server, cert = tls_fault
+    assert inference.default_backend(server.url).name == "openai"
+    with pytest.raises(ModelLoadError, match="certificate was not accepted"):
+        load(server.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the test certificate
+    with load(server.url) as model:
+        assert model.generate("x").text() == "t0 t1 t2 t3 t4 "
+        assert model.batch_generate(["a", "b"], max_tokens=5)[1].text == "t0 t1 t2 t3 t4 "
 
 
 # -- faults when loading ---------------------------------------------------------

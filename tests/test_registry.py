@@ -462,3 +462,12 @@ def test_known_backends_name_their_extra_without_saying_so(tiny_gguf: Path) -> N
     assert "  rocm: unavailable: no GPU (pip install 'inference[rocm]')" in lines
     # A reason that already gives the command does not get it twice.
     assert "  llama_cpp: unavailable: not installed: pip install 'inference[llamacpp]'" in lines
+
+
+def test_url_credentials_never_reach_the_log() -> None:
+    from inference.registry import _shown
+
+    shown = _shown("https://user:s3cret@example.test:8443/v1?x=1#model=m&key=abc")
+    assert shown == "https://example.test:8443/v1"
+    assert "s3cret" not in shown
+    assert _shown("/models/a.gguf") == "/models/a.gguf"

@@ -19,6 +19,7 @@ optional dedicated engine thread for engines whose state is thread-bound.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -47,6 +48,7 @@ __all__ = ["BaseTextModel", "EngineThread"]
 _T = TypeVar("_T")
 
 _perf = time.perf_counter
+_log = logging.getLogger(__name__)
 
 
 class BaseTextModel:
@@ -81,7 +83,9 @@ class BaseTextModel:
         self._err: BaseException | None = None
         self._metrics: GenerateMetrics | None = None
         self._engine = (
-            EngineThread(f"inference-{self.backend_name or 'engine'}") if engine_thread else None
+            EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
+            if engine_thread
+            else None
         )
 
     # -- engine primitives (override) -----------------------------------
@@ -121,7 +125,9 @@ class BaseTextModel:
     #: Override with a generator method ``(batch, cfg, control, finished)``
     #: yielding ``(index, token_id)`` pairs to decode sequences together.
     #: ``finished`` is a set of indices the caller has ended; the engine
-    #: skips them and returns when every sequence is finished.
+    #: skips them and returns when every sequence is finished. The engine may
+    #: add an index itself (its context is full): that sequence ends as
+    #: "length".
     _generate_batch: (
         Callable[
             [Sequence[Sequence[int]], GenerateConfig, StreamControl, set[int]],
@@ -136,6 +142,10 @@ class BaseTextModel:
 
     def _release(self) -> None:
         """Free the engine's memory; called once, with the lock held."""
+
+    def _engine_exit(self) -> None:
+        """Run on the engine thread as it ends (``engine_thread=True`` only):
+        free what the engine keeps per thread."""
 
     def _render_chat(self, messages: Sequence[Message]) -> str:
         return render_chat(
@@ -599,8 +609,9 @@ class EngineThread:
     through a queue so that the consumer's thread never touches the engine.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, on_exit: Callable[[], None] | None = None) -> None:
         self._name = name
+        self._on_exit = on_exit
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -612,11 +623,18 @@ class EngineThread:
                 self._thread.start()
 
     def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            job()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                job()
+        finally:
+            if self._on_exit is not None:
+                try:
+                    self._on_exit()
+                except Exception as exc:  # nothing the caller could do
+                    _log.debug("engine thread exit hook failed: %s", exc)
 
     def call(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` on the engine thread and return its result."""
@@ -652,19 +670,24 @@ class EngineThread:
             out: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=_PUMP_AHEAD)
             reader_gone = threading.Event()
 
-            def put(item: tuple[int, Any]) -> None:
+            def put(item: tuple[int, Any]) -> bool:
                 while not reader_gone.is_set():
                     try:
                         out.put(item, timeout=0.05)
-                        return
+                        return True
                     except queue.Full:
-                        continue
+                        # Nobody reads and the call is cancelled: end it here.
+                        # The queue is full, so a returning reader meets a
+                        # token first, sees the cancel and stops there.
+                        if control.stop_requested():
+                            return False
+                return False
 
             def job() -> None:
                 gen = producer(control)
                 try:
-                    while True:
-                        put((0, next(gen)))
+                    while put((0, next(gen))):
+                        pass
                 except StopIteration as stop:
                     put((1, stop.value))
                 except BaseException as exc:
@@ -690,7 +713,10 @@ class EngineThread:
 
         return pumped
 
-    def stop(self) -> None:
-        """End the thread once its queued calls have run."""
-        if self._thread is not None:
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """End the thread once its queued calls have run, and wait for it."""
+        thread = self._thread
+        if thread is not None:
             self._jobs.put(None)
+            if thread is not threading.current_thread():
+                thread.join(timeout)

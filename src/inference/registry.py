@@ -333,6 +333,19 @@ def _format_of(path: str | os.PathLike[str]) -> str | None:
     return fmt
 
 
+def _shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as it may appear in a log: a URL without credentials or fragment."""
+    text = os.fspath(path)
+    if detect_format(text) != "url":
+        return text
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _not_a_model(path: str) -> ModelLoadError:
     if os.path.isdir(path):
         what = (
@@ -447,5 +460,5 @@ def load_model(
     else:
         backend = default_backend(path)
     env.configure_logging()
-    _log.debug("loading %s with backend %r", os.fspath(path), backend.name)
+    _log.debug("loading %s with backend %r", _shown(path), backend.name)
     return backend.load_model(path, cfg)

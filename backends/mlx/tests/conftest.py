@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -44,9 +43,3 @@ def mlx_folder(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> str
 
     out = tmp_path_factory.mktemp("smollm2-mlx") / "model"
     return convert_gguf(model_path, str(out))
-
-
-@pytest.fixture
-def tiny_gguf(tmp_path: Path) -> Path:
-    """A path for a scratch GGUF file."""
-    return tmp_path / "scratch.gguf"

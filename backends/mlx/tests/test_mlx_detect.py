@@ -232,3 +232,95 @@ def test_real_detection_here_agrees_with_mlx() -> None:
     else:
         assert result == MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
     assert elapsed < 1.0  # importing mlx.core takes about 10 ms here
+
+
+# --------------------------------------------------------------------------
+# probe=False: what the registry and `inference backends` use; imports nothing
+
+
+def installed(*names: str) -> Any:
+    return lambda name: name in names
+
+
+def test_without_probe_apple_silicon_is_metal_without_importing() -> None:
+    result = detect(
+        find_spec=finder("mlx", "mlx_lm"),
+        platform="darwin",
+        machine="arm64",
+        import_module=refuse_import,
+        probe=False,
+        installed=installed("mlx-metal"),
+        nvidia_driver=lambda: False,
+    )
+    assert result == MlxDevice(True, "metal", PRIORITY_METAL, "Apple GPU via Metal")
+
+
+def test_without_probe_intel_mac_is_still_refused() -> None:
+    result = detect(
+        find_spec=finder("mlx", "mlx_lm"),
+        platform="darwin",
+        machine="x86_64",
+        import_module=refuse_import,
+        probe=False,
+    )
+    assert not result.available and "Apple silicon" in result.reason
+
+
+def test_without_probe_cuda_build_with_a_driver_is_cuda() -> None:
+    for build in ("mlx-cuda-12", "mlx-cuda-13"):
+        result = detect(
+            find_spec=finder("mlx", "mlx_lm"),
+            platform="linux",
+            machine="x86_64",
+            import_module=refuse_import,
+            probe=False,
+            installed=installed("mlx-cpu", build),
+            nvidia_driver=lambda: True,
+        )
+        assert result == MlxDevice(
+            True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend"
+        )
+
+
+def test_without_probe_cuda_build_without_a_driver_is_cpu() -> None:
+    result = detect(
+        find_spec=finder("mlx", "mlx_lm"),
+        platform="linux",
+        machine="x86_64",
+        import_module=refuse_import,
+        probe=False,
+        installed=installed("mlx-cuda-12"),
+        nvidia_driver=lambda: False,
+    )
+    assert (result.available, result.device, result.priority) == (True, "cpu", PRIORITY_CPU)
+    assert result.reason.startswith("MLX CPU device only; no GPU")
+    assert "mlx-cuda-12" in result.reason
+
+
+def test_without_probe_cpu_build_is_cpu_even_with_a_driver() -> None:
+    def broken_metadata(name: str) -> bool:
+        raise OSError("unreadable METADATA")
+
+    for check in (installed("mlx-cpu"), broken_metadata):
+        result = detect(
+            find_spec=finder("mlx", "mlx_lm"),
+            platform="linux",
+            machine="aarch64",
+            import_module=refuse_import,
+            probe=False,
+            installed=check,
+            nvidia_driver=lambda: True,
+        )
+        assert result == MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
+    reason="mlx and mlx-lm are not installed",
+)
+def test_without_probe_agrees_with_the_probe_here() -> None:
+    start = time.perf_counter()
+    cheap = detect(probe=False)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.1
+    assert cheap == detect()

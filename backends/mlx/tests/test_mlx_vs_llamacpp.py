@@ -72,7 +72,8 @@ def test_first_tokens_and_top5_agree(both: tuple[inference.TextModel, inference.
     ours = mlx.classify(PROMPTS, return_logits=True)
     theirs = llama.classify(PROMPTS, return_logits=True)
     same = [a.token.id == b.token.id for a, b in zip(ours, theirs, strict=True)]
-    assert sum(same) >= 9, [(p, a.token, b.token) for p, a, b in zip(PROMPTS, ours, theirs)]
+    pairs = [(p, a.token, b.token) for p, a, b in zip(PROMPTS, ours, theirs, strict=True)]
+    assert sum(same) >= 9, pairs
     for prompt, a, b in zip(PROMPTS, ours, theirs, strict=True):
         overlap = _top(a.logits, 5) & _top(b.logits, 5)
         assert len(overlap) >= 3, (prompt, _top(a.logits, 5), _top(b.logits, 5))
@@ -81,9 +82,8 @@ def test_first_tokens_and_top5_agree(both: tuple[inference.TextModel, inference.
 
 def test_greedy_generation_agrees(both: tuple[inference.TextModel, inference.TextModel]) -> None:
     mlx, llama = both
-    assert mlx.generate(PROMPTS[0], max_tokens=7).text() == llama.generate(
-        PROMPTS[0], max_tokens=7
-    ).text()
+    ours = mlx.generate(PROMPTS[0], max_tokens=4).text()
+    assert ours == llama.generate(PROMPTS[0], max_tokens=4).text() == " four, five,"
 
 
 def test_chat_answer_matches(both: tuple[inference.TextModel, inference.TextModel]) -> None:

@@ -45,23 +45,23 @@ token id where it reports one (llama.cpp via ``n_probs``, vLLM and SGLang via
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
 import json
 import logging
 import os
 import random
+import re
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+
+if TYPE_CHECKING:  # imported when first used: listing backends stays cheap
+    import http.client
 
 from .. import __version__, env
 from ..detok import TextAssembler
@@ -267,6 +267,8 @@ def _parse_url(url: str, defaults: _Settings) -> tuple[_Endpoint, _Settings]:
     if parts.username is not None or parts.password is not None:
         user = urllib.parse.unquote(parts.username or "")
         password = urllib.parse.unquote(parts.password or "")
+        import base64
+
         basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     settings = _fragment_settings(parts.fragment, defaults, display)
     return _Endpoint(scheme, host, port, base, parts.query, origin, basic), settings
@@ -449,6 +451,9 @@ class _Client:
     # -- connections -------------------------------------------------------
 
     def _acquire(self) -> tuple[http.client.HTTPConnection, bool]:
+        import http.client
+        import ssl
+
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
@@ -480,6 +485,8 @@ class _Client:
             conn.close()
 
     def _connect(self, conn: http.client.HTTPConnection) -> None:
+        import ssl
+
         host = self.endpoint.host
         try:
             conn.connect()
@@ -566,7 +573,7 @@ class _Client:
                 conn.close()
                 if control is not None and control.stop_requested():
                     control.check()
-                if reused and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+                if reused and isinstance(exc, ConnectionError):
                     continue  # a stale keep-alive connection
                 raise self.transport_failure(exc, before_answer=True) from None
             if resp.status >= 400:
@@ -584,10 +591,13 @@ class _Client:
             return conn, resp, key
 
     def transport_failure(self, exc: BaseException, *, before_answer: bool) -> _Failure:
+        import http.client
+        import ssl
+
         if isinstance(exc, _Failure):
             return exc
         if isinstance(exc, TimeoutError):
-            what = "an answer" if before_answer else "more data"
+            what = "answer" if before_answer else "more data"
             return _Failure(
                 f"no {what} from the server within {self.settings.read_timeout:g} s "
                 "(read_timeout)",
@@ -595,7 +605,7 @@ class _Client:
             )
         if isinstance(exc, http.client.IncompleteRead):
             return _Failure("the connection was cut mid-stream", retriable=True)
-        if isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+        if isinstance(exc, ConnectionError):  # http.client.RemoteDisconnected too
             return _Failure(
                 f"the server closed the connection ({type(exc).__name__})", retriable=True
             )
@@ -688,7 +698,11 @@ class _Client:
                 delay = _backoff(attempt, exc.retry_after)
                 _log.info(
                     "%s %s%s failed (%s); trying again in %.2f s",
-                    method, self.endpoint.display, suffix, exc.message, delay,
+                    method,
+                    self.endpoint.origin,
+                    self.endpoint.path(suffix, root=root, query=False),
+                    exc.message,
+                    delay,
                 )
                 attempt += 1
                 _pause(delay, control)
@@ -1279,6 +1293,8 @@ class OpenAIModel:
                 raise _Failure(f"malformed event stream: {exc}", retriable=False) from None
             for event in events:
                 events_seen += 1
+                if not event.data.strip():
+                    continue  # an empty keep-alive event
                 if event.data.strip() == "[DONE]":
                     done = True
                     break
@@ -1395,10 +1411,8 @@ class OpenAIModel:
                 # Ids without text are tokens that end part-way through a
                 # character (or were cut above); with a finish reason, they
                 # are the end-of-text token, which is never emitted.
-                if ids:
-                    pieces = [(i, "") for i in ids[:-1]] + [(ids[-1], text)]
-                else:
-                    pieces = [(-1, text)]
+                last = ids[-1] if ids else -1
+                pieces = [(i, "") for i in ids[:-1]] + [(last, text)]
             for tid, piece in pieces:
                 for tok in asm.push(tid, piece.encode("utf-8")):
                     yield tok
@@ -1502,6 +1516,8 @@ def _map(fn: Callable[[_T], _R], items: list[_T], width: int) -> list[_R]:
     width = min(width, len(items))
     if width <= 1:
         return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="inference-openai") as pool:
         return list(pool.map(fn, items))
 
@@ -1611,6 +1627,8 @@ def _load(url: str, cfg: LoadConfig, defaults: _Settings) -> OpenAIModel:
     meta: dict[str, Any] = card["meta"] if isinstance(card.get("meta"), dict) else {}
     context = _first_int(meta.get("n_ctx"), card.get("max_model_len"), card.get("context_length"))
     vocab = _first_int(meta.get("n_vocab"))
+    hidden = _first_int(meta.get("n_embd"))
+    bits = _quant_bits(meta.get("ftype"))
     slots = cfg.parallel_slots
     if not slots and dialect.name == "llama.cpp":
         slots = _llama_server_slots(client)
@@ -1625,7 +1643,9 @@ def _load(url: str, cfg: LoadConfig, defaults: _Settings) -> OpenAIModel:
     info = ModelInfo(
         architecture="remote",
         vocab_size=vocab,
+        hidden_size=hidden,
         context_length=context,
+        quant_bits=bits,
         backend="openai",
         path=f"{where}#model={quoted}",
         notes=tuple(notes),
@@ -1664,6 +1684,14 @@ def _pick(
         f"e.g. {where}#model={urllib.parse.quote(names[0], safe='/:@')}. It serves {listing}",
         path=where,
     )
+
+
+def _quant_bits(ftype: Any) -> int:
+    """Bits per weight from a llama.cpp file type such as "Q4_K_M" or "F16"."""
+    if not isinstance(ftype, str):
+        return 0
+    match = re.match(r"(?i)(?:I?Q|BF|F)(\d+)", ftype.strip())
+    return int(match.group(1)) if match else 0
 
 
 def _first_int(*values: Any) -> int:

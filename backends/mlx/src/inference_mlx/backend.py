@@ -1,10 +1,11 @@
 """The ``mlx`` backend object: cheap to import, imports MLX only to detect and load.
 
 The registry reads ``available()``, ``reason``, ``priority``, ``formats`` and
-``aliases`` from here. Importing this module imports neither mlx nor mlx-lm;
-``available()`` asks :func:`inference_mlx.detect.detect`, which looks the
-packages up without importing them when they are missing, and otherwise
-imports ``mlx.core`` alone to find the device (well under 100 ms).
+``aliases`` from here. Neither importing this module nor ``available()``
+imports mlx or mlx-lm: ``available()`` asks
+:func:`inference_mlx.detect.detect` with ``probe=False``, which judges the
+device from the platform and the installed MLX build (a few milliseconds).
+Loading a model imports MLX and asks it for the device itself.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class MlxBackend:
             with self._lock:
                 device = self._device
                 if device is None:
-                    device = self._device = detect()
+                    device = self._device = detect(probe=False)
         return device
 
     def available(self) -> bool:
@@ -84,4 +85,4 @@ class MlxBackend:
         cfg = load_config(*opts, **kwargs)
         from .engine import MlxModel
 
-        return MlxModel.load(os.fspath(path), cfg, device=self._detect())
+        return MlxModel.load(os.fspath(path), cfg)

@@ -2,14 +2,24 @@
 
 When mlx or mlx-lm is missing this only asks the import system where they
 would be (``find_spec``), without importing anything. When both are there it
-imports ``mlx.core`` (about 10 ms) and asks it for a GPU: Metal on Apple
-silicon, CUDA on an MLX CUDA build, else the CPU device.
+finds the device one of two ways:
+
+- ``probe=True`` (the default) imports ``mlx.core`` (about 10 ms) and asks it
+  for a GPU: Metal on Apple silicon, CUDA on an MLX CUDA build, else the CPU
+  device;
+- ``probe=False`` imports nothing, as ``inference backends`` and the registry
+  require of a backend: Apple silicon means Metal (MLX needs it there); off
+  macOS, MLX's CUDA build (the ``mlx-cuda-12`` or ``mlx-cuda-13``
+  distribution) with an NVIDIA driver present means CUDA; anything else the
+  CPU device. A build that cannot be imported is then found at load time.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import platform as _platform
 import sys
 from collections.abc import Callable
@@ -23,6 +33,11 @@ INSTALL_HINT = "pip install 'inference[mlx]'"
 PRIORITY_METAL = 100
 PRIORITY_CUDA = 90
 PRIORITY_CPU = 10
+
+#: The distributions that carry MLX's CUDA build (``mlx[cuda12]``, ``mlx[cuda13]``).
+CUDA_DISTRIBUTIONS = ("mlx-cuda-12", "mlx-cuda-13", "mlx-cuda")
+#: Files that exist when an NVIDIA kernel driver is loaded.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +76,38 @@ def _flag(check: Callable[[], Any] | None) -> bool:
         return False
 
 
+def _distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    except Exception:  # unreadable metadata
+        return False
+    return True
+
+
+def _nvidia_driver() -> bool:
+    return any(os.path.exists(path) for path in NVIDIA_DRIVER_FILES)
+
+
 def detect(
     *,
     find_spec: Callable[[str], Any] = importlib.util.find_spec,
     platform: str = sys.platform,
     machine: str = _platform.machine(),
     import_module: Callable[[str], Any] = importlib.import_module,
+    probe: bool = True,
+    installed: Callable[[str], bool] = _distribution_installed,
+    nvidia_driver: Callable[[], bool] = _nvidia_driver,
 ) -> MlxDevice:
     """Report whether MLX is usable here and on which device.
 
     Every input is injectable for tests: ``find_spec`` looks modules up
     without importing them, ``platform`` is ``sys.platform``, ``machine`` is
     ``platform.machine()``, and ``import_module`` imports ``mlx.core`` when
-    both packages are present.
+    both packages are present and ``probe`` is true. Without ``probe``,
+    ``installed`` says whether a distribution is installed and
+    ``nvidia_driver`` whether an NVIDIA driver is loaded; nothing is imported.
     """
     for package, label in (("mlx", "mlx"), ("mlx_lm", "mlx-lm")):
         if not _installed(find_spec, package):
@@ -82,6 +116,9 @@ def detect(
     is_mac = platform == "darwin"
     if is_mac and machine.lower() not in ("arm64", "aarch64"):
         return _unavailable(f"MLX needs Apple silicon; this Mac is {machine or 'unknown'}")
+
+    if not probe:
+        return _without_import(is_mac, installed, nvidia_driver)
 
     try:
         mx = import_module("mlx.core")
@@ -105,3 +142,30 @@ def detect(
             return MlxDevice(True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend")
 
     return MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
+
+
+def _without_import(
+    is_mac: bool, installed: Callable[[str], bool], nvidia_driver: Callable[[], bool]
+) -> MlxDevice:
+    """The device MLX would use, judged from the installed builds alone."""
+    if is_mac:  # Apple silicon (checked above): MLX runs on Metal there
+        return MlxDevice(True, "metal", PRIORITY_METAL, "Apple GPU via Metal")
+    cuda_build = next((name for name in CUDA_DISTRIBUTIONS if _safe(installed, name)), "")
+    if cuda_build and _flag(nvidia_driver):
+        return MlxDevice(True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend")
+    if cuda_build:
+        return MlxDevice(
+            True,
+            "cpu",
+            PRIORITY_CPU,
+            f"MLX CPU device only; no GPU ({cuda_build} is installed "
+            "but no NVIDIA driver is loaded)",
+        )
+    return MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
+
+
+def _safe(check: Callable[[str], bool], name: str) -> bool:
+    try:
+        return bool(check(name))
+    except Exception:
+        return False

