@@ -43,15 +43,85 @@ from .types import (
     Token,
 )
 
-__all__ = ["BaseTextModel", "EngineThread"]
+__all__ = ["BaseTextModel", "EngineThread", "ModelState", "check_prompts"]
 
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound="ModelState")
 
 _perf = time.perf_counter
 _log = logging.getLogger(__name__)
 
 
-class BaseTextModel:
+class ModelState:
+    """What every TextModel keeps alike: its facts, the last call's ``err`` and
+    ``metrics``, the closed flag and the context-manager protocol.
+
+    :class:`BaseTextModel` builds on it; so can a backend that is not token-id
+    based (the remote ``openai`` backend). Subclasses set ``_info`` and call
+    :meth:`_init_state`, and implement ``close()``.
+    """
+
+    _info: ModelInfo
+
+    def _init_state(self, info: ModelInfo) -> None:
+        self._info = info
+        self._closed = False
+        self._err: BaseException | None = None
+        self._metrics: GenerateMetrics | None = None
+
+    @property
+    def model_type(self) -> str:
+        return self._info.architecture
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def metrics(self) -> GenerateMetrics | None:
+        return self._metrics
+
+    @property
+    def err(self) -> BaseException | None:
+        return self._err
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _M) -> _M:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError("the model is closed")
+
+    def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
+        """Keep the outcome of a finished call as ``err`` and ``metrics``."""
+        self._err = err
+        if metrics is not None:
+            self._metrics = metrics
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """``prompts`` as a list, or TypeError for a lone str or a non-str item."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of str, not a single str")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
+    return items
+
+
+class BaseTextModel(ModelState):
     """Implements :class:`~inference.TextModel` and :class:`~inference.Tokenizer`
     over engine primitives. See the module docstring."""
 
@@ -69,7 +139,7 @@ class BaseTextModel:
         add_bos: bool = False,
         engine_thread: bool = False,
     ) -> None:
-        self._info = info
+        self._init_state(info)
         self._eog_ids = frozenset(eog_ids)
         self._chat_template = chat_template or None
         self._bos_token = bos_token
@@ -78,10 +148,7 @@ class BaseTextModel:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._active: StreamControl | None = None
-        self._closed = False
         self._released = False
-        self._err: BaseException | None = None
-        self._metrics: GenerateMetrics | None = None
         self._engine = (
             EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
             if engine_thread
@@ -157,22 +224,6 @@ class BaseTextModel:
 
     # -- TextModel --------------------------------------------------------
 
-    @property
-    def model_type(self) -> str:
-        return self._info.architecture
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def metrics(self) -> GenerateMetrics | None:
-        return self._metrics
-
-    @property
-    def err(self) -> BaseException | None:
-        return self._err
-
     def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
         cfg = generate_config(*opts, **kwargs)
         if not isinstance(prompt, str):
@@ -203,7 +254,7 @@ class BaseTextModel:
         self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
     ) -> list[ClassifyResult]:
         cfg = generate_config(*opts, **kwargs)
-        items = _prompts(prompts)
+        items = check_prompts(prompts)
         self._check_open()
         if not items:
             return []
@@ -213,7 +264,7 @@ class BaseTextModel:
         self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
     ) -> list[BatchResult]:
         cfg = generate_config(*opts, **kwargs)
-        items = _prompts(prompts)
+        items = check_prompts(prompts)
         self._check_open()
         if not items:
             return []
@@ -254,26 +305,11 @@ class BaseTextModel:
             self._engine.call(release)
             self._engine.stop()
 
-    def __enter__(self) -> BaseTextModel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self._info.path or self._info.architecture!r} {state}>"
 
     # -- machinery -----------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ModelClosedError("the model is closed")
 
     def _release_once(self) -> None:
         if not self._released:
@@ -303,11 +339,6 @@ class BaseTextModel:
             if self._closed:
                 self._release_once()
             self._lock.release()
-
-    def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
-        self._err = err
-        if metrics is not None:
-            self._metrics = metrics
 
     def _stream(self, text: str, cfg: GenerateConfig, add_bos: bool) -> TokenStream:
         def produce(control: StreamControl) -> Generator[Token, None, FinishReason]:
@@ -571,16 +602,6 @@ class BaseTextModel:
                 )
             )
         return out
-
-
-def _prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not a single str")
-    items = list(prompts)
-    for i, p in enumerate(items):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
-    return items
 
 
 def _as_generation_error(exc: BaseException) -> BaseException:

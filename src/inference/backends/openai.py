@@ -57,15 +57,15 @@ import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 if TYPE_CHECKING:  # imported when first used: listing backends stays cheap
     import http.client
 
 from .. import __version__, env
+from ..base import ModelState, check_prompts
 from ..detok import TextAssembler
-from ..errors import Cancelled, GenerationError, InferenceError, ModelClosedError, ModelLoadError
+from ..errors import Cancelled, GenerationError, InferenceError, ModelLoadError
 from ..options import GenerateConfig, LoadConfig, Option, generate_config, load_config
 from ..sse import SSEError, SSEParser
 from ..stream import StreamControl, TokenStream
@@ -881,7 +881,7 @@ def _choice_ids(choice: Mapping[str, Any]) -> list[int]:
 # -- the model -----------------------------------------------------------------
 
 
-class OpenAIModel:
+class OpenAIModel(ModelState):
     """A model served by a remote OpenAI-compatible server.
 
     Implements :class:`~inference.TextModel`. Calls from many threads are
@@ -904,34 +904,15 @@ class OpenAIModel:
         self._client = client
         self._name = name
         self._dialect = dialect
-        self._info = info
+        self._init_state(info)
         self._slots = max(1, slots)
         client.max_idle = max(client.max_idle, self._slots)
         self._url = client.endpoint.display
-        self._closed = False
-        self._err: BaseException | None = None
-        self._metrics: GenerateMetrics | None = None
         self._lock = threading.Lock()
         self._active: set[StreamControl] = set()
         self._warned: set[str] = set()
 
     # -- facts -----------------------------------------------------------------
-
-    @property
-    def model_type(self) -> str:
-        return self._info.architecture
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def metrics(self) -> GenerateMetrics | None:
-        return self._metrics
-
-    @property
-    def err(self) -> BaseException | None:
-        return self._err
 
     @property
     def name(self) -> str:
@@ -978,7 +959,7 @@ class OpenAIModel:
         self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
     ) -> list[ClassifyResult]:
         cfg = generate_config(*opts, **kwargs)
-        items = _prompts(prompts)
+        items = check_prompts(prompts)
         self._check_open()
         if not items:
             return []
@@ -1013,7 +994,7 @@ class OpenAIModel:
         self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
     ) -> list[BatchResult]:
         cfg = generate_config(*opts, **kwargs)
-        items = _prompts(prompts)
+        items = check_prompts(prompts)
         self._check_open()
         if not items:
             return []
@@ -1034,17 +1015,6 @@ class OpenAIModel:
             control.cancel()
         self._client.close()
 
-    def __enter__(self) -> OpenAIModel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (
@@ -1053,15 +1023,6 @@ class OpenAIModel:
         )
 
     # -- requests ---------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ModelClosedError("the model is closed")
-
-    def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
-        self._err = err
-        if metrics is not None:
-            self._metrics = metrics
 
     def _ignored(self, field: str) -> None:
         if field not in self._warned:
@@ -1542,16 +1503,6 @@ def _aggregate(results: Sequence[BatchResult], start: float, end: float) -> Gene
         if generated > len(firsts) and decode > 0
         else 0.0,
     )
-
-
-def _prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not a single str")
-    items = list(prompts)
-    for i, p in enumerate(items):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
-    return items
 
 
 # -- loading -------------------------------------------------------------------
