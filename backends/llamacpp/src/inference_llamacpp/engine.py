@@ -61,15 +61,22 @@ _LEVELS = {
 }
 
 
-@lc.llama_log_callback  # type: ignore[misc]
+def _wanted(level: int) -> bool:
+    """Whether a llama.cpp log line at ``level`` goes out: only when asked for,
+    by ``INFERENCE_LOG=debug`` or by giving the ``inference.llama_cpp``
+    logger a level."""
+    if not _log.isEnabledFor(level):
+        return False
+    return _log.level != logging.NOTSET or env.engine_logs_enabled()
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if _log.isEnabledFor(logging.DEBUG) or (
-        level in (2, 3) and _log.isEnabledFor(logging.WARNING) and _engine_logs
-    ):
-        _log.log(_LEVELS.get(level, logging.DEBUG), "%s", text.decode("utf-8", "replace").rstrip())
+    lvl = _LEVELS.get(level, logging.DEBUG)
+    if _wanted(lvl):
+        _log.log(lvl, "%s", text.decode("utf-8", "replace").rstrip())
 
 
-_engine_logs = False
 _NO_ABORT = lc.ggml_abort_callback()  # a NULL callback
 _init_lock = threading.Lock()
 _initialised = False
@@ -77,11 +84,8 @@ _initialised = False
 
 def _init_backend() -> None:
     """Route llama.cpp's log to ``logging`` and initialise it, once."""
-    global _initialised, _engine_logs
+    global _initialised
     with _init_lock:
-        _engine_logs = env.engine_logs_enabled()
-        if _engine_logs and _log.level == logging.NOTSET:
-            _log.setLevel(logging.DEBUG)
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         if not _initialised:
             lc.llama_backend_init()
@@ -147,6 +151,7 @@ class LlamaCppModel(BaseTextModel):
         self._adapter: Any = None
         self._batch: _Batch | None = None
         self._abort_cb: Any = None
+        self._abort_for: StreamControl | None = None
         try:
             self._open(header, cfg)
         except BaseException:
@@ -213,7 +218,6 @@ class LlamaCppModel(BaseTextModel):
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._tok_buf = (lc.llama_token * 0)()
         eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
         bos = lc.llama_vocab_bos(self._vocab)
         eos = lc.llama_vocab_eos(self._vocab)
@@ -325,8 +329,6 @@ class LlamaCppModel(BaseTextModel):
                 f"(context {self._n_ctx} tokens); load with a larger context_len"
             )
         raise GenerationError(f"llama_decode failed with code {rc}")
-
-    _abort_for: StreamControl | None = None
 
     def _stop_now(self) -> bool:
         control = self._abort_for
@@ -471,7 +473,7 @@ class LlamaCppModel(BaseTextModel):
             self._decode(batch, control)
             control.check()
 
-    def _generate_batch(  # type: ignore[override]
+    def _generate_batch(
         self,
         batch: Sequence[Sequence[int]],
         cfg: GenerateConfig,
