@@ -260,7 +260,8 @@ def test_bench_text(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> Non
     result = cli("bench", str(tiny_gguf), "--runs", "2", "--max-tokens", "4", "--prompt", "Hi")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0] == "backend fake, 2 runs (median), 2 prompt tokens, 4 generated"
+    # Each run's prompt is "Run N. Hi" (9 byte tokens), so no prompt cache is reused.
+    assert lines[0] == "backend fake, 2 runs (median), 9 prompt tokens, 4 generated"
     assert [line.split()[0] for line in lines[1:]] == ["time", "prefill", "decode", "peak"]
     assert lines[-1].split()[-2:] == ["0.0", "MiB"]
 

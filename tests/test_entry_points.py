@@ -197,7 +197,7 @@ def test_errors_name_the_backend_and_the_reason(child: Any, site: Path, models: 
     unavailable = out["unavailable"]
     assert unavailable["error"] == "BackendUnavailableError"
     assert unavailable["reason"] == "needs a frobnicator, and none is plugged in"
-    assert "pip install 'inference[frob]'" in unavailable["message"]
+    assert "pip install" not in unavailable["message"]
 
     assert out["raising"]["error"] == "BackendUnavailableError"
     assert "the driver crashed" in out["raising"]["reason"]
@@ -268,10 +268,7 @@ def test_no_backend_lists_every_installed_backend(child: Any, tmp_path: Path, mo
     assert "pip install 'inference[llamacpp]'" in lines[0]
     listing = "\n".join(lines[2:])
     assert "top: available (does not load gguf): only safetensors" in listing
-    assert (
-        "unavailable: unavailable: needs a frobnicator, and none is plugged in"
-        " (pip install 'inference[frob]')" in listing
-    )
+    assert "unavailable: unavailable: needs a frobnicator, and none is plugged in\n" in listing
     assert "raising: unavailable: available() raised RuntimeError: the driver crashed" in listing
     assert "broken: unavailable: failed to load: ImportError: libfrobnicate.so.1" in listing
     assert len(lines[2:]) == 4

@@ -241,8 +241,10 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     with _load(args) as model:
         model.generate(args.prompt, cfg, max_tokens=4).text()  # warm-up
         runs: list[GenerateMetrics] = []
-        for _ in range(args.runs):
-            stream = model.generate(args.prompt, cfg)
+        for run in range(args.runs):
+            # Each run's prompt starts differently, so that an engine's prompt
+            # cache (llama.cpp reuses a shared prefix) cannot skip the prefill.
+            stream = model.generate(f"Run {run + 1}. {args.prompt}", cfg)
             stream.text()
             assert stream.metrics is not None
             runs.append(stream.metrics)

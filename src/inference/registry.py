@@ -265,7 +265,8 @@ def _extra(backend: Any, name: str) -> str:
 
 
 def _install_hint(reason: str, extra: str) -> str:
-    """`` (pip install 'inference[extra]')``, unless the reason already says it."""
+    """`` (pip install 'inference[extra]')`` for a broken plugin (reinstalling
+    it is the fix), unless the reason already says it."""
     if not extra or f"inference[{extra}]" in reason:
         return ""
     return f" (pip install 'inference[{extra}]')"
@@ -398,9 +399,9 @@ def _by_name(name: str, *, source: str) -> Backend:
         )
     ok, reason, _ = _check(backend)
     if not ok:
-        hint = _install_hint(reason, _extra(backend, name))
+        # It is installed: the backend's own reason says what is missing.
         raise BackendUnavailableError(
-            f"backend {name!r} is not available here: {reason or 'no reason given'}{hint}",
+            f"backend {name!r} is not available here: {reason or 'no reason given'}",
             backend=name,
             reason=reason,
         )
@@ -429,7 +430,7 @@ def _best(fmt: str | None) -> Backend:
         f"  {st.name}: {'available' if st.available else 'unavailable'}"
         f"{' (does not load ' + fmt + ')' if st.available and fmt else ''}"
         f": {st.reason or 'no reason given'}"
-        f"{'' if st.available else _install_hint(st.reason, st.extra)}"
+        f"{_install_hint(st.reason, st.extra) if st.broken else ''}"
         for st in statuses
     ]
     listing = "\n".join(lines) if lines else "  (no backends installed)"
