@@ -54,3 +54,20 @@ def test_check_prompts() -> None:
         check_prompts("abc")
     with pytest.raises(TypeError, match=r"prompts\[1\] must be str; got int"):
         check_prompts(["a", 1])  # type: ignore[list-item]
+
+
+def test_cancelled_classify_raises_and_batch_marks_prompts() -> None:
+    import threading
+
+    from inference import Cancelled, DeadlineExceeded
+
+    model = FakeBackend().load_model("m")
+    with pytest.raises(DeadlineExceeded):
+        model.classify(["a", "b"], timeout=1e-9)
+    assert isinstance(model.err, DeadlineExceeded)
+    event = threading.Event()
+    event.set()
+    results = model.batch_generate(["a", "b"], max_tokens=3, cancel=event)
+    assert [r.finish_reason for r in results] == ["cancelled", "cancelled"]
+    assert all(isinstance(r.err, Cancelled) for r in results)
+    assert model.classify(["a"])[0].token.text == "T"  # usable afterwards

@@ -418,6 +418,7 @@ class BaseTextModel(ModelState):
                 batch.append(self._check_prompt(self._encode(prompt, self._add_bos)))
             except GenerationError as exc:
                 raise GenerationError(f"prompt {i}: {exc}") from exc
+        control.check()
         picked = self._classify_ids(batch, cfg, control)
         end = _perf()
         total_prompt = sum(len(ids) for ids in batch)
@@ -554,6 +555,7 @@ class BaseTextModel(ModelState):
         err: BaseException | None = None
         engine = self._generate_batch(batch, cfg, control, finished)
         try:
+            control.check()
             for i, tid in engine:
                 if i in finished:
                     continue
@@ -561,6 +563,7 @@ class BaseTextModel(ModelState):
                 if counts[i] == 1:
                     firsts[i] = _perf()
                 asm = asms[i]
+                done = True
                 if tid in stop_ids:
                     reasons[i] = "stop"
                 else:
@@ -568,12 +571,14 @@ class BaseTextModel(ModelState):
                     if asm.stopped:
                         reasons[i] = "stop"
                     elif counts[i] < cfg.max_tokens:
-                        continue
-                finished.add(i)
-                ends[i] = _perf()
-                if len(finished) == count:
-                    break
-                control.check()
+                        done = False
+                if done:
+                    finished.add(i)
+                    ends[i] = _perf()
+                    if len(finished) == count:
+                        break
+                if control.stop_requested():
+                    control.check()
         except Cancelled as exc:
             err = exc
         except Exception as exc:
