@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from inference import registry
 from inference.testing import FakeBackend
@@ -20,6 +21,12 @@ try:
     from gguf_writer import write_gguf
 except ImportError:  # tests/ imported as a package
     from tests.gguf_writer import write_gguf
+
+# Property tests: no per-example deadline (the machine may be busy); in CI the
+# same examples every run, so that a red CI is reproducible.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

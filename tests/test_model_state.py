@@ -71,3 +71,17 @@ def test_cancelled_classify_raises_and_batch_marks_prompts() -> None:
     assert [r.finish_reason for r in results] == ["cancelled", "cancelled"]
     assert all(isinstance(r.err, Cancelled) for r in results)
     assert model.classify(["a"])[0].token.text == "T"  # usable afterwards
+
+
+def test_check_messages_and_prompt_text() -> None:
+    from inference import Message
+    from inference.base import check_messages, check_prompt_text
+
+    assert check_messages([{"role": "user", "content": "hi"}]) == [Message("user", "hi")]
+    with pytest.raises(ValueError, match="at least one message"):
+        check_messages([])
+    with pytest.raises(ValueError, match="role"):
+        check_messages([{"role": "wizard", "content": "x"}])
+    assert check_prompt_text("x") == "x"
+    with pytest.raises(TypeError, match="prompt must be str; got bytes"):
+        check_prompt_text(b"x")

@@ -196,9 +196,10 @@ def test_url_selects_the_backend_and_info(lcp: ServerProcess, remote: OpenAIMode
     assert info.path.startswith(lcp.url + "#model=")
     assert remote.server == "llama-cpp-python" and remote.parallel_slots == 1
     with inference.load_model(info.path) as again:  # the path loads the same model
-        assert again.generate(PROMPTS[0], max_tokens=3).text() == remote.generate(
-            PROMPTS[0], max_tokens=3
-        ).text()
+        assert (
+            again.generate(PROMPTS[0], max_tokens=3).text()
+            == remote.generate(PROMPTS[0], max_tokens=3).text()
+        )
 
 
 def test_unknown_model_name_lists_the_served_one(lcp: ServerProcess, remote: OpenAIModel) -> None:

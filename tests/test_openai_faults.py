@@ -92,8 +92,12 @@ class FaultHandler(BaseHTTPRequestHandler):
 
     def _record(self, body: Any) -> Request:
         req = Request(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-            time.monotonic(), self.state.mode,
+            self.command,
+            self.path,
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+            time.monotonic(),
+            self.state.mode,
         )
         with self.state.lock:
             self.state.requests.append(req)
@@ -184,9 +188,15 @@ class FaultHandler(BaseHTTPRequestHandler):
             elif st.owned_by == "tgi-single":
                 self._json(200, {"id": st.models[0], "object": "model", "owned_by": st.models[0]})
             else:
-                self._json(200, {"object": "list", "data": [
-                    {"id": m, "object": "model", "owned_by": st.owned_by} for m in st.models
-                ]})
+                self._json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": m, "object": "model", "owned_by": st.owned_by} for m in st.models
+                        ],
+                    },
+                )
         elif self.path.endswith("/props"):
             self._json(200, {"total_slots": 3})
         else:
@@ -479,10 +489,27 @@ def tls_fault(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -571,9 +598,7 @@ def test_api_key_from_option_keyword_and_environment(
     assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in fault.state.requests)
 
 
-def test_api_key_never_shown(
-    fault: FaultServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_api_key_never_shown(fault: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     fault.set(require_key=KEY)
     model = load(fault.url, api_key=KEY)
@@ -812,8 +837,18 @@ def test_defaults_are_sent_explicitly_to_llama_cpp_python(fault: FaultServer) ->
     assert body["top_k"] == 0 and body["top_p"] == 1.0 and body["min_p"] == 0.0
     assert body["repeat_penalty"] == 1.0
     assert "seed" not in body and "stop" not in body
-    body = sent(fault, "me", max_tokens=7, temperature=0.7, top_k=40, top_p=0.9, min_p=0.05,
-                repeat_penalty=1.1, seed=3, stop=["\n"])
+    body = sent(
+        fault,
+        "me",
+        max_tokens=7,
+        temperature=0.7,
+        top_k=40,
+        top_p=0.9,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        seed=3,
+        stop=["\n"],
+    )
     got = [body[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "min_p")]
     assert got == [7, 0.7, 40, 0.9, 0.05]
     assert [body[k] for k in ("repeat_penalty", "seed", "stop")] == [1.1, 3, ["\n"]]
@@ -897,7 +932,12 @@ def test_reported_token_ids(fault: FaultServer, mode: str, owner: str) -> None:
     with load(fault.url) as model:
         toks = list(model.generate("x"))
         assert [(t.id, t.text) for t in toks] == [
-            (10, "Hel"), (11, ""), (12, "lo"), (13, " world"), (2, "!"), (14, " more"),
+            (10, "Hel"),
+            (11, ""),
+            (12, "lo"),
+            (13, " world"),
+            (2, "!"),
+            (14, " more"),
         ]
         stream = model.generate("x", stop_tokens=[2])
         assert stream.text() == "Hello world" and stream.finish_reason == "stop"

@@ -343,8 +343,7 @@ def test_unavailable_backend_by_name_says_why(plugins: Any, tiny_gguf: Path) -> 
     assert exc.backend == "unavailable"
     assert exc.reason == "needs a frobnicator, and none is plugged in"
     assert str(exc) == (
-        "backend 'unavailable' is not available here: needs a frobnicator, and none is"
-        " plugged in"
+        "backend 'unavailable' is not available here: needs a frobnicator, and none is plugged in"
     )
     # Installed but unavailable: an install command would be the wrong fix.
     assert "pip install" not in str(exc)

@@ -43,7 +43,14 @@ from .types import (
     Token,
 )
 
-__all__ = ["BaseTextModel", "EngineThread", "ModelState", "check_prompts"]
+__all__ = [
+    "BaseTextModel",
+    "EngineThread",
+    "ModelState",
+    "check_messages",
+    "check_prompt_text",
+    "check_prompts",
+]
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound="ModelState")
@@ -119,6 +126,21 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         if not isinstance(p, str):
             raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
     return items
+
+
+def check_messages(messages: Iterable[Message | Mapping[str, Any]]) -> list[Message]:
+    """``messages`` as Messages (dicts are converted); ValueError if none or invalid."""
+    msgs = [Message.coerce(m) for m in messages]
+    if not msgs:
+        raise ValueError("chat needs at least one message")
+    return msgs
+
+
+def check_prompt_text(prompt: object) -> str:
+    """``prompt`` itself, or TypeError if it is not a str."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
+    return prompt
 
 
 class BaseTextModel(ModelState):
@@ -226,8 +248,7 @@ class BaseTextModel(ModelState):
 
     def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
         cfg = generate_config(*opts, **kwargs)
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
+        check_prompt_text(prompt)
         self._check_open()
         return self._stream(prompt, cfg, self._add_bos)
 
@@ -238,9 +259,7 @@ class BaseTextModel(ModelState):
         **kwargs: Any,
     ) -> TokenStream:
         cfg = generate_config(*opts, **kwargs)
-        msgs = [Message.coerce(m) for m in messages]
-        if not msgs:
-            raise ValueError("chat needs at least one message")
+        msgs = check_messages(messages)
         self._check_open()
         try:
             text = self._render_chat(msgs)

@@ -139,9 +139,13 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
             group = f" g{m.quant_group_size}" if m.quant_group_size else ""
             quant = f"{m.quant_bits}-bit{group}"
         error = dict(m.extra).get("error")
-        detail = f"error: {error}" if error else (
-            f"{m.architecture or '?'}  {quant}  ctx {m.context_length or '?'}  "
-            f"{m.file_count} file(s)  {m.size_bytes / 2**20:.1f} MiB"
+        detail = (
+            f"error: {error}"
+            if error
+            else (
+                f"{m.architecture or '?'}  {quant}  ctx {m.context_length or '?'}  "
+                f"{m.file_count} file(s)  {m.size_bytes / 2**20:.1f} MiB"
+            )
         )
         out.write(f"{m.path}  [{m.format}]  {detail}\n")
     return 0
@@ -227,8 +231,14 @@ def _cmd_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
             reply = "".join(parts)
             history.append(Message("assistant", reply))
             if args.json:
-                json.dump({"reply": reply, "finish_reason": stream.finish_reason,
-                           "metrics": _metrics_json(stream.metrics)}, out)
+                json.dump(
+                    {
+                        "reply": reply,
+                        "finish_reason": stream.finish_reason,
+                        "metrics": _metrics_json(stream.metrics),
+                    },
+                    out,
+                )
             out.write("\n")
             out.flush()
     return 0
@@ -279,8 +289,9 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
-         stdin: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None
+) -> int:
     """Run the CLI; returns the exit status."""
     out = stdout or sys.stdout
     inp = stdin or sys.stdin
@@ -309,8 +320,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         # One line, no traceback, whatever failed (a backend's own error
         # too); INFERENCE_LOG=debug logs the traceback.
         logging.getLogger("inference").debug("the command failed", exc_info=True)
-        message = str(exc) if isinstance(exc, (InferenceError, ValueError, TypeError)) else (
-            f"{type(exc).__name__}: {exc}"
+        message = (
+            str(exc)
+            if isinstance(exc, (InferenceError, ValueError, TypeError))
+            else (f"{type(exc).__name__}: {exc}")
         )
         sys.stderr.write(f"inference: error: {message}\n")
         return 1

@@ -312,13 +312,9 @@ def _fold(
             changes.update({f.name: getattr(opt, f.name) for f in fields(opt)})
             continue
         if not isinstance(opt, Option):
-            raise TypeError(
-                f"expected an option from a with_* builder; got {opt!r}"
-            )
+            raise TypeError(f"expected an option from a with_* builder; got {opt!r}")
         if opt.target != target:
-            raise TypeError(
-                f"{opt!r} is a {opt.target} option; it does not apply here"
-            )
+            raise TypeError(f"{opt!r} is a {opt.target} option; it does not apply here")
         changes[opt.name] = opt.value
     for name, value in kwargs.items():
         builder = builders.get(name)
@@ -352,9 +348,7 @@ def load_config(
     **kwargs: Any,
 ) -> LoadConfig:
     """Fold options and keyword settings into a :class:`LoadConfig`."""
-    result: LoadConfig = _fold(
-        base or _DEFAULT_LOAD, "load", LOAD_OPTIONS, opts, kwargs
-    )
+    result: LoadConfig = _fold(base or _DEFAULT_LOAD, "load", LOAD_OPTIONS, opts, kwargs)
     return result
 
 

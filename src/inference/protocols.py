@@ -32,9 +32,7 @@ class TextModel(Protocol):
     never interleaved inside the engine.
     """
 
-    def generate(
-        self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> TokenStream:
+    def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
         """Stream the continuation of a raw text prompt."""
         ...
 

@@ -126,9 +126,7 @@ def _materialise(obj: Any, where: str) -> Backend:
     if not _looks_like_backend(obj) and callable(obj):
         obj = obj()
     if not _looks_like_backend(obj):
-        raise TypeError(
-            f"{where} is not a backend: it needs name, available() and load_model()"
-        )
+        raise TypeError(f"{where} is not a backend: it needs name, available() and load_model()")
     return obj  # type: ignore[no-any-return]
 
 

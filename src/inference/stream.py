@@ -200,7 +200,7 @@ class TokenStream(Iterator[Token]):
 
     @property
     def finish_reason(self) -> FinishReason | None:
-        """"stop", "length", "cancelled" or "error"; None while running."""
+        """ "stop", "length", "cancelled" or "error"; None while running."""
         return self._finish_reason
 
     @property

@@ -50,13 +50,9 @@ class Message:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ValueError(
-                f"Message role must be one of {', '.join(ROLES)}; got {self.role!r}"
-            )
+            raise ValueError(f"Message role must be one of {', '.join(ROLES)}; got {self.role!r}")
         if not isinstance(self.content, str):
-            raise ValueError(
-                f"Message content must be str; got {type(self.content).__name__}"
-            )
+            raise ValueError(f"Message content must be str; got {type(self.content).__name__}")
 
     def to_dict(self) -> dict[str, str]:
         """The ``{"role": ..., "content": ...}`` form that chat APIs use."""
@@ -77,9 +73,7 @@ class Message:
             return value
         if isinstance(value, Mapping):
             return cls.from_dict(value)
-        raise ValueError(
-            f"a chat message must be a Message or a dict; got {type(value).__name__}"
-        )
+        raise ValueError(f"a chat message must be a Message or a dict; got {type(value).__name__}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,7 @@ def test_mlx_folder_loads_offline(mlx_folder: str, monkeypatch: pytest.MonkeyPat
     import huggingface_hub
 
     monkeypatch.delenv("INFERENCE_BACKEND", raising=False)
+
     def no_network(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the MLX backend tried to fetch from the Hugging Face hub")
 

@@ -277,9 +277,7 @@ def test_without_probe_cuda_build_with_a_driver_is_cuda() -> None:
             installed=installed("mlx-cpu", build),
             nvidia_driver=lambda: True,
         )
-        assert result == MlxDevice(
-            True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend"
-        )
+        assert result == MlxDevice(True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend")
 
 
 def test_without_probe_cuda_build_without_a_driver_is_cpu() -> None:

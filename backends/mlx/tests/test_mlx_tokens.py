@@ -65,8 +65,14 @@ def _byte_level(text: bytes) -> str:
 
 
 def test_byte_level_table() -> None:
-    vocab = ["<|im_end|>", _byte_level(b" four"), _byte_level("é".encode()[:1]),
-             _byte_level("é".encode()[1:]), _byte_level(b"\n"), "<tool>"]
+    vocab = [
+        "<|im_end|>",
+        _byte_level(b" four"),
+        _byte_level("é".encode()[:1]),
+        _byte_level("é".encode()[1:]),
+        _byte_level(b"\n"),
+        "<tool>",
+    ]
     added = {0: _Added("<|im_end|>", True), 5: _Added("<tool>", False)}
     tok = _Tokenizer(vocab, {"type": "ByteLevel", "add_prefix_space": True}, added)
     table = TokenTable(_Wrapper(tok))  # unwraps mlx-lm's wrapper

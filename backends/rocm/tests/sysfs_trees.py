@@ -8,7 +8,6 @@ older-kernel dump from ROCm/amdgpu issue #66.  Marketing names come from
 libdrm's ``amdgpu.ids``, whose lines are ``device,<tab>revision,<tab>name``.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -338,5 +337,3 @@ def laptop_apu_box(tmp_path: Path) -> Machine:
         128, "0000:c5:00.0", device=0x15BF, revision=0xC1, vram_total=4 * GIB, vram_used=300 * MIB
     )
     return m
-
-

@@ -1,12 +1,5 @@
-"""Tests of ROCm detection against fake /sys and /dev trees laid out like real ones.
-
-The node properties follow the kernel's KFD topology output: the RX 7900 XTX
-node is the dump in tinygrad's ``test/mockgpu/amd/amdgpu.py``; CPU nodes
-print the same keys with zeros (GPU-only keys are left out, as the kernel
-does); the Raven Ridge node with CPU cores and SIMDs together is the
-older-kernel dump from ROCm/amdgpu issue #66.  Marketing names come from
-libdrm's ``amdgpu.ids``, whose lines are ``device,<tab>revision,<tab>name``.
-"""
+"""Tests of ROCm detection against fake /sys and /dev trees laid out like real
+ones (see ``sysfs_trees.py`` for where each layout comes from)."""
 
 from __future__ import annotations
 

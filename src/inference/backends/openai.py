@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # imported when first used: listing backends stays cheap
     import http.client
 
 from .. import __version__, env
-from ..base import ModelState, check_prompts
+from ..base import ModelState, check_messages, check_prompt_text, check_prompts
 from ..detok import TextAssembler
 from ..errors import Cancelled, GenerationError, InferenceError, ModelLoadError
 from ..options import GenerateConfig, LoadConfig, Option, generate_config, load_config
@@ -138,29 +138,85 @@ _DIALECTS: Mapping[str, _Dialect] = {
     d.name: d
     for d in (
         _Dialect(
-            "llama.cpp", "llama.cpp's llama-server", ("top_k", 0), True, ("repeat_penalty",),
-            True, 1.0, "client", "n_probs", 0, 4,
+            "llama.cpp",
+            "llama.cpp's llama-server",
+            ("top_k", 0),
+            True,
+            ("repeat_penalty",),
+            True,
+            1.0,
+            "client",
+            "n_probs",
+            0,
+            4,
         ),
         _Dialect(
-            "llama-cpp-python", "llama-cpp-python's server", ("top_k", 0), True,
-            ("repeat_penalty",), True, 1.0, "", "", 0, 1, count_prompt=True,
+            "llama-cpp-python",
+            "llama-cpp-python's server",
+            ("top_k", 0),
+            True,
+            ("repeat_penalty",),
+            True,
+            1.0,
+            "",
+            "",
+            0,
+            1,
+            count_prompt=True,
         ),
         _Dialect(
-            "vllm", "vLLM", ("top_k", -1), True, ("repetition_penalty",), True, 1.0,
-            "native", "token_ids", 0, 8,
+            "vllm",
+            "vLLM",
+            ("top_k", -1),
+            True,
+            ("repetition_penalty",),
+            True,
+            1.0,
+            "native",
+            "token_ids",
+            0,
+            8,
         ),
         _Dialect(
-            "sglang", "SGLang", ("top_k", -1), True, ("repetition_penalty",), True, 1.0,
-            "native", "token_ids", 0, 8,
+            "sglang",
+            "SGLang",
+            ("top_k", -1),
+            True,
+            ("repetition_penalty",),
+            True,
+            1.0,
+            "native",
+            "token_ids",
+            0,
+            8,
         ),
         _Dialect("ollama", "Ollama", None, False, (), False, 1.0, "", "", 0, 1),
         _Dialect(
-            "tgi", "Text Generation Inference", None, False, ("repetition_penalty",), False,
-            None, "", "", 4, 8,
+            "tgi",
+            "Text Generation Inference",
+            None,
+            False,
+            ("repetition_penalty",),
+            False,
+            None,
+            "",
+            "",
+            4,
+            8,
         ),
         _Dialect(
-            "openai", "a generic OpenAI-compatible server", ("top_k", 0), True,
-            ("repetition_penalty", "repeat_penalty"), True, 1.0, "", "", 4, 4, send_off=False,
+            "openai",
+            "a generic OpenAI-compatible server",
+            ("top_k", 0),
+            True,
+            ("repetition_penalty", "repeat_penalty"),
+            True,
+            1.0,
+            "",
+            "",
+            4,
+            4,
+            send_off=False,
         ),
     )
 }
@@ -461,7 +517,9 @@ class _Client:
         conn: http.client.HTTPConnection
         if ep.scheme == "https":
             conn = http.client.HTTPSConnection(
-                ep.host, ep.port, timeout=self.settings.connect_timeout,
+                ep.host,
+                ep.port,
+                timeout=self.settings.connect_timeout,
                 context=ssl.create_default_context(),
             )
         else:
@@ -585,7 +643,9 @@ class _Client:
                 raise failure
             _log.debug(
                 "%s %s%s: HTTP %d",
-                method, self.endpoint.origin, self.endpoint.path(suffix, root=root, query=False),
+                method,
+                self.endpoint.origin,
+                self.endpoint.path(suffix, root=root, query=False),
                 resp.status,
             )
             return conn, resp, key
@@ -599,8 +659,7 @@ class _Client:
         if isinstance(exc, TimeoutError):
             what = "answer" if before_answer else "more data"
             return _Failure(
-                f"no {what} from the server within {self.settings.read_timeout:g} s "
-                "(read_timeout)",
+                f"no {what} from the server within {self.settings.read_timeout:g} s (read_timeout)",
                 retriable=True,
             )
         if isinstance(exc, http.client.IncompleteRead):
@@ -933,8 +992,7 @@ class OpenAIModel(ModelState):
 
     def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
         cfg = generate_config(*opts, **kwargs)
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
+        check_prompt_text(prompt)
         self._check_open()
         body = self._body(cfg, chat=False)
         body["prompt"] = prompt
@@ -947,9 +1005,7 @@ class OpenAIModel(ModelState):
         **kwargs: Any,
     ) -> TokenStream:
         cfg = generate_config(*opts, **kwargs)
-        msgs = [Message.coerce(m) for m in messages]
-        if not msgs:
-            raise ValueError("chat needs at least one message")
+        msgs = check_messages(messages)
         self._check_open()
         body = self._body(cfg, chat=True)
         body["messages"] = [m.to_dict() for m in msgs]
@@ -1029,7 +1085,9 @@ class OpenAIModel(ModelState):
             self._warned.add(field)
             _log.warning(
                 "%s: %s ignores %s on its OpenAI endpoints; the server's own setting applies",
-                self._url, self._dialect.label, field,
+                self._url,
+                self._dialect.label,
+                field,
             )
 
     def _body(self, cfg: GenerateConfig, *, chat: bool) -> dict[str, Any]:
@@ -1159,7 +1217,10 @@ class OpenAIModel(ModelState):
                 delay = _backoff(attempt, exc.retry_after)
                 _log.info(
                     "%s%s failed before its first token (%s); trying again in %.2f s",
-                    self._url, suffix, exc.message, delay,
+                    self._url,
+                    suffix,
+                    exc.message,
+                    delay,
                 )
                 attempt += 1
                 _pause(delay, control)
@@ -1191,9 +1252,7 @@ class OpenAIModel(ModelState):
                     f"{' '.join(snippet.split())!r}",
                     retriable=False,
                 )
-            reason, reusable = yield from self._events(
-                conn, resp, suffix, cfg, control, state, asm
-            )
+            reason, reusable = yield from self._events(conn, resp, suffix, cfg, control, state, asm)
             return reason
         finally:
             _WATCHDOG.unwatch(key)
@@ -1423,8 +1482,11 @@ class OpenAIModel(ModelState):
         """The prompt's length from llama-cpp-python's tokenizer endpoint."""
         try:
             doc = self._client.fetch_json(
-                "POST", "/extras/tokenize/count", {"input": prompt, "model": self._name},
-                root=True, retries=0,
+                "POST",
+                "/extras/tokenize/count",
+                {"input": prompt, "model": self._name},
+                root=True,
+                retries=0,
             )
         except _Failure as exc:
             _log.debug("%s: could not count the prompt's tokens: %s", self._url, exc.message)
@@ -1605,9 +1667,7 @@ def _load(url: str, cfg: LoadConfig, defaults: _Settings) -> OpenAIModel:
     return OpenAIModel(client=client, name=name, dialect=dialect, info=info, slots=slots)
 
 
-def _pick(
-    cards: list[dict[str, Any]], wanted: str, where: str, client: _Client
-) -> dict[str, Any]:
+def _pick(cards: list[dict[str, Any]], wanted: str, where: str, client: _Client) -> dict[str, Any]:
     names = [str(c["id"]) for c in cards]
     listing = ", ".join(repr(n) for n in names[:50]) + (" ..." if len(names) > 50 else "")
     if wanted:
@@ -1705,7 +1765,9 @@ class OpenAIBackend:
         the model; raise :class:`~inference.ModelLoadError` if that fails."""
         cfg = load_config(*opts, **kwargs)
         text = os.fspath(path)
-        if not isinstance(text, str) or not text.strip().lower().startswith(("http://", "https://")):
+        if not isinstance(text, str) or not text.strip().lower().startswith(
+            ("http://", "https://")
+        ):
             shown = text if isinstance(text, str) else repr(text)
             raise ModelLoadError(
                 f"{shown}: the openai backend loads http:// or https:// URLs of "

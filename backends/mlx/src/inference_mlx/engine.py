@@ -289,9 +289,7 @@ class MlxModel(BaseTextModel):
 
         vocab = self._info.vocab_size
         top_k = cfg.top_k if not vocab or cfg.top_k < vocab else 0
-        sampler = make_sampler(
-            temp=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=top_k
-        )
+        sampler = make_sampler(temp=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=top_k)
         processors = make_logits_processors(
             repetition_penalty=cfg.repeat_penalty if cfg.repeat_penalty != 1.0 else None,
             repetition_context_size=PENALTY_LAST_N,
@@ -546,9 +544,7 @@ def _load_folder(path: str, cfg: LoadConfig) -> tuple[Any, Any, dict[str, Any], 
     folder = Path(path).resolve()
     config = _read_config(str(folder))
     if not any(folder.glob("model*.safetensors")):
-        raise ModelLoadError(
-            f"{path}: no model*.safetensors weights in this folder", path=path
-        )
+        raise ModelLoadError(f"{path}: no model*.safetensors weights in this folder", path=path)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         raise ModelLoadError(
             f"{path}: no tokenizer (tokenizer.json or tokenizer.model) in this folder",
@@ -583,9 +579,7 @@ def _load_folder(path: str, cfg: LoadConfig) -> tuple[Any, Any, dict[str, Any], 
     return model, wrapper, merged, tuple(notes)
 
 
-def _load_gguf_file(
-    path: str, cfg: LoadConfig
-) -> tuple[Any, Any, dict[str, Any], tuple[str, ...]]:
+def _load_gguf_file(path: str, cfg: LoadConfig) -> tuple[Any, Any, dict[str, Any], tuple[str, ...]]:
     # The core's reader checks every count and length against the file, so
     # a corrupt or truncated file is refused before MLX maps it.
     header = read_header(path, load_arrays=False)
@@ -614,4 +608,3 @@ def _load_gguf_file(
             ) from exc
         extra.append(f"LoRA adapter {cfg.adapter_path}")
     return model, wrapper, dict(config), (*extra, *notes)
-
