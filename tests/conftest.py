@@ -16,11 +16,7 @@ from hypothesis import settings
 
 from inference import registry
 from inference.testing import FakeBackend
-
-try:
-    from gguf_writer import write_gguf
-except ImportError:  # tests/ imported as a package
-    from tests.gguf_writer import write_gguf
+from inference.testing.gguf_writer import write_gguf
 
 # Property tests: no per-example deadline (the machine may be busy); in CI the
 # same examples every run, so that a red CI is reproducible.

@@ -12,12 +12,8 @@ import pytest
 
 from inference.discovery import detect_format, discover
 from inference.errors import ModelLoadError
+from inference.testing.gguf_writer import write_gguf
 from inference.types import DiscoveredModel
-
-try:
-    from gguf_writer import write_gguf
-except ImportError:  # tests/ imported as a package
-    from tests.gguf_writer import write_gguf
 
 Q4_0, Q4_K, F16, F32 = 2, 12, 1, 0
 

@@ -26,25 +26,14 @@ from inference.gguf import (
     is_gguf,
     read_header,
 )
-
-try:
-    from gguf_writer import (
-        build_gguf,
-        pack_kv,
-        pack_string,
-        pack_tensor_info,
-        tensor_nbytes,
-        write_gguf,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.gguf_writer import (
-        build_gguf,
-        pack_kv,
-        pack_string,
-        pack_tensor_info,
-        tensor_nbytes,
-        write_gguf,
-    )
+from inference.testing.gguf_writer import (
+    build_gguf,
+    pack_kv,
+    pack_string,
+    pack_tensor_info,
+    tensor_nbytes,
+    write_gguf,
+)
 
 V = GGUFValueType
 F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 14, 30

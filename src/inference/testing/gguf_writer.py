@@ -1,4 +1,4 @@
-"""A small standard-library GGUF writer for tests.
+"""A small standard-library GGUF writer: test files, and the engine self-tests' tiny models.
 
 It writes little-endian GGUF v2/v3 files with any metadata and tensor table,
 and exposes its building blocks (``pack_string``, ``pack_value``, ``pack_kv``,
