@@ -277,6 +277,7 @@ def test_environment_variable_names() -> None:
     assert env.INFERENCE_API_KEY == "INFERENCE_API_KEY"
     assert env.OPENAI_API_KEY == "OPENAI_API_KEY"
     assert env.INFERENCE_CACHE_DIR == "INFERENCE_CACHE_DIR"
+    assert env.LLAMA_CPP_LIB_PATH == "LLAMA_CPP_LIB_PATH"
     # Every name is documented in the module docstring.
     for name in env.__all__:
         if name.isupper():

@@ -7,9 +7,13 @@
                            engines' own logs through
 ``INFERENCE_API_KEY``      API key for the ``openai`` remote backend
 ``OPENAI_API_KEY``         read when ``INFERENCE_API_KEY`` is unset
-``INFERENCE_CACHE_DIR``    where backends keep converted models (default:
+``INFERENCE_CACHE_DIR``    where backends keep converted models and engine
+                           self-test verdicts (default:
                            ``$XDG_CACHE_HOME/inference`` or
                            ``~/.cache/inference``)
+``LLAMA_CPP_LIB_PATH``     llama-cpp-python's own: the directory of the
+                           llama.cpp libraries it loads; the ``llama_cpp``
+                           backend's self-test tests that build
 =========================  ==================================================
 """
 
@@ -27,6 +31,7 @@ __all__ = [
     "INFERENCE_BACKEND",
     "INFERENCE_CACHE_DIR",
     "INFERENCE_LOG",
+    "LLAMA_CPP_LIB_PATH",
     "OPENAI_API_KEY",
     "cache_dir",
     "configure_logging",
@@ -38,6 +43,7 @@ INFERENCE_LOG = "INFERENCE_LOG"
 INFERENCE_API_KEY = "INFERENCE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
 INFERENCE_CACHE_DIR = "INFERENCE_CACHE_DIR"
+LLAMA_CPP_LIB_PATH = "LLAMA_CPP_LIB_PATH"
 
 _logger = logging.getLogger("inference")
 

@@ -1,8 +1,9 @@
 """The ``llama_cpp`` backend object: cheap to import, imports llama.cpp only to load.
 
 The registry reads ``available()``, ``reason``, ``priority`` and ``formats``
-from here without importing llama-cpp-python; the engine module is imported
-by :meth:`LlamaCppBackend.load_model` alone.
+from here without importing llama-cpp-python (``available()`` runs the engine
+self-test in a child process, once per build and machine); the engine module
+is imported by :meth:`LlamaCppBackend.load_model` alone.
 """
 
 from __future__ import annotations
@@ -33,10 +34,19 @@ class LlamaCppBackend:
         self.reason = ""
 
     def available(self) -> bool:
+        """Whether llama-cpp-python is installed and its build passes the
+        engine self-test here (:mod:`inference_llamacpp.selftest`: once per
+        build and machine, in a child process, cached)."""
         if importlib.util.find_spec("llama_cpp") is None:
             self.reason = f"llama-cpp-python is not installed: {INSTALL_HINT}"
             return False
-        self.reason = "llama.cpp in-process (CPU, or the GPU its build supports)"
+        from .selftest import verdict
+
+        tested = verdict()
+        if not tested.ok:
+            self.reason = tested.reason
+            return False
+        self.reason = "llama.cpp in-process (CPU, or the GPU its build supports); self-test passed"
         return True
 
     def load_model(

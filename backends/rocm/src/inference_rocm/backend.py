@@ -53,7 +53,16 @@ class RocmBackend:
         return found
 
     def available(self) -> bool:
-        return self.detection().available
+        """Whether an AMD GPU and a HIP build are here, and the build passes
+        the llama.cpp engine's self-test (:mod:`inference_llamacpp.selftest`)."""
+        if not self.detection().available:
+            return False
+        from inference_llamacpp.selftest import verdict
+
+        tested = verdict()
+        if not tested.ok:
+            self.reason = tested.reason
+        return tested.ok
 
     def load_model(
         self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any
