@@ -286,6 +286,133 @@ def test_urls_go_to_url_backends_only(tiny_gguf: Path) -> None:
         default_backend()
 
 
+# -- falling back when a backend declines the model ----------------------------------
+
+
+def test_a_declining_backend_hands_the_model_to_the_next(tiny_gguf: Path) -> None:
+    top = FakeBackend("top", priority=100, formats=("gguf",), declines="no Q4_K loader")
+    mid = FakeBackend("mid", priority=50, formats=("gguf",))
+    low = FakeBackend("low", priority=10, formats=("gguf",))
+    for backend in (top, mid, low):
+        register_backend(backend)
+    assert default_backend(tiny_gguf) is mid
+    model = load_model(tiny_gguf)
+    model.close()
+    assert mid.loads and not top.loads and not low.loads
+    # The check saw the header, read once, before any weights.
+    (path, header) = top.checks[-1]
+    assert path == str(tiny_gguf)
+    assert header is not None and header.architecture == "llama"
+    assert mid.checks[-1][1] is header
+    assert not low.checks  # never asked: a better one took it
+
+
+def test_when_every_backend_declines_the_error_lists_each_reason(tiny_gguf: Path) -> None:
+    register_backend(
+        FakeBackend("a", priority=9, formats=("gguf",), declines="no loader for llama")
+    )
+    register_backend(FakeBackend("b", priority=5, formats=("gguf",), declines="tensor type Q4_K"))
+    register_backend(FakeBackend("c", formats=("gguf",), available=False, reason="no GPU here"))
+    register_backend(FakeBackend("d", formats=("safetensors",), reason="folders only"))
+    with pytest.raises(NoBackendError) as caught:
+        load_model(tiny_gguf)
+    text = str(caught.value)
+    assert text.startswith("no installed backend loads this model (a, b declined it)")
+    assert "  a: declines: no loader for llama" in text
+    assert "  b: declines: tensor type Q4_K" in text
+    assert "  c: unavailable: no GPU here" in text
+    assert "  d: available (does not load gguf): folders only" in text
+
+
+def test_an_explicit_backend_is_never_overridden(
+    tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picky = FakeBackend("picky", priority=100, formats=("gguf",), declines="would rather not")
+    other = FakeBackend("other", priority=1, formats=("gguf",))
+    register_backend(picky)
+    register_backend(other)
+    load_model(tiny_gguf, backend="picky").close()
+    assert len(picky.loads) == 1 and not picky.checks
+    monkeypatch.setenv("INFERENCE_BACKEND", "picky")
+    load_model(tiny_gguf).close()
+    assert len(picky.loads) == 2 and not other.loads
+
+
+def test_a_check_that_raises_declines_with_its_error(tiny_gguf: Path) -> None:
+    class Broken(FakeBackend):
+        def check_model(self, path: str, header: Any) -> str | None:
+            raise KeyError("general.architecture")
+
+    register_backend(Broken("broken", priority=9, formats=("gguf",)))
+    fine = FakeBackend("fine", priority=1, formats=("gguf",))
+    register_backend(fine)
+    assert default_backend(tiny_gguf) is fine
+    (first, *_) = inference.candidates(tiny_gguf)
+    assert first.name == "broken" and not first.chosen
+    assert first.reason == "its check_model raised KeyError: 'general.architecture'"
+
+
+def test_a_corrupt_file_fails_once_before_any_backend_is_asked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 40)
+    asked = FakeBackend("asked", priority=9, formats=("gguf",), declines="x")
+    register_backend(asked)
+    with pytest.raises(ModelLoadError):
+        load_model(bad)
+    assert not asked.loads
+
+
+def test_candidates_say_who_loads_it_and_why_not_the_others(tiny_gguf: Path) -> None:
+    register_backend(FakeBackend("metal", priority=100, formats=("gguf",), declines="Q4_K"))
+    register_backend(FakeBackend("cpu", priority=50, formats=("gguf",), reason="runs anywhere"))
+    register_backend(FakeBackend("spare", priority=10, formats=("gguf",)))
+    register_backend(
+        FakeBackend("gpu", priority=80, formats=("gguf",), available=False, reason="no /dev/kfd")
+    )
+    register_backend(FakeBackend("remote", formats=("url",)))
+    chain = inference.candidates(tiny_gguf)
+    assert all(isinstance(c, inference.Candidate) for c in chain)
+    got = [(c.name, c.chosen, c.reason) for c in chain]
+    assert got == [
+        ("metal", False, "Q4_K"),
+        ("cpu", True, "runs anywhere"),
+        ("spare", False, "a higher one loads it"),
+        ("gpu", False, "no /dev/kfd"),
+        ("remote", False, "does not load gguf models"),
+    ]
+
+
+def test_cli_info_shows_the_selection(tiny_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from inference import cli
+
+    register_backend(FakeBackend("metal", priority=100, formats=("gguf",), declines="Q4_K"))
+    register_backend(FakeBackend("cpu", priority=50, formats=("gguf",), reason="runs anywhere"))
+    assert cli.main(["info", str(tiny_gguf)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("selection (best first):\n")
+    assert "  metal           no       Q4_K\n" in out
+    assert "  cpu             loads it runs anywhere\n" in out
+    assert "backend           fake" in out  # then the loaded model's info
+    assert cli.main(["info", str(tiny_gguf), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(c["name"], c["chosen"]) for c in data["selection"]] == [
+        ("metal", False),
+        ("cpu", True),
+    ]
+
+
+def test_cli_info_shows_the_selection_when_nothing_loads_it(
+    tiny_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference import cli
+
+    register_backend(FakeBackend("metal", priority=100, formats=("gguf",), declines="Q4_K"))
+    assert cli.main(["info", str(tiny_gguf)]) == 1
+    captured = capsys.readouterr()
+    assert "  metal           no       Q4_K" in captured.out
+    assert "metal: declines: Q4_K" in captured.err
+
+
 def test_explicit_then_environment_then_best(
     tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

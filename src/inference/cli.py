@@ -19,7 +19,7 @@ from . import env
 from .discovery import discover
 from .errors import InferenceError
 from .options import GenerateConfig, generate_config
-from .registry import backend_status, load_model
+from .registry import backend_status, candidates, load_model
 from .types import GenerateMetrics, Message
 
 __all__ = ["main"]
@@ -152,9 +152,20 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    # Which backend would load it and why each other one would not: shown
+    # before loading, so that it is there when no backend can.
+    chain = [] if args.backend else candidates(args.model)
+    if chain and not args.json:
+        out.write("selection (best first):\n")
+        for c in chain:
+            verdict = "loads it" if c.chosen else "no"
+            out.write(f"  {c.name:<15} {verdict:<8} {c.reason}\n")
+        out.flush()
     with _load(args) as model:
         info = asdict(model.info)
         if args.json:
+            if chain:
+                info["selection"] = [asdict(c) for c in chain]
             json.dump(info, out, indent=2)
             out.write("\n")
         else:

@@ -111,8 +111,12 @@ class Backend(Protocol):
     Beyond these three members the registry reads optional attributes,
     documented in ``docs/backends.md``: ``priority`` (int, higher wins),
     ``formats`` (e.g. ``("gguf",)``), ``reason`` (one line: why it is or is
-    not available, read after :meth:`available`), ``aliases`` and ``extra``
-    (the ``pip install 'inference[extra]'`` that installs it).
+    not available, read after :meth:`available`), ``aliases``, ``extra``
+    (the ``pip install 'inference[extra]'`` that installs it) and
+    ``check_model(path, header)``: a cheap look at a model before any weights
+    are read (``header`` is the file's :class:`~inference.gguf.GGUFHeader`
+    for GGUF files, else None) that returns None when the backend would load
+    it, or a one-line reason why not, so that ``load_model`` tries the next.
     """
 
     name: str

@@ -7,9 +7,11 @@ imported at most once. A backend whose import or ``available()`` raises is
 kept, marked broken with its error, and never breaks the others.
 
 Selection, in order: the ``backend`` option; the ``INFERENCE_BACKEND``
-environment variable; the available backend with the highest ``priority``
-among those that load the model's format (mlx on Apple GPUs 100, rocm 80,
-llama_cpp 50, mlx on a CPU only 10, others 0 unless they say).
+environment variable (neither is ever overridden); else the available
+backends that load the model's format, tried by ``priority`` (mlx on Apple
+GPUs 100, rocm 80, llama_cpp 50, mlx on a CPU only 10, others 0 unless they
+say): the first whose optional ``check_model(path, header)`` does not decline
+the model loads it. The header is read once, before any weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import importlib.metadata
 
+    from .gguf import GGUFHeader
+
 from . import env
 from .discovery import detect_format
 from .errors import (
@@ -39,7 +43,9 @@ from .protocols import Backend, TextModel
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendStatus",
+    "Candidate",
     "backend_status",
+    "candidates",
     "default_backend",
     "get_backend",
     "list_backends",
@@ -370,7 +376,9 @@ def _extras_hint(fmt: str | None) -> str:
 def default_backend(path: str | os.PathLike[str] | None = None) -> Backend:
     """The backend :func:`load_model` would use for ``path`` (any format if None).
 
-    Honours ``INFERENCE_BACKEND``; raises :class:`NoBackendError` listing
+    Honours ``INFERENCE_BACKEND``; otherwise the first backend, in priority
+    order, that is available, takes the model's format and does not decline
+    the model in its ``check_model``. Raises :class:`NoBackendError` listing
     every installed backend and its reason when none fits.
     """
     fmt = _format_of(path) if path is not None else None
@@ -379,7 +387,101 @@ def default_backend(path: str | os.PathLike[str] | None = None) -> Backend:
     chosen = os.environ.get(env.INFERENCE_BACKEND, "").strip()
     if chosen:
         return _by_name(chosen, source=f"{env.INFERENCE_BACKEND}={chosen}")
-    return _best(fmt)
+    ranked = _ranked(backend_status(), fmt)
+    header = _Header(path, fmt)
+    tried: list[Candidate] = []
+    for st in ranked:
+        backend = get_backend(st.name)
+        assert backend is not None
+        verdict = _ask(backend, header)
+        if verdict is None:
+            return backend
+        tried.append(Candidate(st.name, st.priority, False, verdict))
+    raise _none_fits(fmt, tried)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One installed backend's answer to "would you load this model?"."""
+
+    name: str
+    priority: int
+    #: True for the backend that would load it (at most one).
+    chosen: bool
+    #: Why it declines or cannot run; for the chosen one, its availability reason.
+    reason: str
+
+
+def candidates(path: str | os.PathLike[str]) -> list[Candidate]:
+    """Every installed backend's answer for ``path``, best first: the one
+    :func:`load_model` would choose is marked, and each other one says why not.
+
+    ``INFERENCE_BACKEND`` is honoured as :func:`load_model` honours it.
+    Reads the model's header once; loads no weights.
+    """
+    fmt = _format_of(path)
+    if fmt is None:
+        raise _not_a_model(os.fspath(path))
+    statuses = backend_status()
+    forced = os.environ.get(env.INFERENCE_BACKEND, "").strip()
+    ranked = _ranked(statuses, fmt)
+    header = _Header(path, fmt)
+    out: list[Candidate] = []
+    found = False
+    for st in ranked:
+        if forced and forced != st.name and forced not in st.aliases:
+            out.append(Candidate(st.name, st.priority, False, f"{env.INFERENCE_BACKEND}={forced}"))
+            continue
+        backend = get_backend(st.name)
+        assert backend is not None
+        verdict = None if forced else _ask(backend, header)
+        if verdict is None and not found:
+            found = True
+            out.append(Candidate(st.name, st.priority, True, st.reason))
+        else:
+            out.append(Candidate(st.name, st.priority, False, verdict or "a higher one loads it"))
+    taken = {c.name for c in out}
+    for st in statuses:
+        if st.name in taken:
+            continue
+        why = st.reason if not st.available else f"does not load {fmt} models"
+        out.append(Candidate(st.name, st.priority, False, why or "no reason given"))
+    return out
+
+
+class _Header:
+    """The model's GGUF header, read once, when a backend's check first asks."""
+
+    __slots__ = ("_header", "fmt", "path")
+
+    def __init__(self, path: str | os.PathLike[str] | None, fmt: str | None) -> None:
+        self.path = os.fspath(path) if path is not None else None
+        self.fmt = fmt
+        self._header: GGUFHeader | None = None
+
+    def get(self) -> GGUFHeader | None:
+        if self.fmt != "gguf" or self.path is None:
+            return None
+        if self._header is None:
+            from .gguf import read_header
+
+            # Raises ModelLoadError for a corrupt file: no backend could load it.
+            self._header = read_header(self.path, load_arrays=False)
+        return self._header
+
+
+def _ask(backend: Backend, header: _Header) -> str | None:
+    """None when ``backend`` would load the model, else its one-line reason."""
+    check = getattr(backend, "check_model", None)
+    if header.path is None or not callable(check):
+        return None
+    try:
+        verdict = check(header.path, header.get())
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        return f"its check_model raised {_describe(exc)}"
+    return None if verdict is None else str(verdict) or "declined with no reason given"
 
 
 def _by_name(name: str, *, source: str) -> Backend:
@@ -406,36 +508,40 @@ def _by_name(name: str, *, source: str) -> Backend:
     return backend
 
 
-def _best(fmt: str | None) -> Backend:
-    statuses = backend_status()
-    candidates: list[tuple[int, str]] = []
-    for st in statuses:
-        if not st.available:
-            continue
-        if fmt == "url" and "url" not in st.formats:
-            continue
-        if fmt != "url" and st.formats and fmt is not None and fmt not in st.formats:
-            continue
-        if fmt != "url" and fmt is None and st.formats == ("url",):
-            continue
-        candidates.append((st.priority, st.name))
-    if candidates:
-        candidates.sort(key=lambda c: (-c[0], c[1]))
-        backend = get_backend(candidates[0][1])
-        assert backend is not None
-        return backend
-    lines = [
-        f"  {st.name}: {'available' if st.available else 'unavailable'}"
-        f"{' (does not load ' + fmt + ')' if st.available and fmt else ''}"
-        f": {st.reason or 'no reason given'}"
-        f"{_install_hint(st.reason, st.extra) if st.broken else ''}"
-        for st in statuses
-    ]
+def _takes(st: BackendStatus, fmt: str | None) -> bool:
+    if fmt == "url":
+        return "url" in st.formats
+    if fmt is None:
+        return st.formats != ("url",)
+    return not st.formats or fmt in st.formats
+
+
+def _ranked(statuses: list[BackendStatus], fmt: str | None) -> list[BackendStatus]:
+    """The available backends that take ``fmt``, best first."""
+    ranked = [st for st in statuses if st.available and _takes(st, fmt)]
+    return sorted(ranked, key=lambda st: (-st.priority, st.name))
+
+
+def _none_fits(fmt: str | None, declined: list[Candidate]) -> NoBackendError:
+    said = {c.name: c.reason for c in declined}
+    lines = []
+    for st in backend_status():
+        if st.name in said:
+            state, why = "declines", said[st.name]
+        elif st.available:
+            state = f"available (does not load {fmt})" if fmt else "available"
+            why = st.reason
+        else:
+            state, why = "unavailable", st.reason
+        hint = _install_hint(st.reason, st.extra) if st.broken else ""
+        lines.append(f"  {st.name}: {state}: {why or 'no reason given'}{hint}")
     listing = "\n".join(lines) if lines else "  (no backends installed)"
     what = f"{fmt} models" if fmt else "models"
-    raise NoBackendError(
-        f"no available backend loads {what}{_extras_hint(fmt)}\ninstalled backends:\n{listing}"
-    )
+    if declined:
+        head = f"no installed backend loads this model ({', '.join(said)} declined it)"
+    else:
+        head = f"no available backend loads {what}{_extras_hint(fmt)}"
+    return NoBackendError(f"{head}\ninstalled backends:\n{listing}")
 
 
 def load_model(

@@ -21,13 +21,16 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..base import BaseTextModel
 from ..errors import GenerationError, ModelLoadError
 from ..options import GenerateConfig, LoadConfig, Option, load_config
 from ..stream import StreamControl
 from ..types import ModelInfo
+
+if TYPE_CHECKING:
+    from ..gguf import GGUFHeader
 
 __all__ = ["EOS_ID", "FakeBackend", "FakeModel"]
 
@@ -153,7 +156,8 @@ class FakeBackend:
 
     ``available`` and ``reason`` are what the registry will see; ``formats``
     defaults to ``("fake",)`` so that it never takes a real model file
-    unless asked for by name.
+    unless asked for by name. ``declines`` makes its ``check_model`` refuse
+    every model with that reason (``checks`` records what it was shown).
     """
 
     def __init__(
@@ -168,8 +172,11 @@ class FakeBackend:
         delay: float = 0.0,
         context_length: int = 4096,
         repeat: bool = True,
+        declines: str | None = None,
     ) -> None:
         self.name = name
+        self.declines = declines
+        self.checks: list[tuple[str, GGUFHeader | None]] = []
         self._available = available
         self.reason = reason
         self.priority = priority
@@ -184,6 +191,11 @@ class FakeBackend:
 
     def available(self) -> bool:
         return self._available
+
+    def check_model(self, path: str, header: GGUFHeader | None) -> str | None:
+        """None (it would load it) unless built with ``declines``."""
+        self.checks.append((path, header))
+        return self.declines
 
     def load_model(
         self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any

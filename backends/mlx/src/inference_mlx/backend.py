@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Any
 
+from inference.gguf import GGUFHeader
 from inference.options import LoadConfig, Option, load_config
 from inference.protocols import TextModel
 
@@ -73,6 +74,16 @@ class MlxBackend:
     def device(self) -> str:
         """``"metal"``, ``"cuda"``, ``"cpu"``, or ``""`` when unavailable."""
         return self._detect().device
+
+    def check_model(self, path: str, header: GGUFHeader | None) -> str | None:
+        """None when the GGUF loader maps this file's architecture and tensor
+        types (folders are always tried), else why not. Reads no weights; a
+        file with Q4_K tensors costs importing mlx, once, to probe ``mx.load``."""
+        if header is None:
+            return None
+        from .gguf_loader import refusal
+
+        return refusal(header.architecture, (t.ggml_type for t in header.tensors))
 
     def load_model(
         self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any

@@ -36,7 +36,7 @@ import shutil
 import struct
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -59,6 +59,7 @@ __all__ = [
     "load_gguf",
     "mx_load_reads_q4_k",
     "read_gguf_header",
+    "refusal",
 ]
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -278,23 +279,11 @@ def _load(path: str) -> _Loaded:
     except (OSError, ValueError, struct.error) as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {exc}", path=path) from exc
     architecture = str(header.metadata.get("general.architecture", ""))
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    refused = refusal(architecture, header.tensor_types.values())
+    if refused:
         raise ModelLoadError(
-            f"GGUF architecture {architecture or '(none)'!r} in {path} is not supported "
-            f"by the MLX backend (supported: {', '.join(SUPPORTED_ARCHITECTURES)}); "
-            "use the llama_cpp backend for this file, or an MLX model folder",
-            path=path,
-        )
-    readable = MLX_READABLE_TYPES
-    if _Q4_K in header.tensor_types.values() and mx_load_reads_q4_k():
-        readable = readable | {_Q4_K}
-    unreadable = Counter(_type_name(t) for t in header.tensor_types.values() if t not in readable)
-    if unreadable:
-        listed = ", ".join(f"{n} ({c} tensors)" for n, c in sorted(unreadable.items()))
-        raise ModelLoadError(
-            f"GGUF file {path} holds tensor types that mlx {_mlx_version()} cannot read "
-            f"correctly: {listed}; use the llama_cpp backend for this file, or an MLX "
-            "model folder",
+            f"GGUF file {path}: {refused}; use the llama_cpp backend for this file, "
+            "or an MLX model folder",
             path=path,
         )
     try:
@@ -315,6 +304,25 @@ def _load(path: str) -> _Loaded:
             f"cannot load GGUF file {path} with MLX: {type(exc).__name__}: {detail}",
             path=path,
         ) from exc
+
+
+def refusal(architecture: str, tensor_types: Iterable[int]) -> str | None:
+    """Why the MLX backend cannot load a GGUF file of this architecture and
+    these tensor types, in one line; None when it can. Reads no weights."""
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        return (
+            f"architecture {architecture or '(none)'!r} has no MLX loader "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    types = list(tensor_types)
+    readable = MLX_READABLE_TYPES
+    if _Q4_K in types and mx_load_reads_q4_k():
+        readable = readable | {_Q4_K}
+    unreadable = Counter(_type_name(t) for t in types if t not in readable)
+    if unreadable:
+        listed = ", ".join(f"{n} ({c} tensors)" for n, c in sorted(unreadable.items()))
+        return f"tensor types that mlx {_mlx_version()} cannot read correctly: {listed}"
+    return None
 
 
 def _mlx_version() -> str:
