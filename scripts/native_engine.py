@@ -12,8 +12,8 @@ beside copies of the installed engine's other libraries. Point
 CPU that reports AMX and faults in ggml's AMX kernel (this project's
 machines), that build is the one that used to kill the process.
 
-``--no-amx`` adds ``-mno-amx-tile -mno-amx-int8 -mno-amx-bf16`` to the native
-flags: the closest native build that runs on such a CPU, which
+``--no-amx`` builds with the compiler's own expansion of ``-march=native``
+less its AMX flags: the closest native build that runs on such a CPU, which
 ``bench/bench_build.py`` sets against the scripts' own configuration.
 
 Kept under ``INFERENCE_CACHE_DIR/native-engine/<version>[-no-amx]``. Linux
@@ -45,6 +45,22 @@ def _quiet(argv: list[str]) -> None:
         raise SystemExit(f"native_engine: {argv[0]} {argv[1]} failed (exit {done.returncode})")
 
 
+def _native_flags_without_amx() -> list[str]:
+    """What the compiler makes of ``-march=native`` (its own expansion into
+    ``-march=`` and ``-m`` flags), without the AMX ones. (``-mno-amx-*`` after
+    ``-march=native`` does not work: the expansion comes after it.)"""
+    cc = os.environ.get("CC") or shutil.which("cc") or "gcc"
+    done = subprocess.run(
+        [cc, "-march=native", "-E", "-v", "-"], input="", capture_output=True, text=True
+    )
+    line = next(ln for ln in done.stderr.splitlines() if "cc1" in ln and "-march=" in ln)
+    return [
+        flag
+        for flag in line.split()
+        if flag.startswith(("-march=", "-mtune=", "-m")) and not flag.startswith("-mamx")
+    ]
+
+
 def main() -> int:
     if not sys.platform.startswith("linux") or shutil.which("cmake") is None:
         print("native_engine: needs Linux and cmake; skipped", file=sys.stderr)
@@ -54,7 +70,10 @@ def main() -> int:
     no_amx = "--no-amx" in sys.argv[1:]
     version = importlib.metadata.version("llama-cpp-python")
     out = cache_dir("native-engine", version + ("-no-amx" if no_amx else ""))
-    extra = ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"] if no_amx else []
+    configure = ["-DGGML_NATIVE=ON"]
+    if no_amx:
+        flags = " ".join(_native_flags_without_amx())
+        configure = ["-DGGML_NATIVE=OFF", f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
     lib = out / "lib"
     if (lib / "libggml-cpu.so").exists():
         print(lib)
@@ -83,10 +102,7 @@ def main() -> int:
             tar.extractall(work, filter="data")
         (source,) = work.glob("llama_cpp_python-*/vendor/llama.cpp")
         build = work / "build"
-        print(
-            f"native_engine: compiling ggml-cpu {version} with GGML_NATIVE=ON {' '.join(extra)}",
-            file=sys.stderr,
-        )
+        print(f"native_engine: compiling ggml-cpu {version}: {configure}", file=sys.stderr)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")
         _quiet(
             [
@@ -95,7 +111,7 @@ def main() -> int:
                 str(source),
                 "-B",
                 str(build),
-                "-DGGML_NATIVE=ON",
+                *configure,
                 "-DBUILD_SHARED_LIBS=ON",
                 "-DCMAKE_BUILD_TYPE=Release",
                 "-DLLAMA_CURL=OFF",

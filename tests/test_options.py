@@ -135,6 +135,27 @@ def test_messages_are_specific() -> None:
         with_timeout(0.0)
 
 
+def test_configs_built_by_hand_are_checked_too() -> None:
+    # The review's case: once accepted, it generated '' with finish reason "stop".
+    with pytest.raises(ValueError, match=r"max_tokens must be >= 0; got -3"):
+        GenerateConfig(max_tokens=-3, top_p=7.0, stop=("",))
+    with pytest.raises(ValueError, match=r"top_p must be a number in \[0, 1\]; got 7.0"):
+        GenerateConfig(top_p=7.0)
+    with pytest.raises(ValueError, match=r"stop must be a non-empty str; got ''"):
+        GenerateConfig(stop=("",))
+    with pytest.raises(ValueError, match=r"max_tokens must be an int; got '5'"):
+        GenerateConfig(max_tokens="5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"gpu_layers must be >= -1; got -2"):
+        LoadConfig(gpu_layers=-2)
+    # A config passed among the options is as checked as a keyword.
+    with pytest.raises(ValueError, match=r"^seed must be"):
+        generate_config(dataclasses.replace(GenerateConfig(), seed=-1))
+    # Values are normalised the same way as the builders normalise them.
+    assert GenerateConfig(stop="END", temperature=1) == generate_config(stop="END", temperature=1)
+    assert type(GenerateConfig(temperature=1).temperature) is float
+    assert LoadConfig(adapter_path=Path("/x/a.gguf")).adapter_path == "/x/a.gguf"  # type: ignore[arg-type]
+
+
 def test_cancel_option() -> None:
     event = threading.Event()
     assert with_cancel(event).value is event

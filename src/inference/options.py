@@ -5,10 +5,14 @@ A setting can be given two ways, with the same validation::
     m.generate("Hi", with_max_tokens(64), with_temperature(0.7))
     m.generate("Hi", max_tokens=64, temperature=0.7)
 
-Each ``with_*`` builder checks its value when it is called and returns an
-:class:`Option`, a small frozen object that :func:`generate_config` and
-:func:`load_config` fold into a config. Unknown keyword arguments raise
-``TypeError`` listing the valid names.
+Each option is defined once, as a field of :class:`GenerateConfig` or
+:class:`LoadConfig` with its check; the configs check themselves when made
+(``__post_init__``), so builders, keywords and configs built by hand cannot
+disagree. Each ``with_*`` builder runs the same check when it is called and
+returns an :class:`Option`, a small frozen object that
+:func:`generate_config` and :func:`load_config` fold into a config. Unknown
+keyword arguments raise ``TypeError`` listing the valid names. Adding an
+option is one field and one builder.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
@@ -49,64 +54,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class GenerateConfig:
-    """How one generation call samples and when it stops.
-
-    Zero means "off" for ``top_k``, ``top_p`` and ``min_p``; ``temperature``
-    0 is greedy decoding; ``repeat_penalty`` 1 is no penalty; ``seed`` None
-    lets the backend choose; ``timeout`` None means no deadline.
-    """
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 0.0
-    min_p: float = 0.0
-    stop_tokens: tuple[int, ...] = ()
-    stop: tuple[str, ...] = ()
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-    return_logits: bool = False
-    timeout: float | None = None
-    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadConfig:
-    """How a model is loaded.
-
-    ``backend`` "" picks the best available; ``context_len`` 0 uses the
-    model's trained length (backends may cap it for memory); ``gpu_layers``
-    -1 offloads every layer the build can; ``parallel_slots`` 0 lets the
-    backend decide; ``api_key`` is for remote backends and never printed.
-    """
-
-    backend: str = ""
-    context_len: int = 0
-    gpu_layers: int = -1
-    parallel_slots: int = 0
-    adapter_path: str = ""
-    api_key: str = field(default="", repr=False)
-
-
-Target = Literal["generate", "load"]
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One validated setting, made by a ``with_*`` builder."""
-
-    target: Target
-    name: str
-    value: Any
-
-    def __repr__(self) -> str:
-        shown = "'***'" if self.name == "api_key" else repr(self.value)
-        return f"with_{_BUILDER_SUFFIX.get(self.name, self.name)}({shown})"
-
-
-_BUILDER_SUFFIX = {"stop_tokens": "stop_tokens", "return_logits": "logits"}
+_Check = Callable[[str, Any], Any]
 
 
 def _fail(option: str, value: object, must: str) -> ValueError:
@@ -131,10 +79,176 @@ def _float(option: str, value: object, *, low: float, high: float = math.inf) ->
     return number
 
 
+def _at_least(minimum: int) -> _Check:
+    return lambda option, value: _int(option, value, minimum=minimum)
+
+
+def _number(low: float, high: float = math.inf) -> _Check:
+    return lambda option, value: _float(option, value, low=low, high=high)
+
+
 def _str(option: str, value: object) -> str:
     if not isinstance(value, str):
         raise _fail(option, value, "a str")
     return value
+
+
+def _path(option: str, value: object) -> str:
+    return _str(option, os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _bool(option: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(option, value, "a bool")
+    return value
+
+
+def _seed(option: str, value: object) -> int | None:
+    return None if value is None else _int(option, value, minimum=0)
+
+
+def _token_ids(option: str, value: object) -> tuple[int, ...]:
+    """An id, or ids and iterables of ids (flattened one level)."""
+    items = [value] if not isinstance(value, Iterable) else list(value)
+    flat: list[object] = []
+    for item in items:
+        flat.extend(item if isinstance(item, Iterable) else [item])
+    return tuple(_int(option, i, minimum=0) for i in flat)
+
+
+def _strings(option: str, value: object) -> tuple[str, ...]:
+    """A string, or strings and iterables of strings (flattened one level)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Iterable):
+        raise _fail(option, value, "a str or strings")
+    flat: list[object] = []
+    for item in items:
+        if isinstance(item, str):
+            flat.append(item)
+        elif isinstance(item, Iterable):
+            flat.extend(item)
+        else:
+            raise _fail(option, item, "a str or strings")
+    for text in flat:
+        if not isinstance(text, str) or not text:
+            raise _fail(option, text, "a non-empty str")
+    return tuple(flat)  # type: ignore[arg-type]
+
+
+def _penalty(option: str, value: object) -> float:
+    number = _float(option, value, low=0.0)
+    if number == 0.0:
+        raise _fail(option, value, "> 0 (1 is no penalty)")
+    return number
+
+
+def _timeout(option: str, value: object) -> float | None:
+    if value is None:
+        return None
+    number = _float(option, value, low=0.0)
+    if number == 0.0:
+        raise _fail(option, value, "> 0 seconds (None means no deadline)")
+    return number
+
+
+def _event(option: str, value: object) -> threading.Event | None:
+    if value is not None and not callable(getattr(value, "is_set", None)):
+        raise _fail(option, value, "a threading.Event")
+    return value  # type: ignore[return-value]
+
+
+def _option(default: Any, check: _Check, **kw: Any) -> Any:
+    """A config field and its check: the one place an option is defined."""
+    return field(default=default, metadata={"check": check}, **kw)
+
+
+def _validate(config: Any) -> None:
+    """Run every field's check, storing the normalised value (``__post_init__``)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        checked = f.metadata["check"](f.name, value)
+        if checked is not value:
+            object.__setattr__(config, f.name, checked)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateConfig:
+    """How one generation call samples and when it stops.
+
+    Zero means "off" for ``top_k``, ``top_p`` and ``min_p``; ``temperature``
+    0 is greedy decoding; ``repeat_penalty`` 1 is no penalty; ``seed`` None
+    lets the backend choose; ``timeout`` None means no deadline. Every field
+    is checked when the config is made, however it is made (a ``with_*``
+    builder, a keyword, or ``GenerateConfig(...)`` itself): a bad value raises
+    ``ValueError`` naming the option and the value.
+    """
+
+    max_tokens: int = _option(256, _at_least(0))
+    temperature: float = _option(0.0, _number(0.0))
+    top_k: int = _option(0, _at_least(0))
+    top_p: float = _option(0.0, _number(0.0, 1.0))
+    min_p: float = _option(0.0, _number(0.0, 1.0))
+    stop_tokens: tuple[int, ...] = _option((), _token_ids)
+    stop: tuple[str, ...] = _option((), _strings)
+    repeat_penalty: float = _option(1.0, _penalty)
+    seed: int | None = _option(None, _seed)
+    return_logits: bool = _option(False, _bool)
+    timeout: float | None = _option(None, _timeout)
+    cancel: threading.Event | None = _option(None, _event, compare=False, repr=False)  # noqa: RUF009 (a field)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """How a model is loaded.
+
+    ``backend`` "" picks the best available; ``context_len`` 0 uses the
+    model's trained length (backends may cap it for memory); ``gpu_layers``
+    -1 offloads every layer the build can; ``parallel_slots`` 0 lets the
+    backend decide; ``api_key`` is for remote backends and never printed.
+    Checked when made, as :class:`GenerateConfig` is.
+    """
+
+    backend: str = _option("", _str)
+    context_len: int = _option(0, _at_least(0))
+    gpu_layers: int = _option(-1, _at_least(-1))
+    parallel_slots: int = _option(0, _at_least(0))
+    adapter_path: str = _option("", _path)
+    api_key: str = _option("", _str, repr=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+Target = Literal["generate", "load"]
+
+_CONFIGS: dict[Target, type] = {"generate": GenerateConfig, "load": LoadConfig}
+_CHECKS: dict[Target, dict[str, _Check]] = {
+    target: {f.name: f.metadata["check"] for f in fields(cls)} for target, cls in _CONFIGS.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One validated setting, made by a ``with_*`` builder."""
+
+    target: Target
+    name: str
+    value: Any
+
+    def __repr__(self) -> str:
+        shown = "'***'" if self.name == "api_key" else repr(self.value)
+        return f"with_{_builder_suffix(self.name)}({shown})"
+
+
+def _builder_suffix(name: str) -> str:
+    return "logits" if name == "return_logits" else name
+
+
+def _make(target: Target, name: str, value: Any) -> Option:
+    return Option(target, name, _CHECKS[target][name](name, value))
 
 
 # -- generation options -------------------------------------------------------
@@ -142,97 +256,62 @@ def _str(option: str, value: object) -> str:
 
 def with_max_tokens(n: int) -> Option:
     """Stop after ``n`` generated tokens (0 generates nothing)."""
-    return Option("generate", "max_tokens", _int("max_tokens", n, minimum=0))
+    return _make("generate", "max_tokens", n)
 
 
 def with_temperature(t: float) -> Option:
     """Sampling temperature; 0 is greedy and deterministic."""
-    return Option("generate", "temperature", _float("temperature", t, low=0.0))
+    return _make("generate", "temperature", t)
 
 
 def with_top_k(k: int) -> Option:
     """Sample only among the ``k`` likeliest tokens; 0 turns it off."""
-    return Option("generate", "top_k", _int("top_k", k, minimum=0))
+    return _make("generate", "top_k", k)
 
 
 def with_top_p(p: float) -> Option:
     """Nucleus sampling mass in [0, 1]; 0 (or 1) turns it off."""
-    return Option("generate", "top_p", _float("top_p", p, low=0.0, high=1.0))
+    return _make("generate", "top_p", p)
 
 
 def with_min_p(p: float) -> Option:
     """Drop tokens below ``p`` times the likeliest one's probability."""
-    return Option("generate", "min_p", _float("min_p", p, low=0.0, high=1.0))
+    return _make("generate", "min_p", p)
 
 
 def with_stop_tokens(*ids: int | Iterable[int]) -> Option:
     """Stop when any of these token ids is generated (it is not emitted)."""
-    flat: list[int] = []
-    for item in ids:
-        if isinstance(item, Iterable):
-            flat.extend(item)
-        else:
-            flat.append(item)
-    return Option(
-        "generate",
-        "stop_tokens",
-        tuple(_int("stop_tokens", i, minimum=0) for i in flat),
-    )
+    return _make("generate", "stop_tokens", ids)
 
 
 def with_stop(*strings: str | Iterable[str]) -> Option:
     """Stop when the output contains any of these strings (not emitted)."""
-    flat: list[str] = []
-    for item in strings:
-        if isinstance(item, str):
-            flat.append(item)
-        elif isinstance(item, Iterable):
-            flat.extend(item)
-        else:
-            raise _fail("stop", item, "a str or strings")
-    for s in flat:
-        if not isinstance(s, str) or not s:
-            raise _fail("stop", s, "a non-empty str")
-    return Option("generate", "stop", tuple(flat))
+    return _make("generate", "stop", strings)
 
 
 def with_repeat_penalty(penalty: float) -> Option:
     """Penalise tokens already in the context; 1 is no penalty."""
-    value = _float("repeat_penalty", penalty, low=0.0)
-    if value == 0.0:
-        raise _fail("repeat_penalty", penalty, "> 0 (1 is no penalty)")
-    return Option("generate", "repeat_penalty", value)
+    return _make("generate", "repeat_penalty", penalty)
 
 
 def with_seed(seed: int | None) -> Option:
     """Random seed for sampling: the same seed gives the same output."""
-    if seed is not None:
-        seed = _int("seed", seed, minimum=0)
-    return Option("generate", "seed", seed)
+    return _make("generate", "seed", seed)
 
 
 def with_logits(enabled: bool = True) -> Option:
     """Return the full logits from :meth:`TextModel.classify`."""
-    if not isinstance(enabled, bool):
-        raise _fail("return_logits", enabled, "a bool")
-    return Option("generate", "return_logits", enabled)
+    return _make("generate", "return_logits", enabled)
 
 
 def with_timeout(seconds: float | None) -> Option:
     """End the call after ``seconds``; it finishes with DeadlineExceeded."""
-    if seconds is None:
-        return Option("generate", "timeout", None)
-    value = _float("timeout", seconds, low=0.0)
-    if value == 0.0:
-        raise _fail("timeout", seconds, "> 0 seconds (None means no deadline)")
-    return Option("generate", "timeout", value)
+    return _make("generate", "timeout", seconds)
 
 
 def with_cancel(event: threading.Event | None) -> Option:
     """Cancel the call when ``event`` is set, from any thread."""
-    if event is not None and not callable(getattr(event, "is_set", None)):
-        raise _fail("cancel", event, "a threading.Event")
-    return Option("generate", "cancel", event)
+    return _make("generate", "cancel", event)
 
 
 # -- load options ------------------------------------------------------------
@@ -240,69 +319,52 @@ def with_cancel(event: threading.Event | None) -> Option:
 
 def with_backend(name: str) -> Option:
     """Load with this backend, by name, instead of the best available."""
-    return Option("load", "backend", _str("backend", name))
+    return _make("load", "backend", name)
 
 
 def with_context_len(n: int) -> Option:
     """Context window in tokens; 0 uses the model's trained length."""
-    return Option("load", "context_len", _int("context_len", n, minimum=0))
+    return _make("load", "context_len", n)
 
 
 def with_gpu_layers(n: int) -> Option:
     """Layers to offload to the GPU; -1 offloads all, 0 none."""
-    return Option("load", "gpu_layers", _int("gpu_layers", n, minimum=-1))
+    return _make("load", "gpu_layers", n)
 
 
 def with_parallel_slots(n: int) -> Option:
     """Sequences the backend may run at once; 0 lets it decide."""
-    return Option("load", "parallel_slots", _int("parallel_slots", n, minimum=0))
+    return _make("load", "parallel_slots", n)
 
 
 def with_adapter_path(path: str | os.PathLike[str]) -> Option:
     """A LoRA adapter to apply on load."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    return Option("load", "adapter_path", _str("adapter_path", path))
+    return _make("load", "adapter_path", path)
 
 
 def with_api_key(key: str) -> Option:
     """API key for remote backends; never logged or shown."""
-    return Option("load", "api_key", _str("api_key", key))
+    return _make("load", "api_key", key)
 
 
 _Builder = Callable[[Any], Option]
 
-#: Keyword name -> builder, for generation calls.
-GENERATE_OPTIONS: Mapping[str, _Builder] = {
-    "max_tokens": with_max_tokens,
-    "temperature": with_temperature,
-    "top_k": with_top_k,
-    "top_p": with_top_p,
-    "min_p": with_min_p,
-    "stop_tokens": with_stop_tokens,
-    "stop": with_stop,
-    "repeat_penalty": with_repeat_penalty,
-    "seed": with_seed,
-    "return_logits": with_logits,
-    "timeout": with_timeout,
-    "cancel": with_cancel,
-}
 
-#: Keyword name -> builder, for loading.
-LOAD_OPTIONS: Mapping[str, _Builder] = {
-    "backend": with_backend,
-    "context_len": with_context_len,
-    "gpu_layers": with_gpu_layers,
-    "parallel_slots": with_parallel_slots,
-    "adapter_path": with_adapter_path,
-    "api_key": with_api_key,
-}
+def _builders(target: Target) -> Mapping[str, _Builder]:
+    return MappingProxyType(
+        {name: globals()[f"with_{_builder_suffix(name)}"] for name in _CHECKS[target]}
+    )
+
+
+#: Keyword name -> builder, for generation calls (derived from GenerateConfig).
+GENERATE_OPTIONS: Mapping[str, _Builder] = _builders("generate")
+#: Keyword name -> builder, for loading (derived from LoadConfig).
+LOAD_OPTIONS: Mapping[str, _Builder] = _builders("load")
 
 
 def _fold(
     base: Any,
     target: Target,
-    builders: Mapping[str, _Builder],
     opts: tuple[Option | Any, ...],
     kwargs: Mapping[str, Any],
 ) -> Any:
@@ -316,13 +378,12 @@ def _fold(
         if opt.target != target:
             raise TypeError(f"{opt!r} is a {opt.target} option; it does not apply here")
         changes[opt.name] = opt.value
-    for name, value in kwargs.items():
-        builder = builders.get(name)
-        if builder is None:
-            raise TypeError(
-                f"unknown {target} option {name!r}; valid: {', '.join(sorted(builders))}"
-            )
-        changes[name] = builder(value).value
+    known = _CHECKS[target]
+    for name in kwargs:
+        if name not in known:
+            raise TypeError(f"unknown {target} option {name!r}; valid: {', '.join(sorted(known))}")
+    changes.update(kwargs)
+    # replace() builds a new config, whose __post_init__ checks every value.
     return replace(base, **changes) if changes else base
 
 
@@ -336,9 +397,7 @@ def generate_config(
     A whole ``GenerateConfig`` may be passed among the options; later
     settings win over earlier ones, keywords over positional options.
     """
-    result: GenerateConfig = _fold(
-        base or _DEFAULT_GENERATE, "generate", GENERATE_OPTIONS, opts, kwargs
-    )
+    result: GenerateConfig = _fold(base or _DEFAULT_GENERATE, "generate", opts, kwargs)
     return result
 
 
@@ -348,7 +407,7 @@ def load_config(
     **kwargs: Any,
 ) -> LoadConfig:
     """Fold options and keyword settings into a :class:`LoadConfig`."""
-    result: LoadConfig = _fold(base or _DEFAULT_LOAD, "load", LOAD_OPTIONS, opts, kwargs)
+    result: LoadConfig = _fold(base or _DEFAULT_LOAD, "load", opts, kwargs)
     return result
 
 
