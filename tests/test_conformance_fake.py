@@ -17,7 +17,7 @@ class TestFakeOnEngineThread(TextModelConformance):
     @classmethod
     def make_model(cls):  # type: ignore[no-untyped-def]
         model = FakeBackend(delay=0.001).load_model("fake-model")
-        from inference.base import EngineThread
+        from inference.engine_thread import EngineThread
 
         model._engine = EngineThread("test-engine")
         return model

@@ -528,13 +528,10 @@ def test_stream_control_deadline() -> None:
     assert control.stop_requested()
     with pytest.raises(DeadlineExceeded):
         control.check()
-    control.timeout = 3600.0
-    control.start_deadline()
-    assert not control.stop_requested()
-    control.check()
     none = StreamControl()
-    none.start_deadline()
     assert none.deadline is None and none.timeout is None
+    assert not none.stop_requested()
+    none.check()
 
 
 def test_an_interrupt_ends_the_stream_as_cancelled() -> None:
@@ -550,3 +547,58 @@ def test_an_interrupt_ends_the_stream_as_cancelled() -> None:
     assert str(stream.err) == "interrupted by KeyboardInterrupt"
     assert calls == [stream.err], "the model hears how the call ended"
     assert list(stream) == []
+
+
+# -- async: a slow reader bounds the engine ---------------------------------------------
+
+
+def test_async_reader_bounds_how_far_the_engine_runs_ahead() -> None:
+    """The engine never runs more than ASYNC_AHEAD (+1 in hand) tokens ahead of
+    an ``async for`` reader: the reader waits until the producer has gone as
+    far as the bound lets it, each time, then takes one token."""
+    from inference.stream import ASYNC_AHEAD
+
+    total = ASYNC_AHEAD * 4
+    cond = threading.Condition()
+    counts = {"produced": 0, "consumed": 0, "widest": 0}
+
+    def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
+        for i in range(total):
+            with cond:
+                counts["produced"] += 1
+                gap = counts["produced"] - counts["consumed"]
+                counts["widest"] = max(counts["widest"], gap)
+                cond.notify_all()
+            yield Token(i, "x")
+        return "length"
+
+    def wait_for_the_producer() -> None:
+        with cond:
+            cond.wait_for(
+                lambda: counts["produced"] >= min(total, counts["consumed"] + ASYNC_AHEAD + 1)
+            )
+
+    async def read() -> int:
+        loop = asyncio.get_running_loop()
+        got = 0
+        async for _tok in TokenStream(producer):
+            await loop.run_in_executor(None, wait_for_the_producer)
+            with cond:
+                counts["consumed"] += 1
+            got += 1
+        return got
+
+    assert asyncio.run(read()) == total
+    assert counts["widest"] <= ASYNC_AHEAD + 2, counts
+
+
+def test_async_reader_that_stops_early_frees_the_model() -> None:
+    model = FakeModel("m", repeat=True)
+
+    async def first_token() -> str:
+        async for tok in model.generate("abc", max_tokens=10_000):
+            return tok.text
+        return ""
+
+    assert asyncio.run(first_token())
+    assert model.generate("abc", max_tokens=3).text()  # not left locked

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .chat_template import render_chat
 from .detok import TextAssembler
+from .engine_thread import HELD, EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .options import GenerateConfig, Option, generate_config
 from .stream import Producer, StreamControl, TokenStream
@@ -45,7 +45,6 @@ from .types import (
 
 __all__ = [
     "BaseTextModel",
-    "EngineThread",
     "ModelState",
     "check_messages",
     "check_prompt_text",
@@ -75,6 +74,8 @@ class ModelState:
         self._closed = False
         self._err: BaseException | None = None
         self._metrics: GenerateMetrics | None = None
+        self._streaming: set[int] = set()
+        self._streaming_lock = threading.Lock()
 
     @property
     def model_type(self) -> str:
@@ -109,6 +110,22 @@ class ModelState:
     def _check_open(self) -> None:
         if self._closed:
             raise ModelClosedError("the model is closed")
+
+    @contextlib.contextmanager
+    def _one_stream_per_thread(self) -> Iterator[None]:
+        """Around a stream's producer (it runs in the reader's thread): a
+        thread that still holds an unfinished stream of this model gets
+        GenerationError for a second, as BaseTextModel's lock gives it."""
+        me = threading.get_ident()
+        with self._streaming_lock:
+            if me in self._streaming:
+                raise GenerationError(HELD)
+            self._streaming.add(me)
+        try:
+            yield
+        finally:
+            with self._streaming_lock:
+                self._streaming.discard(me)
 
     def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
         """Keep the outcome of a finished call as ``err`` and ``metrics``."""
@@ -321,7 +338,7 @@ class BaseTextModel(ModelState):
         if self._engine is None:
             release()
         else:  # the engine's memory belongs to its thread: free it there
-            self._engine.call(release)
+            self._engine.call(release, held_ok=True)  # the active call is cancelled
             self._engine.stop()
 
     def __repr__(self) -> str:
@@ -340,10 +357,7 @@ class BaseTextModel(ModelState):
         """Take the model lock, waiting in a way that honours cancellation."""
         me = threading.get_ident()
         if self._owner == me:
-            raise GenerationError(
-                "this thread already has a call running on this model "
-                "(an unfinished stream?); finish or close it first"
-            )
+            raise GenerationError(HELD)
         while not self._lock.acquire(timeout=0.05):
             control.check()
         self._owner = me
@@ -640,128 +654,3 @@ def _close(it: Iterator[Any]) -> None:
     close = getattr(it, "close", None)
     if close is not None:
         close()
-
-
-#: Tokens an engine thread may generate ahead of the stream's reader.
-_PUMP_AHEAD = 8
-
-
-class EngineThread:
-    """One worker thread that runs every engine call of a model.
-
-    For engines whose state belongs to the thread that made it (MLX streams
-    are thread-local): calls run there in order, and streams are pumped
-    through a queue so that the consumer's thread never touches the engine.
-    """
-
-    def __init__(self, name: str, *, on_exit: Callable[[], None] | None = None) -> None:
-        self._name = name
-        self._on_exit = on_exit
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def _ensure(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    return
-                job()
-        finally:
-            if self._on_exit is not None:
-                try:
-                    self._on_exit()
-                except Exception as exc:  # nothing the caller could do
-                    _log.debug("engine thread exit hook failed: %s", exc)
-
-    def call(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` on the engine thread and return its result."""
-        if threading.current_thread() is self._thread:
-            return fn()
-        self._ensure()
-        box: list[Any] = []
-        done = threading.Event()
-
-        def job() -> None:
-            try:
-                box.append((True, fn()))
-            except BaseException as exc:
-                box.append((False, exc))
-            finally:
-                done.set()
-
-        self._jobs.put(job)
-        done.wait()
-        ok, value = box[0]
-        if ok:
-            return value  # type: ignore[no-any-return]
-        raise value
-
-    def pump(
-        self, producer: Callable[[StreamControl], Generator[Token, None, FinishReason]]
-    ) -> Callable[[StreamControl], Generator[Token, None, FinishReason]]:
-        """Wrap a producer so that it runs on the engine thread."""
-
-        def pumped(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            self._ensure()
-            # Bounded, so the engine runs at most a few tokens ahead of the reader.
-            out: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=_PUMP_AHEAD)
-            reader_gone = threading.Event()
-
-            def put(item: tuple[int, Any]) -> bool:
-                while not reader_gone.is_set():
-                    try:
-                        out.put(item, timeout=0.05)
-                        return True
-                    except queue.Full:
-                        # Nobody reads and the call is cancelled: end it here.
-                        # The queue is full, so a returning reader meets a
-                        # token first, sees the cancel and stops there.
-                        if control.stop_requested():
-                            return False
-                return False
-
-            def job() -> None:
-                gen = producer(control)
-                try:
-                    while put((0, next(gen))):
-                        pass
-                except StopIteration as stop:
-                    put((1, stop.value))
-                except BaseException as exc:
-                    put((2, exc))
-                finally:
-                    gen.close()
-
-            self._jobs.put(job)
-            try:
-                while True:
-                    kind, value = out.get()
-                    if kind == 0:
-                        if control.stop_requested():
-                            control.check()
-                        yield value
-                    elif kind == 1:
-                        return value  # type: ignore[no-any-return]
-                    else:
-                        raise value
-            finally:
-                reader_gone.set()
-                control.cancel()
-
-        return pumped
-
-    def stop(self, timeout: float | None = 60.0) -> None:
-        """End the thread once its queued calls have run, and wait for it."""
-        thread = self._thread
-        if thread is not None:
-            self._jobs.put(None)
-            if thread is not threading.current_thread():
-                thread.join(timeout)

@@ -18,7 +18,7 @@ from typing import Any
 from .errors import Cancelled, DeadlineExceeded, GenerationError
 from .types import FinishReason, GenerateMetrics, Token
 
-__all__ = ["Producer", "StreamControl", "TokenStream"]
+__all__ = ["ASYNC_AHEAD", "Producer", "StreamControl", "TokenStream"]
 
 
 class StreamControl:
@@ -63,11 +63,6 @@ class StreamControl:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineExceeded(f"the call ran past its timeout of {self.timeout:g} s")
 
-    def start_deadline(self) -> None:
-        """Restart the deadline clock (used when the call really begins)."""
-        if self.timeout is not None:
-            self.deadline = time.monotonic() + self.timeout
-
 
 #: A generator function that streams tokens and returns the finish reason.
 Producer = Callable[[StreamControl], Generator[Token, None, FinishReason]]
@@ -76,6 +71,9 @@ Producer = Callable[[StreamControl], Generator[Token, None, FinishReason]]
 FinishHook = Callable[[BaseException | None, GenerateMetrics | None], None]
 
 _END = object()
+
+#: Tokens an ``async for`` reader may have waiting before the engine pauses.
+ASYNC_AHEAD = 16
 
 
 class TokenStream(Iterator[Token]):
@@ -98,8 +96,6 @@ class TokenStream(Iterator[Token]):
         "_finish_reason",
         "_gen",
         "_on_finish",
-        "_started",
-        "_texts",
     )
 
     def __init__(
@@ -112,12 +108,10 @@ class TokenStream(Iterator[Token]):
     ) -> None:
         self._control = StreamControl(cancel=cancel, timeout=timeout)
         self._gen = producer(self._control)
-        self._started = False
         self._done = False
         self._finish_reason: FinishReason | None = None
         self._err: BaseException | None = None
         self._on_finish = on_finish
-        self._texts: list[str] | None = None
 
     # -- iteration ---------------------------------------------------------
 
@@ -127,7 +121,6 @@ class TokenStream(Iterator[Token]):
     def __next__(self) -> Token:
         if self._done:
             raise StopIteration
-        self._started = True
         try:
             return next(self._gen)
         except StopIteration as stop:
@@ -224,20 +217,32 @@ class TokenStream(Iterator[Token]):
 
     async def _aiter(self) -> AsyncIterator[Token]:
         """Run the blocking engine in a worker thread; cancelling the task
-        cancels the stream."""
+        cancels the stream. At most :data:`ASYNC_AHEAD` tokens wait for the
+        task, so a slow reader slows the engine instead of filling memory."""
         import asyncio  # imported here: it costs start-up time for sync users
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(ASYNC_AHEAD)
+        gone = threading.Event()  # the task stopped reading
+
+        def hand(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def pump() -> None:
             try:
                 for tok in self:
-                    loop.call_soon_threadsafe(queue.put_nowait, tok)
+                    room.acquire()
+                    if gone.is_set():
+                        self.close()  # ends the call and frees the model here
+                        return
+                    hand(tok)
             except BaseException as exc:  # handed to the awaiting task
-                loop.call_soon_threadsafe(queue.put_nowait, _Raise(exc))
+                if not gone.is_set():
+                    hand(_Raise(exc))
             else:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
+                if not gone.is_set():
+                    hand(_END)
 
         worker = threading.Thread(target=pump, name="inference-stream", daemon=True)
         worker.start()
@@ -248,8 +253,11 @@ class TokenStream(Iterator[Token]):
                     return
                 if isinstance(item, _Raise):
                     raise item.exc
+                room.release()
                 yield item
         finally:
+            gone.set()
+            room.release()  # a worker waiting for room wakes, sees gone, stops
             if not self._done:
                 self.cancel()
                 await asyncio.shield(loop.run_in_executor(None, worker.join))

@@ -67,6 +67,7 @@ from ..base import ModelState, check_messages, check_prompt_text, check_prompts
 from ..detok import TextAssembler
 from ..errors import Cancelled, GenerationError, InferenceError, ModelLoadError
 from ..options import GenerateConfig, LoadConfig, Option, generate_config, load_config
+from ..redact import shown_url
 from ..sse import SSEError, SSEParser
 from ..stream import StreamControl, TokenStream
 from ..types import (
@@ -306,13 +307,13 @@ def _parse_url(url: str, defaults: _Settings) -> tuple[_Endpoint, _Settings]:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise ModelLoadError(f"not a valid server URL: {exc}", path=_safe(url)) from None
+        raise ModelLoadError(f"not a valid server URL: {exc}", path=shown_url(url)) from None
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     if scheme not in ("http", "https") or not host:
         raise ModelLoadError(
-            f"{_safe(url)}: the openai backend needs an http:// or https:// URL with a host",
-            path=_safe(url),
+            f"{shown_url(url)}: the openai backend needs an http:// or https:// URL with a host",
+            path=shown_url(url),
         )
     port = port or (443 if scheme == "https" else 80)
     base = parts.path.rstrip("/") or "/v1"
@@ -374,19 +375,6 @@ def _fragment_settings(fragment: str, defaults: _Settings, display: str) -> _Set
                 )
             changes[key] = seconds
     return replace(defaults, **changes)
-
-
-def _safe(url: str) -> str:
-    """A URL without user information, query or fragment, for messages."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return "<invalid URL>"
 
 
 # -- failures ------------------------------------------------------------------
@@ -1148,7 +1136,8 @@ class OpenAIModel(ModelState):
         self, suffix: str, body: dict[str, Any], cfg: GenerateConfig, prompt: str | None
     ) -> TokenStream:
         def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            return self._produce(suffix, body, cfg, control, prompt)
+            with self._one_stream_per_thread():
+                return (yield from self._produce(suffix, body, cfg, control, prompt))
 
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
 

@@ -262,6 +262,35 @@ class TextModelConformance:
         assert done.wait(120), "the model stayed locked after break"
         assert out[0]
 
+    def test_second_stream_on_the_same_thread(self) -> None:
+        """A thread that holds an unfinished stream and opens another on the
+        same model gets GenerationError (never a hang), and the model stays
+        usable. Run in a worker, so that a backend that hangs fails here."""
+        outcome: dict[str, Any] = {}
+
+        def body() -> None:
+            first = self.model.generate(self.prompt, max_tokens=10_000)
+            next(first)
+            try:
+                second = self.model.generate(self.other_prompt, max_tokens=2)
+                try:
+                    second.text()
+                    outcome["second"] = "no error"
+                except GenerationError as exc:
+                    outcome["second"] = exc
+                    outcome["err"] = second.err
+            finally:
+                first.close()
+            outcome["after"] = self.model.generate(self.prompt, max_tokens=2).text()
+
+        worker = threading.Thread(target=body, daemon=True)
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive(), "a second stream on the same thread hung"
+        assert isinstance(outcome.get("second"), GenerationError), outcome.get("second")
+        assert outcome["err"] is outcome["second"]
+        assert outcome["after"]
+
     def test_cancel_event_option(self) -> None:
         event = threading.Event()
         event.set()
