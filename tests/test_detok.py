@@ -68,11 +68,11 @@ def test_invalid_bytes_still_become_replacement_characters() -> None:
     assert asm.push(0, b"a\xffb") == [Token(0, f"a{REPLACEMENT}b")]
 
 
-def test_text_of_decodes_incrementally() -> None:
+def test_a_character_split_across_tokens_is_held_back() -> None:
     asm = TextAssembler()
     data = "é".encode()
-    assert asm.text_of(data[:1]) == ""
-    assert asm.text_of(data[1:]) == "é"
+    assert asm.push(0, data[:1]) == [Token(0, "")]
+    assert asm.push(1, data[1:]) == [Token(1, "é")]
 
 
 # -- stop strings ----------------------------------------------------------------------

@@ -27,10 +27,13 @@ from inference.gguf import (
     read_header,
 )
 from inference.testing.gguf_writer import (
+    TensorSpec,
     build_gguf,
+    infer_type,
     pack_kv,
     pack_string,
     pack_tensor_info,
+    pack_value,
     tensor_nbytes,
     write_gguf,
 )
@@ -111,6 +114,20 @@ def _smollm2_path() -> Path | None:
 
 # --------------------------------------------------------------------------
 # The type tables
+
+
+def test_the_writer_types_values_by_their_python_type(tmp_path: Path) -> None:
+    assert infer_type(True) is V.BOOL and infer_type(1.5) is V.FLOAT32
+    assert infer_type(5) is V.UINT32 and infer_type(-5) is V.INT32
+    assert infer_type(1 << 40) is V.INT64 and infer_type(1 << 63) is V.UINT64
+    assert infer_type("s") is V.STRING and infer_type([1, 2]) is V.ARRAY
+    assert pack_value((V.UINT8, 7)) == (int(V.UINT8), b"\x07")
+    spec: TensorSpec = ("w.weight", (32, 2), Q8_0, None)
+    path = write_gguf(tmp_path / "w.gguf", {"general.architecture": "llama", "x": -5}, [spec])
+    header = read_header(path)
+    assert header.get("x") == -5
+    (tensor,) = header.tensors
+    assert (tensor.name, tensor.shape, tensor.ggml_type) == ("w.weight", (32, 2), Q8_0)
 
 
 def test_value_types_match_the_gguf_package() -> None:

@@ -299,6 +299,8 @@ def test_environment_variable_names() -> None:
     assert env.OPENAI_API_KEY == "OPENAI_API_KEY"
     assert env.INFERENCE_CACHE_DIR == "INFERENCE_CACHE_DIR"
     assert env.LLAMA_CPP_LIB_PATH == "LLAMA_CPP_LIB_PATH"
+    for name in ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        assert getattr(env, name) == name
     # Every name is documented in the module docstring.
     for name in env.__all__:
         if name.isupper():

@@ -460,6 +460,8 @@ def test_unknown_known_backend_names_its_extra(tiny_gguf: Path) -> None:
     assert "pip install 'inference[llamacpp]'" in message
     assert message.endswith("Registered: none")
     assert KNOWN_EXTRAS["rocm"] == "rocm" and KNOWN_EXTRAS["mlx"] == "mlx"
+    assert registry.install_command("llama_cpp") == "pip install 'inference[llamacpp]'"
+    assert FORMAT_EXTRAS["gguf"] == ("llamacpp", "rocm", "mlx")
 
 
 def test_unavailable_backend_by_name_says_why(plugins: Any, tiny_gguf: Path) -> None:
@@ -599,3 +601,33 @@ def test_url_credentials_never_reach_the_log() -> None:
     assert shown == "https://example.test:8443/v1"
     assert "s3cret" not in shown
     assert _shown("/models/a.gguf") == "/models/a.gguf"
+
+
+# -- how locations are shown -----------------------------------------------------------
+
+
+def test_a_url_with_a_bad_port_is_a_model_load_error() -> None:
+    register_backend(FakeBackend("remote", formats=("url",)))
+    inference.get_backend("remote")
+    unregister_backend("remote")
+    from inference.backends.openai import OpenAIBackend
+
+    register_backend(OpenAIBackend())
+    with pytest.raises(ModelLoadError, match="not a valid server URL"):
+        load_model("http://host:notaport/v1")
+
+
+def test_urls_are_shown_without_credentials_and_with_ipv6_brackets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from inference.redact import shown_url
+
+    assert shown_url("http://user:secret@[::1]:8080/v1?key=k#model=m") == "http://[::1]:8080/v1"
+    assert shown_url("https://u@example.org/v1") == "https://example.org/v1"
+    assert shown_url("http://host:notaport/v1") == "<invalid URL>"
+    remote = FakeBackend("remote", formats=("url",))
+    register_backend(remote)
+    with caplog.at_level("DEBUG", logger="inference"):
+        load_model("http://user:secret@[::1]:8080/v1#model=m").close()
+    logged = caplog.text
+    assert "http://[::1]:8080/v1" in logged and "secret" not in logged

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.sse import ServerSentEvent, SSEError, SSEParser, parse_events
+from inference.sse import ServerSentEvent, SSEError, SSEParser
+
+
+def parse_events(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:
+    """The events of a whole stream given as byte chunks, as the backend feeds them."""
+    parser = SSEParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+    yield from parser.close()
 
 
 def events_of(data: bytes) -> list[ServerSentEvent]:

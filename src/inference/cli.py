@@ -19,7 +19,7 @@ from . import env
 from .discovery import discover
 from .errors import InferenceError
 from .options import GenerateConfig, generate_config
-from .registry import backend_status, candidates, load_model
+from .registry import backend_status, candidates, install_command, load_model
 from .types import GenerateMetrics, Message
 
 __all__ = ["main"]
@@ -110,7 +110,7 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\n")
         return 0
     if not statuses:
-        out.write("no backends installed; try: pip install 'inference[llamacpp]'\n")
+        out.write(f"no backends installed; try: {install_command('llama_cpp')}\n")
         return 0
     width = max(len(s.name) for s in statuses)
     fwidth = max(15, *(len(",".join(s.formats)) for s in statuses))

@@ -32,10 +32,6 @@ class TextAssembler:
         #: Set once a stop string has matched; nothing more is emitted.
         self.stopped = False
 
-    def text_of(self, data: bytes) -> str:
-        """Decode one token's bytes, keeping an unfinished character back."""
-        return self._decode(data)
-
     def push(self, token_id: int, data: bytes) -> list[Token]:
         """Add one token; return the tokens that are now safe to emit."""
         text = self._decode(data)

@@ -13,7 +13,13 @@
                            ``~/.cache/inference``)
 ``LLAMA_CPP_LIB_PATH``     llama-cpp-python's own: the directory of the
                            llama.cpp libraries it loads; the ``llama_cpp``
-                           backend's self-test tests that build
+                           backend's self-test tests that build, and the
+                           ``rocm`` backend looks there for a HIP build
+``ROCR_VISIBLE_DEVICES``   ROCm's own, read (never set) by the ``rocm``
+``HIP_VISIBLE_DEVICES``    backend: which AMD GPUs HIP shows; with none
+``CUDA_VISIBLE_DEVICES``   set, it picks the discrete GPU with the most VRAM
+                           (HIP reads ``CUDA_VISIBLE_DEVICES`` when
+                           ``HIP_VISIBLE_DEVICES`` is empty)
 =========================  ==================================================
 """
 
@@ -27,12 +33,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = [
+    "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
     "INFERENCE_API_KEY",
     "INFERENCE_BACKEND",
     "INFERENCE_CACHE_DIR",
     "INFERENCE_LOG",
     "LLAMA_CPP_LIB_PATH",
     "OPENAI_API_KEY",
+    "ROCR_VISIBLE_DEVICES",
     "cache_dir",
     "configure_logging",
     "engine_logs_enabled",
@@ -44,6 +53,9 @@ INFERENCE_API_KEY = "INFERENCE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
 INFERENCE_CACHE_DIR = "INFERENCE_CACHE_DIR"
 LLAMA_CPP_LIB_PATH = "LLAMA_CPP_LIB_PATH"
+ROCR_VISIBLE_DEVICES = "ROCR_VISIBLE_DEVICES"
+HIP_VISIBLE_DEVICES = "HIP_VISIBLE_DEVICES"
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 _logger = logging.getLogger("inference")
 

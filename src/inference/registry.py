@@ -8,10 +8,10 @@ kept, marked broken with its error, and never breaks the others.
 
 Selection, in order: the ``backend`` option; the ``INFERENCE_BACKEND``
 environment variable (neither is ever overridden); else the available
-backends that load the model's format, tried by ``priority`` (mlx on Apple
-GPUs 100, rocm 80, llama_cpp 50, mlx on a CPU only 10, others 0 unless they
-say): the first whose optional ``check_model(path, header)`` does not decline
-the model loads it. The header is read once, before any weights.
+backends that load the model's format, tried by their ``priority`` (each
+backend's own; docs/backends.md tabulates them): the first whose optional
+``check_model(path, header)`` does not decline the model loads it. The header
+is read once, before any weights.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "candidates",
     "default_backend",
     "get_backend",
+    "install_command",
     "list_backends",
     "load_model",
     "register_backend",
@@ -55,15 +56,35 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "inference.backends"
 
+#: The backends this project ships, best first for install hints: name ->
+#: (the extra that installs it, the formats it loads). The one place these
+#: facts live: the hints below, each backend's own messages and ``extra``.
+_FIRST_PARTY: Mapping[str, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "llama_cpp": ("llamacpp", ("gguf",)),
+        "rocm": ("rocm", ("gguf",)),
+        "mlx": ("mlx", ("gguf", "safetensors")),
+    }
+)
+
 #: Backend name -> the extra that installs it: ``pip install 'inference[extra]'``.
 KNOWN_EXTRAS: Mapping[str, str] = MappingProxyType(
-    {"llama_cpp": "llamacpp", "rocm": "rocm", "mlx": "mlx"}
+    {name: extra for name, (extra, _) in _FIRST_PARTY.items()}
 )
 
 #: Model format -> extras that can load it, best first.
 FORMAT_EXTRAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"gguf": ("llamacpp", "rocm", "mlx"), "safetensors": ("mlx",)}
+    {
+        fmt: tuple(extra for extra, formats in _FIRST_PARTY.values() if fmt in formats)
+        for fmt in dict.fromkeys(f for _, formats in _FIRST_PARTY.values() for f in formats)
+    }
 )
+
+
+def install_command(name: str) -> str:
+    """``pip install 'inference[extra]'`` for a first-party backend."""
+    return f"pip install 'inference[{KNOWN_EXTRAS[name]}]'"
+
 
 _log = logging.getLogger(__name__)
 
@@ -343,12 +364,9 @@ def _shown(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     if detect_format(text) != "url":
         return text
-    from urllib.parse import urlsplit, urlunsplit
+    from .redact import shown_url
 
-    parts = urlsplit(text)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return shown_url(text)
 
 
 def _not_a_model(path: str) -> ModelLoadError:
@@ -488,11 +506,7 @@ def _by_name(name: str, *, source: str) -> Backend:
     backend = get_backend(name)
     if backend is None:
         known = ", ".join(list_backends()) or "none"
-        hint = (
-            f"; install it with pip install 'inference[{KNOWN_EXTRAS[name]}]'"
-            if name in KNOWN_EXTRAS
-            else ""
-        )
+        hint = f"; install it with {install_command(name)}" if name in KNOWN_EXTRAS else ""
         raise BackendNotFoundError(
             f"backend {name!r} ({source}) not found: it is either misspelled or not installed"
             f"{hint}. Registered: {known}"

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEError", "SSEParser", "ServerSentEvent", "parse_events"]
+__all__ = ["DEFAULT_MAX_EVENT_SIZE", "SSEError", "SSEParser", "ServerSentEvent"]
 
 #: Largest line or event data, in characters, that a parser accepts by default.
 DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
@@ -215,13 +214,3 @@ class SSEParser:
         self._has_data = False
         self._size = 0
         self._event = ""
-
-
-def parse_events(
-    chunks: Iterable[bytes], *, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
-) -> Iterator[ServerSentEvent]:
-    """The events of a whole stream given as byte chunks."""
-    parser = SSEParser(max_event_size=max_event_size)
-    for chunk in chunks:
-        yield from parser.feed(chunk)
-    yield from parser.close()

@@ -166,7 +166,17 @@ def test_mlx_folder_loads_offline(mlx_folder: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(mlx_lm.utils, "snapshot_download", no_network)
     # A folder of safetensors is loaded by MLX alone, so it is the default.
     assert registry.default_backend(mlx_folder).name == "mlx"
+    # Offline without touching the process's environment (other threads see it).
+    changed: list[str] = []
+    environ_type = type(os.environ)
+    original_set = environ_type.__setitem__
+    monkeypatch.setattr(
+        environ_type,
+        "__setitem__",
+        lambda self, key, value: (changed.append(key), original_set(self, key, value))[1],
+    )
     with inference.load_model(mlx_folder) as m:
+        assert changed == [], f"the load set {changed} in os.environ"
         info = m.info
         assert (info.architecture, info.layers, info.vocab_size) == ("llama", 30, 49152)
         assert (info.quant_bits, info.quant_group_size) == (4, 32)

@@ -151,7 +151,7 @@ def test_available_on_a_discrete_card(tmp_path: Path) -> None:
     result = discrete_box(tmp_path).detect()
     assert result.available
     assert result.chosen is not None and result.chosen.gfx == "gfx1100"
-    assert result.visible_devices == "0"
+    assert result.main_gpu == 0
     assert result.reason == "AMD Radeon RX 7900 XTX (gfx1100), 24.0 GiB VRAM, 23.0 GiB free"
 
 
@@ -160,7 +160,7 @@ def test_discrete_card_beats_the_apu_that_enumerates_first(tmp_path: Path) -> No
     assert result.available
     assert [g.hip_index for g in result.gpus] == [0, 1]
     assert result.chosen is result.gpus[1]
-    assert result.visible_devices == "1"  # hides the iGPU from HIP
+    assert result.main_gpu == 1  # hides the iGPU from HIP
     assert result.reason.startswith("AMD Radeon RX 7900 XTX (gfx1100), 24.0 GiB VRAM")
 
 
@@ -168,7 +168,7 @@ def test_only_an_igpu_is_used_and_said_to_be_integrated(tmp_path: Path) -> None:
     result = laptop_apu_box(tmp_path).detect()
     assert result.available
     assert result.chosen is not None and result.chosen.is_integrated
-    assert result.visible_devices == "0"
+    assert result.main_gpu == 0
     assert result.reason == (
         "AMD Radeon 780M Graphics (gfx1103, integrated), 4.0 GiB VRAM, 3.7 GiB free"
     )
@@ -277,9 +277,9 @@ def test_hip_visible_devices_is_left_alone(tmp_path: Path) -> None:
     m = apu_and_discrete_box(tmp_path)
     igpu, dgpu = m.gpus()
     result = m.detect(environ={"HIP_VISIBLE_DEVICES": "0"})
-    assert result.available and result.chosen == igpu and result.visible_devices is None
+    assert result.available and result.chosen == igpu and result.main_gpu is None
     result = m.detect(environ={"HIP_VISIBLE_DEVICES": "1,0"})
-    assert result.chosen == dgpu and result.visible_devices is None
+    assert result.chosen == dgpu and result.main_gpu is None
 
 
 def test_cuda_visible_devices_counts_when_hip_is_unset(tmp_path: Path) -> None:
@@ -294,7 +294,7 @@ def test_rocr_visible_devices_filters_before_hip(tmp_path: Path) -> None:
     m = apu_and_discrete_box(tmp_path)
     igpu, dgpu = m.gpus()
     result = m.detect(environ={"ROCR_VISIBLE_DEVICES": "1", "HIP_VISIBLE_DEVICES": "0"})
-    assert result.chosen == dgpu and result.visible_devices is None
+    assert result.chosen == dgpu and result.main_gpu is None
     by_uuid = m.detect(environ={"ROCR_VISIBLE_DEVICES": f"GPU-{dgpu.unique_id:016X}"})
     assert by_uuid.chosen == dgpu
     assert m.detect(environ={"ROCR_VISIBLE_DEVICES": "0"}).chosen == igpu

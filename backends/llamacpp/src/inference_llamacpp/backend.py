@@ -15,10 +15,11 @@ from typing import Any
 from inference.gguf import read_header
 from inference.options import LoadConfig, Option, load_config
 from inference.protocols import TextModel
+from inference.registry import install_command
 
 __all__ = ["INSTALL_HINT", "LlamaCppBackend"]
 
-INSTALL_HINT = "pip install 'inference[llamacpp]' (from the inference checkout)"
+INSTALL_HINT = f"{install_command('llama_cpp')} (from the inference checkout)"
 
 
 class LlamaCppBackend:
@@ -28,7 +29,6 @@ class LlamaCppBackend:
     aliases = ("llamacpp", "llama.cpp")
     priority = 50
     formats = ("gguf",)
-    extra = "llamacpp"
 
     def __init__(self) -> None:
         self.reason = ""

@@ -37,7 +37,6 @@ class MlxBackend:
     name = "mlx"
     aliases = ("metal",)
     formats = ("gguf", "safetensors")
-    extra = "mlx"
 
     def __init__(self) -> None:
         self._device: MlxDevice | None = None

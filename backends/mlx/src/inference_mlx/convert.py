@@ -21,6 +21,8 @@ from typing import TextIO
 from inference.errors import InferenceError
 from inference.gguf import read_header
 
+from .detect import INSTALL_HINT
+
 __all__ = ["main"]
 
 
@@ -75,9 +77,7 @@ def main(
         err.write(f"inference-mlx-convert: error: {message}\n")
         return 1
     except ImportError as exc:
-        err.write(
-            f"inference-mlx-convert: error: {exc}; install with pip install 'inference[mlx]'\n"
-        )
+        err.write(f"inference-mlx-convert: error: {exc}; install with {INSTALL_HINT}\n")
         return 1
     out.write(f"{folder}\n")
     return 0

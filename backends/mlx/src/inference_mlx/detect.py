@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inference.registry import install_command
+
 __all__ = ["INSTALL_HINT", "MlxDevice", "detect"]
 
-INSTALL_HINT = "pip install 'inference[mlx]'"
+INSTALL_HINT = install_command("mlx")
 
 PRIORITY_METAL = 100
 PRIORITY_CUDA = 90

@@ -21,12 +21,10 @@ MLX call of a model runs there, one at a time. What it adds:
 from __future__ import annotations
 
 import array
-import contextlib
 import gc
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,7 +37,7 @@ from inference.options import GenerateConfig, LoadConfig
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
-from .detect import MlxDevice, detect
+from .detect import INSTALL_HINT, MlxDevice, detect
 from .tokens import TokenTable, _unwrap
 
 __all__ = ["DEFAULT_BATCH", "PENALTY_LAST_N", "PREFILL_STEP_SIZE", "MlxModel"]
@@ -53,25 +51,6 @@ PREFILL_STEP_SIZE = 512
 PENALTY_LAST_N = 64
 #: Sequences decoded together by ``batch_generate`` when ``parallel_slots`` is 0.
 DEFAULT_BATCH = 16
-
-_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-_env_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """Set the Hugging Face offline variables for the length of a load."""
-    with _env_lock:
-        saved = {key: os.environ.get(key) for key in _OFFLINE}
-        os.environ.update(_OFFLINE)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def _first_line(exc: BaseException) -> str:
@@ -213,8 +192,7 @@ class MlxModel(BaseTextModel):
             import mlx_lm  # noqa: F401
         except ImportError as exc:
             raise ModelLoadError(
-                f"cannot load {path}: mlx-lm cannot be imported ({exc}); "
-                "pip install 'inference[mlx]'",
+                f"cannot load {path}: mlx-lm cannot be imported ({exc}); {INSTALL_HINT}",
                 path=path,
             ) from exc
         if os.path.isdir(path):
@@ -553,13 +531,15 @@ def _load_folder(path: str, cfg: LoadConfig) -> tuple[Any, Any, dict[str, Any], 
     from mlx_lm.utils import load
 
     try:
-        with _offline():
-            loaded_all: Any = load(
-                str(folder),
-                adapter_path=cfg.adapter_path or None,
-                return_config=True,
-                trust_remote_code=False,
-            )
+        # A local folder never reaches the hub in mlx-lm, and the tokenizer
+        # is told to stay local too: nothing process-wide (os.environ) is set.
+        loaded_all: Any = load(
+            str(folder),
+            tokenizer_config={"local_files_only": True},
+            adapter_path=cfg.adapter_path or None,
+            return_config=True,
+            trust_remote_code=False,
+        )
         model, wrapper, loaded = loaded_all
     except InferenceError:
         raise

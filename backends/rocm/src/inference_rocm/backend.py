@@ -33,7 +33,6 @@ class RocmBackend:
     aliases = ("hip", "amd")
     priority = 80
     formats = ("gguf",)
-    extra = "rocm"
 
     def __init__(
         self,

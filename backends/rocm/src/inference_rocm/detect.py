@@ -42,6 +42,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 
+from inference import env
+from inference.registry import install_command
+
 __all__ = [
     "REINSTALL_COMMAND",
     "AmdGpu",
@@ -68,7 +71,7 @@ the GPUs it finds on the machine, which is what a user fixing their own
 install wants.
 """
 
-INSTALL_COMMAND = "pip install 'inference[rocm]'"
+INSTALL_COMMAND = install_command("rocm")
 
 AMD_VENDOR_ID = 0x1002
 """PCI vendor id of AMD/ATI (4098 in the decimal KFD properties)."""
@@ -157,8 +160,9 @@ class Detection:
     """One line: why not, or what was chosen."""
     gpus: tuple[AmdGpu, ...]
     chosen: AmdGpu | None
-    visible_devices: str | None
-    """``HIP_VISIBLE_DEVICES`` to set; None leaves the environment alone."""
+    main_gpu: int | None
+    """llama.cpp's ``main_gpu`` for the chosen GPU (its HIP index), with the
+    whole model on it; None when the visibility variables already chose."""
 
 
 # --- reading sysfs -----------------------------------------------------------
@@ -407,10 +411,10 @@ def _visible(
     gpus: Sequence[AmdGpu], environ: Mapping[str, str]
 ) -> tuple[list[AmdGpu], list[str]] | None:
     """The GPUs HIP will show, and the variables that chose them; None if unset."""
-    rocr = environ.get("ROCR_VISIBLE_DEVICES", "")
-    hip_name = "HIP_VISIBLE_DEVICES"
+    rocr = environ.get(env.ROCR_VISIBLE_DEVICES, "")
+    hip_name = env.HIP_VISIBLE_DEVICES
     if not environ.get(hip_name):
-        hip_name = "CUDA_VISIBLE_DEVICES"  # HIP reads it when HIP_VISIBLE_DEVICES is empty
+        hip_name = env.CUDA_VISIBLE_DEVICES  # HIP reads it when HIP_VISIBLE_DEVICES is empty
     hip = environ.get(hip_name, "")
     if not rocr and not hip:
         return None
@@ -418,7 +422,7 @@ def _visible(
     used: list[str] = []
     if rocr:
         shown = _apply_visibility(rocr, shown)
-        used.append(f"ROCR_VISIBLE_DEVICES={rocr}")
+        used.append(f"{env.ROCR_VISIBLE_DEVICES}={rocr}")
     if hip:
         shown = _apply_visibility(hip, shown)
         used.append(f"{hip_name}={hip}")
@@ -508,7 +512,7 @@ def llama_cpp_hip_build(
 
     Returns ``(True, library path)`` or ``(False, one-line reason)``.
     """
-    env = os.environ if environ is None else environ
+    variables = os.environ if environ is None else environ
     try:
         spec = find_spec("llama_cpp")
     except (ImportError, ValueError):
@@ -516,7 +520,7 @@ def llama_cpp_hip_build(
     folder = _package_dir(spec) if spec is not None else None
     if folder is None:
         return False, f"llama-cpp-python is not installed: {INSTALL_COMMAND}"
-    override = env.get("LLAMA_CPP_LIB_PATH", "")
+    override = variables.get(env.LLAMA_CPP_LIB_PATH, "")
     folders = [override] if override else [os.path.join(folder, "lib"), folder]
     for where in folders:
         libraries = _shared_libraries(where)
@@ -553,7 +557,7 @@ def describe(gpu: AmdGpu) -> str:
 
 
 def _no(reason: str, gpus: tuple[AmdGpu, ...] = ()) -> Detection:
-    return Detection(available=False, reason=reason, gpus=gpus, chosen=None, visible_devices=None)
+    return Detection(available=False, reason=reason, gpus=gpus, chosen=None, main_gpu=None)
 
 
 def detect(
@@ -618,5 +622,5 @@ def detect(
         reason=describe(chosen),
         gpus=gpus,
         chosen=chosen,
-        visible_devices=None if visible is not None else str(chosen.hip_index),
+        main_gpu=None if visible is not None else chosen.hip_index,
     )

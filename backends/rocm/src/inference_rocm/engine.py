@@ -36,23 +36,23 @@ class RocmModel(LlamaCppModel):
     ) -> RocmModel:
         model = cls.__new__(cls)
         model._gpu = detection.chosen
-        model._visible = detection.visible_devices
+        model._main_gpu = detection.main_gpu
         model._sys_root = sys_root
         model._peak_vram = 0
         LlamaCppModel.__init__(model, path, header, cfg)
         return model
 
     _gpu: AmdGpu | None
-    _visible: str | None
+    _main_gpu: int | None
     _sys_root: str
     _peak_vram: int
 
     def _model_params(self, params: Any, cfg: LoadConfig) -> None:
-        # HIP_VISIBLE_DEVICES unset: put the whole model on the chosen GPU
+        # No visibility variable set: put the whole model on the chosen GPU
         # (an APU's iGPU may enumerate first). Set: leave the user's choice.
-        if self._visible is not None and lc.llama_supports_gpu_offload():
+        if self._main_gpu is not None and lc.llama_supports_gpu_offload():
             params.split_mode = lc.LLAMA_SPLIT_MODE_NONE
-            params.main_gpu = int(self._visible)
+            params.main_gpu = self._main_gpu
 
     def _memory(self) -> tuple[int | None, int | None]:
         """Active and peak VRAM of the GPU, from sysfs."""
