@@ -1,7 +1,8 @@
 """Load a llama.cpp GGUF file straight into mlx-lm, or convert it once to an MLX folder.
 
-The header is read here first, so that an architecture or a tensor type MLX
-cannot handle is refused before any weights are read. ``mx.load`` then reads
+The header is read first, by the core's reader (``inference.gguf.read_header``,
+every length bounded by the file size), so that an architecture or a tensor
+type MLX cannot handle is refused before any weights are read. ``mx.load`` then reads
 the tensors. It hands Q4_0 and Q4_1 tensors back as MLX 4-bit affine triples
 (``weight``, ``scales``, ``biases``, group size 32) and Q8_0 as 8-bit ones,
 which mlx-lm's quantised layers use as they are. Q2_K and Q6_K come back
@@ -30,7 +31,6 @@ import importlib
 import importlib.metadata
 import json
 import math
-import mmap
 import os
 import shutil
 import struct
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from inference import env
 from inference.errors import ModelLoadError
+from inference.gguf import GGML_TYPES, read_header
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -53,12 +54,10 @@ if TYPE_CHECKING:
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "SUPPORTED_TRANSFORMERS",
-    "GgufHeader",
     "cached_convert",
     "convert_gguf",
     "load_gguf",
     "mx_load_reads_q4_k",
-    "read_gguf_header",
     "refusal",
 ]
 
@@ -79,44 +78,19 @@ _HF_ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
 }
 
-# ggml's tensor types, by id: the name used in notes, and for the types that
-# mx.load dequantises, how many bits MLX re-quantises them to. The 5- and
-# 6-bit types go to 8 bits rather than down to 4.
-_GGML_TYPES: dict[int, tuple[str, int]] = {
-    0: ("F32", 0),
-    1: ("F16", 0),
-    2: ("Q4_0", 4),
-    3: ("Q4_1", 4),
-    6: ("Q5_0", 8),
-    7: ("Q5_1", 8),
-    8: ("Q8_0", 8),
-    9: ("Q8_1", 8),
-    10: ("Q2_K", 4),
-    11: ("Q3_K", 4),
-    12: ("Q4_K", 4),
-    13: ("Q5_K", 8),
-    14: ("Q6_K", 8),
-    15: ("Q8_K", 8),
-    16: ("IQ2_XXS", 4),
-    17: ("IQ2_XS", 4),
-    18: ("IQ3_XXS", 4),
-    19: ("IQ1_S", 4),
-    20: ("IQ4_NL", 4),
-    21: ("IQ3_S", 4),
-    22: ("IQ2_S", 4),
-    23: ("IQ4_XS", 4),
-    24: ("I8", 0),
-    25: ("I16", 0),
-    26: ("I32", 0),
-    27: ("I64", 0),
-    28: ("F64", 0),
-    29: ("IQ1_M", 4),
-    30: ("BF16", 0),
-    34: ("TQ1_0", 4),
-    35: ("TQ2_0", 4),
-    39: ("MXFP4", 4),
-}
-_FLOAT_TYPES = {0, 1, 28, 30}
+#: ggml's float and integer types: loaded unquantised.
+_PLAIN_TYPES = frozenset({0, 1, 24, 25, 26, 27, 28, 30})
+
+
+def _requantise_bits(ggml_type: int) -> int:
+    """The MLX bits a type that ``mx.load`` dequantises is quantised to again:
+    4 for types of 4 bits or fewer, 8 for the 5- to 8-bit ones (rather than
+    down to 4); 0 for float, integer and unknown types (kept unquantised)."""
+    known = GGML_TYPES.get(ggml_type)
+    if known is None or ggml_type in _PLAIN_TYPES:
+        return 0
+    return 4 if known.bits <= 4 else 8
+
 
 #: The ggml types ``mx.load`` reads correctly (checked on mlx 0.32): F32, F16,
 #: BF16 (as float16), Q4_0, Q4_1 and Q8_0 (kept packed), Q2_K and Q6_K
@@ -131,7 +105,8 @@ _Q4_K = 12
 
 
 def _type_name(ggml_type: int) -> str:
-    return _GGML_TYPES.get(ggml_type, (f"type {ggml_type}", 0))[0]
+    known = GGML_TYPES.get(ggml_type)
+    return known.name if known is not None else f"type {ggml_type}"
 
 
 # GGUF leaf names -> Hugging Face module paths inside a decoder layer.
@@ -274,12 +249,13 @@ def _load(path: str) -> _Loaded:
         import mlx.core as mx
     except ImportError as exc:  # pragma: no cover - the backend checks first
         raise ModelLoadError(f"cannot load {path}: mlx is not installed", path=path) from exc
-    try:
-        header = read_gguf_header(path)
-    except (OSError, ValueError, struct.error) as exc:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {exc}", path=path) from exc
-    architecture = str(header.metadata.get("general.architecture", ""))
-    refused = refusal(architecture, header.tensor_types.values())
+    # The core's reader (every length bounded by the file size): before mx.load
+    # sees the file, and because mx.load does not say which tensors it
+    # dequantised. It raises ModelLoadError for a malformed header.
+    header = read_header(path, load_arrays=False)
+    architecture = header.architecture
+    tensor_types = {t.name: t.ggml_type for t in header.tensors}
+    refused = refusal(architecture, tensor_types.values())
     if refused:
         raise ModelLoadError(
             f"GGUF file {path}: {refused}; use the llama_cpp backend for this file, "
@@ -293,7 +269,7 @@ def _load(path: str) -> _Loaded:
     except Exception as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {exc}", path=path) from exc
     try:
-        return _build(path, architecture, weights, metadata, header.tensor_types)
+        return _build(path, architecture, weights, metadata, tensor_types)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -637,11 +613,11 @@ def _map_weights(
                 bits = int(tensor.shape[-1]) * 32 // in_features
                 per_module[module_path] = {"group_size": _GROUP_SIZE, "bits": bits}
                 kept.setdefault((type_name, bits), []).append(stem)
-            elif ggml_type in _FLOAT_TYPES or ggml_type not in _GGML_TYPES:
+            elif not _requantise_bits(ggml_type):
                 per_module[module_path] = False
                 plain.setdefault(type_name, []).append(stem)
             else:
-                bits = _GGML_TYPES[ggml_type][1]
+                bits = _requantise_bits(ggml_type)
                 if tensor.ndim == 2 and tensor.shape[-1] % _GROUP_SIZE == 0:
                     packed, q_scales, q_biases = mx.quantize(
                         tensor, group_size=_GROUP_SIZE, bits=bits
@@ -969,101 +945,3 @@ def mx_load_reads_q4_k() -> bool:
     return len(got) == len(expected) and all(
         abs(a - b) <= 1e-2 * max(1.0, abs(b)) for a, b in zip(got, expected, strict=True)
     )
-
-
-# --------------------------------------------------------------------------
-# GGUF header
-
-
-_SCALAR_FORMATS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class GgufHeader:
-    """A GGUF file's scalar and string metadata, and each tensor's ggml type.
-
-    Array values (the token list, the merges) are skipped, not decoded.
-    """
-
-    metadata: dict[str, Any]
-    tensor_types: dict[str, int]
-
-
-def read_gguf_header(path: str) -> GgufHeader:
-    """Read the header of the GGUF file at ``path`` without touching tensor data.
-
-    It is read before ``mx.load`` sees the file, so that an architecture or a
-    tensor type MLX cannot handle is refused without loading the weights, and
-    because ``mx.load`` does not say which tensors it dequantised. Raises
-    ``ValueError`` for a file that is not a well-formed GGUF header.
-    """
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        size = len(buf)
-        if size < 24 or buf[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        (version,) = struct.unpack_from("<I", buf, 4)
-        if version not in (2, 3):
-            raise ValueError(f"{path} is GGUF version {version}; versions 2 and 3 are read")
-        n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-        pos = 24
-        u64 = struct.Struct("<Q")
-        u32 = struct.Struct("<I")
-
-        def string(at: int) -> tuple[str, int]:
-            (length,) = u64.unpack_from(buf, at)
-            end = at + 8 + length
-            if end > size:
-                raise ValueError(f"{path}: GGUF header runs past the end of the file")
-            return bytes(buf[at + 8 : end]).decode("utf-8", "replace"), end
-
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key, pos = string(pos)
-            (kind,) = u32.unpack_from(buf, pos)
-            pos += 4
-            if kind == 8:
-                metadata[key], pos = string(pos)
-            elif kind == 9:
-                item, count = struct.unpack_from("<IQ", buf, pos)
-                pos += 12
-                if item == 8:
-                    for _ in range(count):
-                        (length,) = u64.unpack_from(buf, pos)
-                        pos += 8 + length
-                elif item in _SCALAR_FORMATS:
-                    pos += struct.calcsize(_SCALAR_FORMATS[item]) * count
-                else:
-                    raise ValueError(f"{path}: unsupported GGUF metadata array of type {item}")
-            elif kind in _SCALAR_FORMATS:
-                (metadata[key],) = struct.unpack_from(_SCALAR_FORMATS[kind], buf, pos)
-                pos += struct.calcsize(_SCALAR_FORMATS[kind])
-            else:
-                raise ValueError(f"{path}: unsupported GGUF metadata type {kind}")
-            if pos > size:
-                raise ValueError(f"{path}: GGUF header runs past the end of the file")
-        types: dict[str, int] = {}
-        for _ in range(n_tensors):
-            name, pos = string(pos)
-            (n_dims,) = u32.unpack_from(buf, pos)
-            pos += 4 + 8 * n_dims
-            (kind,) = u32.unpack_from(buf, pos)
-            pos += 4 + 8
-            types[name] = kind
-    return GgufHeader(metadata, types)
-
-
-def read_tensor_types(path: str) -> dict[str, int]:
-    """``{tensor name: ggml type id}`` from the header of a GGUF file."""
-    return read_gguf_header(path).tensor_types
