@@ -33,6 +33,7 @@ PUBLIC_MODULES = (
     "inference.env",
     "inference.errors",
     "inference.gguf",
+    "inference.metrics",
     "inference.options",
     "inference.protocols",
     "inference.redact",

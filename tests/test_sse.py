@@ -1,4 +1,4 @@
-"""The server-sent events parser (inference.sse)."""
+"""The server-sent events parser of the openai backend (inference.backends.openai.sse)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.sse import ServerSentEvent, SSEError, SSEParser
+from inference.backends.openai.sse import ServerSentEvent, SSEError, SSEParser
 
 
 def parse_events(chunks: Iterable[bytes]) -> Iterator[ServerSentEvent]:

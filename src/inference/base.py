@@ -31,6 +31,7 @@ from .chat_template import render_chat
 from .detok import TextAssembler
 from .engine_thread import HELD, EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
+from .metrics import batch_metrics, call_metrics
 from .options import GenerateConfig, Option, generate_config
 from .stream import Producer, StreamControl, TokenStream
 from .types import (
@@ -49,9 +50,11 @@ __all__ = [
     "check_messages",
     "check_prompt_text",
     "check_prompts",
+    "drain",
 ]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 _M = TypeVar("_M", bound="ModelState")
 
 _perf = time.perf_counter
@@ -59,12 +62,17 @@ _log = logging.getLogger(__name__)
 
 
 class ModelState:
-    """What every TextModel keeps alike: its facts, the last call's ``err`` and
-    ``metrics``, the closed flag and the context-manager protocol.
+    """The front door every TextModel shares: the four verbs' contract
+    plumbing (options folded and checked, prompts and messages checked, the
+    model open, an error before the first token kept in ``err``), its facts,
+    the last call's ``err`` and ``metrics``, the closed flag and the
+    context-manager protocol.
 
-    :class:`BaseTextModel` builds on it; so can a backend that is not token-id
-    based (the remote ``openai`` backend). Subclasses set ``_info`` and call
-    :meth:`_init_state`, and implement ``close()``.
+    Behind the door, one seam per verb: :meth:`_generate`, :meth:`_chat`,
+    :meth:`_classify` and :meth:`_batch_generate`, given checked arguments
+    and a folded config. :class:`BaseTextModel` implements them over engine
+    primitives; the remote ``openai`` backend over HTTP. Subclasses call
+    :meth:`_init_state` and implement the seams and ``close()``.
     """
 
     _info: ModelInfo
@@ -76,6 +84,69 @@ class ModelState:
         self._metrics: GenerateMetrics | None = None
         self._streaming: set[int] = set()
         self._streaming_lock = threading.Lock()
+
+    # -- the four verbs -----------------------------------------------------
+
+    def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
+        """Stream the continuation of a raw text prompt."""
+        cfg = generate_config(*opts, **kwargs)
+        text = check_prompt_text(prompt)
+        self._check_open()
+        return self._door(self._generate, text, cfg)
+
+    def chat(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *opts: Option | GenerateConfig,
+        **kwargs: Any,
+    ) -> TokenStream:
+        """Stream the assistant's reply, through the model's chat template."""
+        cfg = generate_config(*opts, **kwargs)
+        msgs = check_messages(messages)
+        self._check_open()
+        return self._door(self._chat, msgs, cfg)
+
+    def classify(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[ClassifyResult]:
+        """One forward pass per prompt: the next token (and logits when asked)."""
+        cfg = generate_config(*opts, **kwargs)
+        items = check_prompts(prompts)
+        self._check_open()
+        return self._door(self._classify, items, cfg) if items else []
+
+    def batch_generate(
+        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[BatchResult]:
+        """Generate for several prompts; each result carries its own error."""
+        cfg = generate_config(*opts, **kwargs)
+        items = check_prompts(prompts)
+        self._check_open()
+        return self._door(self._batch_generate, items, cfg) if items else []
+
+    def _door(self, seam: Callable[[_A, GenerateConfig], _T], arg: _A, cfg: GenerateConfig) -> _T:
+        """Call a seam; an error it raises at once (before any stream) is kept in ``err``."""
+        try:
+            return seam(arg, cfg)
+        except InferenceError as exc:
+            self._err = exc
+            raise
+
+    # -- the seams (implement) -------------------------------------------------
+
+    def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
+        raise NotImplementedError
+
+    def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
+        raise NotImplementedError
+
+    def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
+        raise NotImplementedError
+
+    def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
+        raise NotImplementedError
+
+    # -- facts -------------------------------------------------------------------
 
     @property
     def model_type(self) -> str:
@@ -261,50 +332,21 @@ class BaseTextModel(ModelState):
             eos_token=self._eos_token,
         )
 
-    # -- TextModel --------------------------------------------------------
+    # -- the seams, over the engine primitives ------------------------------------
 
-    def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
-        cfg = generate_config(*opts, **kwargs)
-        check_prompt_text(prompt)
-        self._check_open()
+    def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
         return self._stream(prompt, cfg, self._add_bos)
 
-    def chat(
-        self,
-        messages: Iterable[Message | Mapping[str, Any]],
-        *opts: Option | GenerateConfig,
-        **kwargs: Any,
-    ) -> TokenStream:
-        cfg = generate_config(*opts, **kwargs)
-        msgs = check_messages(messages)
-        self._check_open()
-        try:
-            text = self._render_chat(msgs)
-        except InferenceError as exc:
-            self._err = exc
-            raise
+    def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
+        text = self._render_chat(messages)
         add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
         return self._stream(text, cfg, add_bos)
 
-    def classify(
-        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> list[ClassifyResult]:
-        cfg = generate_config(*opts, **kwargs)
-        items = check_prompts(prompts)
-        self._check_open()
-        if not items:
-            return []
-        return self._run(lambda control: self._do_classify(items, cfg, control), cfg)
+    def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
+        return self._run(lambda control: self._do_classify(prompts, cfg, control), cfg)
 
-    def batch_generate(
-        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> list[BatchResult]:
-        cfg = generate_config(*opts, **kwargs)
-        items = check_prompts(prompts)
-        self._check_open()
-        if not items:
-            return []
-        return self._run(lambda control: self._do_batch(items, cfg, control), cfg)
+    def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
+        return self._run(lambda control: self._do_batch(prompts, cfg, control), cfg)
 
     # -- Tokenizer ----------------------------------------------------------
 
@@ -403,23 +445,7 @@ class BaseTextModel(ModelState):
     def _measure(
         self, prompt_tokens: int, generated: int, start: float, first: float, end: float
     ) -> GenerateMetrics:
-        prefill = max(first - start, 0.0)
-        decode = max(end - first, 0.0) if generated else 0.0
-        active, peak = self._memory()
-        return GenerateMetrics(
-            prompt_tokens=prompt_tokens,
-            generated_tokens=generated,
-            prefill_seconds=prefill,
-            decode_seconds=decode,
-            total_seconds=max(end - start, 0.0),
-            time_to_first_token=prefill if generated else 0.0,
-            prefill_tokens_per_second=prompt_tokens / prefill if prefill > 0 else 0.0,
-            decode_tokens_per_second=(generated - 1) / decode
-            if generated > 1 and decode > 0
-            else 0.0,
-            peak_memory_bytes=peak,
-            active_memory_bytes=active,
-        )
+        return call_metrics(prompt_tokens, generated, start, first, end, memory=self._memory())
 
     def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:
         """Run a non-streaming call under the lock, recording err and metrics."""
@@ -486,43 +512,16 @@ class BaseTextModel(ModelState):
         else:
             for j, res in enumerate(self._together(batch, cfg, control)):
                 results[index[j]] = res
-        end = _perf()
         done = [results[i] for i in range(len(prompts))]
-        generated = sum(r.metrics.generated_tokens for r in done if r.metrics)
-        firsts = [
-            start + r.metrics.time_to_first_token
-            for r in done
-            if r.metrics and r.metrics.generated_tokens
-        ]
-        control.metrics = self._measure(
-            sum(len(ids) for ids in batch), generated, start, min(firsts, default=end), end
-        )
+        control.metrics = batch_metrics(done, start, _perf(), memory=self._memory())
         return done
 
     def _one_of_batch(
         self, ids: list[int], cfg: GenerateConfig, control: StreamControl
     ) -> BatchResult:
         """One prompt of a batch, through the single-sequence engine path."""
-        tokens: list[Token] = []
         control.metrics = None
-        gen = self._produce_ids(ids, cfg, control, _perf())
-        try:
-            while True:
-                tokens.append(next(gen))
-        except StopIteration as stop:
-            reason: FinishReason = stop.value
-            err: BaseException | None = None
-        except Cancelled as exc:
-            reason, err = "cancelled", exc
-        except Exception as exc:
-            reason, err = "error", _as_generation_error(exc)
-        return BatchResult(
-            tokens=tuple(tokens),
-            text="".join(t.text for t in tokens),
-            finish_reason=reason,
-            err=err,
-            metrics=control.metrics,
-        )
+        return drain(self._produce_ids(ids, cfg, control, _perf()), control)
 
     def _produce_ids(
         self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl, start: float
@@ -640,6 +639,32 @@ class BaseTextModel(ModelState):
                 )
             )
         return out
+
+
+def drain(gen: Generator[Token, None, FinishReason], control: StreamControl) -> BatchResult:
+    """Run a producer to its end and keep what it gave as a :class:`BatchResult`:
+    its tokens, its finish reason, its error (a ``Cancelled`` as "cancelled",
+    any other as "error") and the metrics it left in ``control``."""
+    tokens: list[Token] = []
+    err: BaseException | None = None
+    try:
+        while True:
+            tokens.append(next(gen))
+    except StopIteration as stop:
+        reason: FinishReason = stop.value or "stop"
+    except Cancelled as exc:
+        reason, err = "cancelled", exc
+    except Exception as exc:
+        reason, err = "error", _as_generation_error(exc)
+    finally:
+        gen.close()
+    return BatchResult(
+        tokens=tuple(tokens),
+        text="".join(t.text for t in tokens),
+        finish_reason=reason,
+        err=err,
+        metrics=control.metrics,
+    )
 
 
 def _as_generation_error(exc: BaseException) -> BaseException:

@@ -1,0 +1,170 @@
+"""What each kind of OpenAI-compatible server understands: one :class:`Dialect` each.
+
+Dialects are data with named fields (docs/openai.md has the table): which
+request fields a server honours, under which names, and how it reports token
+ids. :data:`SERVER_ALIASES` maps what ``server=`` may say to a dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["DIALECTS", "SERVER_ALIASES", "SERVER_KINDS", "Dialect", "StopIds", "TokenIds"]
+
+#: How a server stops on token ids: natively (``stop_token_ids``), by
+#: reporting ids that the client checks, or not at all.
+StopIds = Literal["native", "client", ""]
+#: How token ids are asked for: llama.cpp's ``n_probs``, vLLM/SGLang's
+#: ``return_token_ids``, or not at all.
+TokenIds = Literal["n_probs", "token_ids", ""]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dialect:
+    """The request fields one kind of server honours."""
+
+    name: str
+    label: str
+    #: (field, value that turns it off), or None when the server ignores top_k.
+    top_k: tuple[str, int] | None
+    min_p: bool
+    #: Field names for the repetition penalty (empty: not honoured).
+    repeat_penalty: tuple[str, ...]
+    #: Whether the repetition penalty is honoured by the chat endpoint too.
+    repeat_on_chat: bool
+    #: Value of top_p that means "off", or None to leave the field out.
+    top_p_off: float | None
+    stop_ids: StopIds
+    token_ids: TokenIds
+    #: Most stop strings the server takes (0: no limit); the rest are
+    #: enforced client-side.
+    max_stop: int
+    #: Requests sent at once by batch_generate and classify by default.
+    slots: int
+    #: Ask the server to count the prompt's tokens when it reports no usage.
+    count_prompt: bool = False
+    #: Send the "off" values of top_k, min_p and the repetition penalty
+    #: explicitly (False: only values the user set).
+    send_off: bool = True
+
+
+_ALL = (
+    Dialect(
+        name="llama.cpp",
+        label="llama.cpp's llama-server",
+        top_k=("top_k", 0),
+        min_p=True,
+        repeat_penalty=("repeat_penalty",),
+        repeat_on_chat=True,
+        top_p_off=1.0,
+        stop_ids="client",
+        token_ids="n_probs",
+        max_stop=0,
+        slots=4,
+    ),
+    Dialect(
+        name="llama-cpp-python",
+        label="llama-cpp-python's server",
+        top_k=("top_k", 0),
+        min_p=True,
+        repeat_penalty=("repeat_penalty",),
+        repeat_on_chat=True,
+        top_p_off=1.0,
+        stop_ids="",
+        token_ids="",
+        max_stop=0,
+        slots=1,
+        count_prompt=True,
+    ),
+    Dialect(
+        name="vllm",
+        label="vLLM",
+        top_k=("top_k", -1),
+        min_p=True,
+        repeat_penalty=("repetition_penalty",),
+        repeat_on_chat=True,
+        top_p_off=1.0,
+        stop_ids="native",
+        token_ids="token_ids",
+        max_stop=0,
+        slots=8,
+    ),
+    Dialect(
+        name="sglang",
+        label="SGLang",
+        top_k=("top_k", -1),
+        min_p=True,
+        repeat_penalty=("repetition_penalty",),
+        repeat_on_chat=True,
+        top_p_off=1.0,
+        stop_ids="native",
+        token_ids="token_ids",
+        max_stop=0,
+        slots=8,
+    ),
+    Dialect(
+        name="ollama",
+        label="Ollama",
+        top_k=None,
+        min_p=False,
+        repeat_penalty=(),
+        repeat_on_chat=False,
+        top_p_off=1.0,
+        stop_ids="",
+        token_ids="",
+        max_stop=0,
+        slots=1,
+    ),
+    Dialect(
+        name="tgi",
+        label="Text Generation Inference",
+        top_k=None,
+        min_p=False,
+        repeat_penalty=("repetition_penalty",),
+        repeat_on_chat=False,
+        top_p_off=None,
+        stop_ids="",
+        token_ids="",
+        max_stop=4,
+        slots=8,
+    ),
+    Dialect(
+        name="openai",
+        label="a generic OpenAI-compatible server",
+        top_k=("top_k", 0),
+        min_p=True,
+        repeat_penalty=("repetition_penalty", "repeat_penalty"),
+        repeat_on_chat=True,
+        top_p_off=1.0,
+        stop_ids="",
+        token_ids="",
+        max_stop=4,
+        slots=4,
+        send_off=False,
+    ),
+)
+
+#: Dialect name -> dialect.
+DIALECTS: Mapping[str, Dialect] = {d.name: d for d in _ALL}
+
+SERVER_ALIASES: Mapping[str, str] = {
+    "llama.cpp": "llama.cpp",
+    "llamacpp": "llama.cpp",
+    "llama-cpp": "llama.cpp",
+    "llama-server": "llama.cpp",
+    "llama_cpp": "llama.cpp",
+    "llama-cpp-python": "llama-cpp-python",
+    "llama_cpp_python": "llama-cpp-python",
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "ollama": "ollama",
+    "tgi": "tgi",
+    "text-generation-inference": "tgi",
+    "openai": "openai",
+    "generic": "openai",
+}
+
+#: The values ``server=`` accepts in the URL fragment.
+SERVER_KINDS = tuple(DIALECTS)

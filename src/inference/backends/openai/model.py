@@ -1,0 +1,602 @@
+"""The remote model: a :class:`~inference.TextModel` whose engine is a server.
+
+Each call becomes one request named in the server's dialect; its event
+stream is read chunk by chunk into tokens, with stop strings, stop ids and
+``max_tokens`` enforced here where the server cannot. A request that fails
+before its first token is tried again (:mod:`.retries`); ``batch_generate``
+and ``classify`` send ``parallel_slots`` requests at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import http.client
+
+from ...base import ModelState, drain
+from ...detok import TextAssembler
+from ...errors import Cancelled, GenerationError
+from ...metrics import batch_metrics
+from ...options import GenerateConfig
+from ...stream import StreamControl, TokenStream
+from ...types import (
+    BatchResult,
+    ClassifyResult,
+    FinishReason,
+    Message,
+    ModelInfo,
+    Token,
+)
+from .dialects import Dialect
+from .retries import backoff, pause
+from .sse import SSEError, SSEParser
+from .transport import MAX_JSON_BODY, READ_SIZE, WATCHDOG, Client, Failure, error_text
+from .wire import FINISH, CallState, choice_ids, choice_text, is_int
+
+__all__ = ["OpenAIModel"]
+
+_log = logging.getLogger(__name__)
+_perf = time.perf_counter
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class OpenAIModel(ModelState):
+    """A model served by a remote OpenAI-compatible server.
+
+    Implements :class:`~inference.TextModel`. Calls from many threads are
+    safe and run concurrently: each uses its own connection, and the server
+    schedules them. ``batch_generate`` and ``classify`` send up to
+    ``parallel_slots`` requests at once.
+    """
+
+    backend_name = "openai"
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        name: str,
+        dialect: Dialect,
+        info: ModelInfo,
+        slots: int,
+    ) -> None:
+        self._client = client
+        self._name = name
+        self._dialect = dialect
+        self._init_state(info)
+        self._slots = max(1, slots)
+        client.max_idle = max(client.max_idle, self._slots)
+        self._url = client.endpoint.display
+        self._lock = threading.Lock()
+        self._active: set[StreamControl] = set()
+        self._warned: set[str] = set()
+
+    # -- facts -----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The served model's name, as sent in requests."""
+        return self._name
+
+    @property
+    def server(self) -> str:
+        """The kind of server: one of :data:`SERVER_KINDS`."""
+        return self._dialect.name
+
+    @property
+    def parallel_slots(self) -> int:
+        """Requests that ``batch_generate`` and ``classify`` send at once."""
+        return self._slots
+
+    # -- the seams behind ModelState's front door ---------------------------------
+
+    def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
+        body = self._body(cfg, chat=False)
+        body["prompt"] = prompt
+        return self._stream("/completions", body, cfg, prompt)
+
+    def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
+        body = self._body(cfg, chat=True)
+        body["messages"] = [m.to_dict() for m in messages]
+        return self._stream("/chat/completions", body, cfg, None)
+
+    def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
+        if cfg.return_logits:
+            raise GenerationError(
+                f"{self._url}: the openai backend cannot return logits: "
+                "OpenAI-compatible servers report at most a few log-probabilities per token"
+            )
+        one = replace(cfg, max_tokens=1)
+        results = self._many(prompts, one)
+        for i, res in enumerate(results):
+            if res.err is not None:
+                failed: BaseException = res.err
+                if not isinstance(failed, Cancelled):
+                    failed = GenerationError(f"prompt {i}: {res.err}")
+                    failed.__cause__ = res.err
+                raise failed
+        self._err = None
+        return [
+            ClassifyResult(
+                token=res.tokens[0] if res.tokens else Token(-1, ""),
+                logits=None,
+                prompt_tokens=res.metrics.prompt_tokens if res.metrics else 0,
+            )
+            for res in results
+        ]
+
+    def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
+        results = self._many(prompts, cfg)
+        self._err = None
+        return results
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel running calls and close the connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            active = list(self._active)
+        for control in active:
+            control.cancel()
+        self._client.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<OpenAIModel {self._url!r} model={self._name!r} "
+            f"server={self._dialect.name!r} {state}>"
+        )
+
+    # -- requests ---------------------------------------------------------------
+
+    def _ignored(self, field: str) -> None:
+        if field not in self._warned:
+            self._warned.add(field)
+            _log.warning(
+                "%s: %s ignores %s on its OpenAI endpoints; the server's own setting applies",
+                self._url,
+                self._dialect.label,
+                field,
+            )
+
+    def _body(self, cfg: GenerateConfig, *, chat: bool) -> dict[str, Any]:
+        """The sampling fields of a request, named as this server wants them."""
+        d = self._dialect
+        body: dict[str, Any] = {
+            "model": self._name,
+            "stream": True,
+            "max_tokens": cfg.max_tokens,
+            "temperature": cfg.temperature,
+        }
+        if 0.0 < cfg.top_p < 1.0:
+            body["top_p"] = cfg.top_p
+        elif d.top_p_off is not None:
+            body["top_p"] = d.top_p_off
+        if d.top_k is not None:
+            field, off = d.top_k
+            if cfg.top_k > 0:
+                body[field] = cfg.top_k
+            elif d.send_off:
+                body[field] = off
+        elif cfg.top_k > 0:
+            self._ignored("top_k")
+        if d.min_p:
+            if cfg.min_p > 0.0 or d.send_off:
+                body["min_p"] = cfg.min_p
+        elif cfg.min_p > 0.0:
+            self._ignored("min_p")
+        names = d.repeat_penalty if (d.repeat_on_chat or not chat) else ()
+        if names:
+            if cfg.repeat_penalty != 1.0 or d.send_off:
+                for name in names:
+                    body[name] = cfg.repeat_penalty
+        elif cfg.repeat_penalty != 1.0:
+            self._ignored("repeat_penalty")
+        if cfg.seed is not None:
+            body["seed"] = cfg.seed
+        if cfg.stop:
+            body["stop"] = list(cfg.stop[: d.max_stop] if d.max_stop else cfg.stop)
+        if cfg.stop_tokens:
+            if d.stop_ids == "native":
+                body["stop_token_ids"] = list(cfg.stop_tokens)
+            elif d.stop_ids != "client":
+                raise GenerationError(
+                    f"{self._url}: {d.label} can neither stop on token ids nor report them, "
+                    "so stop_tokens cannot be honoured; use stop strings (with_stop) instead"
+                )
+        if d.token_ids == "n_probs":
+            body["n_probs"] = 1
+        elif d.token_ids == "token_ids":
+            body["return_token_ids"] = True
+        body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _stream(
+        self, suffix: str, body: dict[str, Any], cfg: GenerateConfig, prompt: str | None
+    ) -> TokenStream:
+        def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
+            with self._one_stream_per_thread():
+                return (yield from self._produce(suffix, body, cfg, control, prompt))
+
+        return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
+
+    def _track(self, control: StreamControl) -> None:
+        with self._lock:
+            self._active.add(control)
+        if self._closed:
+            control.cancel()
+
+    def _untrack(self, control: StreamControl) -> None:
+        with self._lock:
+            self._active.discard(control)
+
+    def _produce(
+        self,
+        suffix: str,
+        body: dict[str, Any],
+        cfg: GenerateConfig,
+        control: StreamControl,
+        prompt: str | None,
+    ) -> Generator[Token, None, FinishReason]:
+        """One generation: the request, its retries, its tokens, its metrics."""
+        state = CallState()
+        self._track(control)
+        try:
+            control.check()
+            if prompt is not None and not prompt:
+                raise GenerationError("the prompt is empty")
+            if cfg.max_tokens == 0:
+                return "length"
+            reason = yield from self._with_retries(suffix, body, cfg, control, state)
+            state.end = _perf()
+            if self._dialect.count_prompt and prompt and not state.prompt_tokens:
+                state.prompt_tokens = self._count_tokens(prompt)
+            return reason
+        finally:
+            self._untrack(control)
+            control.metrics = state.metrics()
+
+    def _with_retries(
+        self,
+        suffix: str,
+        body: dict[str, Any],
+        cfg: GenerateConfig,
+        control: StreamControl,
+        state: CallState,
+    ) -> Generator[Token, None, FinishReason]:
+        asm = TextAssembler(cfg.stop)
+        payload = json.dumps(body).encode("utf-8")
+        attempt = 0
+        while True:
+            control.check()
+            try:
+                return (yield from self._attempt(suffix, payload, cfg, control, state, asm))
+            except Failure as exc:
+                if control.stop_requested():
+                    control.check()
+                if state.received:
+                    raise GenerationError(
+                        f"{self._url}: {exc.message} after {state.received} chunks of output; "
+                        "not tried again because the stream had started"
+                    ) from None
+                if not exc.retriable or attempt >= self._client.settings.retries:
+                    tries = f" (gave up after {attempt + 1} attempts)" if attempt else ""
+                    raise GenerationError(f"{self._url}: {exc.message}{tries}") from None
+                delay = backoff(attempt, exc.retry_after)
+                _log.info(
+                    "%s%s failed before its first token (%s); trying again in %.2f s",
+                    self._url,
+                    suffix,
+                    exc.message,
+                    delay,
+                )
+                attempt += 1
+                pause(delay, control)
+
+    def _attempt(
+        self,
+        suffix: str,
+        payload: bytes,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        state: CallState,
+        asm: TextAssembler,
+    ) -> Generator[Token, None, FinishReason]:
+        client = self._client
+        conn, resp, key = client.open("POST", suffix, payload, control, stream=True)
+        reusable = False
+        try:
+            ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype == "application/json":
+                # A server (or proxy) that ignored "stream": one whole answer.
+                data = client.read_body(resp, MAX_JSON_BODY)
+                chunk = self._decode(data.decode("utf-8", "replace"))
+                reusable = not resp.will_close
+                return (yield from self._whole(chunk, suffix, cfg, control, state, asm))
+            if ctype and ctype != "text/event-stream":
+                snippet = client.scrub(resp.read(200).decode("utf-8", "replace"))
+                raise Failure(
+                    f"the server answered with Content-Type {ctype!r}, not an event stream: "
+                    f"{' '.join(snippet.split())!r}",
+                    retriable=False,
+                )
+            reason, reusable = yield from self._events(conn, resp, suffix, cfg, control, state, asm)
+            return reason
+        finally:
+            WATCHDOG.unwatch(key)
+            if reusable and not self._closed:
+                client.release(conn)
+            else:
+                conn.close()
+
+    def _decode(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            snippet = self._client.scrub(data[:80])
+            raise Failure(
+                f"malformed JSON in the server's stream ({exc.msg}): {snippet!r}", retriable=False
+            ) from None
+        if not isinstance(chunk, dict):
+            raise Failure(
+                f"the server's stream holds {type(chunk).__name__}, not a JSON object",
+                retriable=False,
+            )
+        error = chunk.get("error")
+        if error is not None:
+            text = self._client.scrub(error_text(json.dumps(chunk).encode()))
+            raise Failure(f"the server reported an error: {text}", retriable=False)
+        return chunk
+
+    def _events(
+        self,
+        conn: http.client.HTTPConnection,
+        resp: http.client.HTTPResponse,
+        suffix: str,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        state: CallState,
+        asm: TextAssembler,
+    ) -> Generator[Token, None, tuple[FinishReason, bool]]:
+        """Read the event stream; return the finish reason and whether the
+        connection can be used again."""
+        parser = SSEParser()
+        chat = suffix.startswith("/chat")
+        stop_ids = frozenset(cfg.stop_tokens)
+        finish: FinishReason | None = None
+        done = False
+        events_seen = 0
+        while not done:
+            try:
+                data = resp.read1(READ_SIZE)
+            except Exception as exc:
+                if control.stop_requested():
+                    control.check()
+                raise self._client.transport_failure(exc, before_answer=False) from None
+            if not data:
+                break
+            try:
+                events = parser.feed(data)
+            except SSEError as exc:
+                raise Failure(f"malformed event stream: {exc}", retriable=False) from None
+            for event in events:
+                events_seen += 1
+                if not event.data.strip():
+                    continue  # an empty keep-alive event
+                if event.data.strip() == "[DONE]":
+                    done = True
+                    break
+                if event.event == "error":
+                    text = self._client.scrub(error_text(event.data.encode()))
+                    raise Failure(f"the server reported an error: {text}", retriable=False)
+                chunk = self._decode(event.data)
+                got, cut = yield from self._chunk(chunk, chat, cfg, control, state, asm, stop_ids)
+                if cut is not None:
+                    # A stop string, a stop token or max_tokens ended it here:
+                    # closing the connection tells the server to stop.
+                    state.end = _perf()
+                    return cut, False
+                if got is not None:
+                    finish = got
+            if control.stop_requested():
+                control.check()
+        if control.stop_requested():
+            control.check()
+        state.end = state.end or _perf()
+        parser.close()
+        if finish is None:
+            if not events_seen and parser.unknown_fields:
+                raise Failure(
+                    "the server's answer is not an event stream of completions "
+                    f"({parser.unknown_fields} lines in no event-stream field)",
+                    retriable=False,
+                )
+            if parser.incomplete and not done:
+                raise Failure("the stream was cut off in the middle of an event", retriable=True)
+            raise Failure(self._no_finish(state, done), retriable=False)
+        if not asm.stopped:
+            yield from asm.flush()
+        return finish, self._drained(conn, resp, done)
+
+    def _no_finish(self, state: CallState, done: bool) -> str:
+        how = "sent [DONE]" if done else "ended the stream"
+        where = f"after {state.received} chunks" if state.received else "before any token"
+        hint = ""
+        if self._dialect.name == "llama-cpp-python":
+            hint = (
+                "; llama-cpp-python's server does this when the prompt does not fit its context, "
+                "and when another request interrupts this one (start it with "
+                "--interrupt_requests False to serve concurrent requests)"
+            )
+        return f"the server {how} {where} without a finish reason{hint}"
+
+    def _drained(
+        self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, done: bool
+    ) -> bool:
+        """Read what is left of a finished response, so that its connection
+        can carry the next request; False if it cannot."""
+        if resp.will_close or conn.sock is None:
+            return False
+        if not done:
+            return resp.isclosed()
+        sock = conn.sock
+        try:
+            sock.settimeout(min(1.0, self._client.settings.read_timeout))
+            left = READ_SIZE
+            while left > 0:
+                data = resp.read1(left)
+                if not data:
+                    sock.settimeout(self._client.settings.read_timeout)
+                    return True
+                left -= len(data)
+        except Exception:
+            return False
+        return False
+
+    def _chunk(
+        self,
+        chunk: Mapping[str, Any],
+        chat: bool,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        state: CallState,
+        asm: TextAssembler,
+        stop_ids: frozenset[int],
+    ) -> Generator[Token, None, tuple[FinishReason | None, FinishReason | None]]:
+        """Emit the tokens of one chunk. Return ``(finish, cut)``: the finish
+        reason the server gave, if any, and the reason when this client ended
+        the generation here (a stop string, a stop token id, max_tokens)."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            state.take_usage(usage)
+        timings = chunk.get("timings")
+        if isinstance(timings, dict):
+            state.timings = timings
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return None, None
+        choice: Mapping[str, Any] = choices[0]
+        text = choice_text(choice, chat)
+        ids = choice_ids(choice)
+        if text or ids:
+            cut: FinishReason | None = None
+            if not state.received:
+                state.first = _perf()
+            state.received += 1
+            state.ids_seen += len(ids)
+            # A chunk's text belongs to its last id: cutting ids drops it.
+            if stop_ids:
+                for j, tid in enumerate(ids):
+                    if tid in stop_ids:
+                        ids, text, cut = ids[:j], "", "stop"
+                        break
+            if ids and state.ids_seen > cfg.max_tokens and cut is None:
+                keep = max(len(ids) - (state.ids_seen - cfg.max_tokens), 0)
+                ids, text, cut = ids[:keep], "", "length"
+                state.ids_seen = cfg.max_tokens
+            pieces: list[tuple[int, str]] = []
+            if text or (ids and not choice.get("finish_reason")):
+                # Ids without text are tokens that end part-way through a
+                # character (or were cut above); with a finish reason, they
+                # are the end-of-text token, which is never emitted.
+                last = ids[-1] if ids else -1
+                pieces = [(i, "") for i in ids[:-1]] + [(last, text)]
+            for tid, piece in pieces:
+                for tok in asm.push(tid, piece.encode("utf-8")):
+                    yield tok
+                    if control.stop_requested():
+                        control.check()
+                if asm.stopped:
+                    return None, "stop"
+            if cut is not None:
+                for tok in asm.flush():
+                    yield tok
+                return None, cut
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            mapped = FINISH.get(reason.lower())
+            if mapped is None:
+                if reason.lower() in ("abort", "error", "cancelled"):
+                    raise Failure(
+                        f"the server ended the generation with finish_reason {reason!r}",
+                        retriable=False,
+                    )
+                mapped = "stop"
+            return mapped, None
+        return None, None
+
+    def _whole(
+        self,
+        chunk: Mapping[str, Any],
+        suffix: str,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        state: CallState,
+        asm: TextAssembler,
+    ) -> Generator[Token, None, FinishReason]:
+        """A non-streamed answer, emitted as one token."""
+        got, cut = yield from self._chunk(
+            chunk, suffix.startswith("/chat"), cfg, control, state, asm, frozenset(cfg.stop_tokens)
+        )
+        state.end = _perf()
+        if cut is not None:
+            return cut
+        yield from asm.flush()
+        if got is None:
+            raise Failure("the server's answer has no finish reason", retriable=False)
+        return got
+
+    def _count_tokens(self, prompt: str) -> int:
+        """The prompt's length from llama-cpp-python's tokenizer endpoint."""
+        try:
+            doc = self._client.fetch_json(
+                "POST",
+                "/extras/tokenize/count",
+                {"input": prompt, "model": self._name},
+                root=True,
+                retries=0,
+            )
+        except Failure as exc:
+            _log.debug("%s: could not count the prompt's tokens: %s", self._url, exc.message)
+            return 0
+        count = doc.get("count") if isinstance(doc, dict) else None
+        return count if is_int(count) and count > 0 else 0
+
+    # -- several prompts ----------------------------------------------------------
+
+    def _many(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
+        """Run one generation per prompt, ``parallel_slots`` at a time."""
+        body = self._body(cfg, chat=False)
+        deadline = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout).deadline
+        start = _perf()
+
+        def one(prompt: str) -> BatchResult:
+            control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+            control.deadline = deadline
+            gen = self._produce("/completions", {**body, "prompt": prompt}, cfg, control, prompt)
+            return drain(gen, control)
+
+        results = map_concurrently(one, prompts, self._slots)
+        self._metrics = batch_metrics(results, start, _perf())
+        return results
+
+
+def map_concurrently(fn: Callable[[_T], _R], items: list[_T], width: int) -> list[_R]:
+    width = min(width, len(items))
+    if width <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="inference-openai") as pool:
+        return list(pool.map(fn, items))

@@ -1,0 +1,135 @@
+"""What the server sends, decoded: completion chunks and one call's accounting.
+
+:class:`CallState` keeps what a generation has received (for retries and
+metrics); the helpers read a choice's text and token ids whatever the
+server's shape; :data:`FINISH` maps servers' finish reasons to ours. The event
+stream itself is parsed by :mod:`.sse`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+from ...metrics import call_metrics
+from ...types import FinishReason, GenerateMetrics
+
+__all__ = ["FINISH", "CallState", "choice_ids", "choice_text", "is_int", "number", "seconds"]
+
+_perf = time.perf_counter
+
+
+FINISH: Mapping[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+    "tool_calls": "stop",
+    "function_call": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "max_tokens": "length",
+}
+
+
+class CallState:
+    """What one generation has received so far, for retries and metrics."""
+
+    __slots__ = (
+        "completion_tokens",
+        "end",
+        "first",
+        "ids_seen",
+        "prompt_tokens",
+        "received",
+        "start",
+        "timings",
+    )
+
+    def __init__(self) -> None:
+        self.start = _perf()
+        self.first = 0.0
+        self.end = 0.0
+        #: Chunks with text or token ids: zero means "failed before its first token".
+        self.received = 0
+        self.ids_seen = 0
+        self.prompt_tokens = 0
+        self.completion_tokens: int | None = None
+        self.timings: dict[str, Any] = {}
+
+    def take_usage(self, usage: Mapping[str, Any]) -> None:
+        prompt = usage.get("prompt_tokens")
+        if is_int(prompt) and prompt > 0:
+            self.prompt_tokens = prompt
+        completion = usage.get("completion_tokens")
+        if is_int(completion) and completion >= 0:
+            self.completion_tokens = completion
+
+    def metrics(self) -> GenerateMetrics:
+        """The call's metrics; the server's own timings (llama.cpp's
+        ``timings``) replace the ones the client measured."""
+        end = self.end or _perf()
+        generated = self.completion_tokens
+        if generated is None:
+            generated = self.ids_seen or self.received
+        first = self.first or end
+        t = self.timings
+        ttft = max(first - self.start, 0.0) if self.received else 0.0
+        return call_metrics(
+            self.prompt_tokens,
+            generated,
+            self.start,
+            first,
+            end,
+            prefill_seconds=seconds(t.get("prompt_ms"), ttft),
+            decode_seconds=seconds(
+                t.get("predicted_ms"), max(end - first, 0.0) if generated else 0.0
+            ),
+            prefill_rate=number(t.get("prompt_per_second")),
+            decode_rate=number(t.get("predicted_per_second")),
+        )
+
+
+def is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None
+
+
+def seconds(ms: Any, fallback: float) -> float:
+    value = number(ms)
+    return value / 1000.0 if value is not None else fallback
+
+
+def choice_text(choice: Mapping[str, Any], chat: bool) -> str:
+    if chat:
+        for key in ("delta", "message"):
+            part = choice.get(key)
+            if isinstance(part, dict):
+                content = part.get("content")
+                return content if isinstance(content, str) else ""
+        return ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def choice_ids(choice: Mapping[str, Any]) -> list[int]:
+    raw = choice.get("token_ids")
+    if isinstance(raw, list):
+        found = [i for i in raw if is_int(i)]
+        if len(found) == len(raw):
+            return found
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        content = logprobs.get("content")
+        if isinstance(content, list):
+            ids = [e.get("id") for e in content if isinstance(e, dict)]
+            found = [i for i in ids if is_int(i)]
+            if found and len(found) == len(ids):
+                return found
+    return []
