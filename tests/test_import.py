@@ -123,39 +123,17 @@ print(json.dumps([m for m in {ENGINES!r} if m in sys.modules]))
     assert engines == [], f"`inference backends` imported {engines}:\n{proc.stdout}"
 
 
-def _best_of(cmd: list[str], env: dict[str, str], runs: int) -> float:
-    import time
-
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_import_adds_under_20_ms_to_start_up(tmp_path: Path, child: Any) -> None:
-    env = child.env()
-    del env["PYTHONPATH"]
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pycache")  # warm bytecode, out of the tree
-    bare = [sys.executable, "-c", "pass"]
-    loaded = [sys.executable, "-c", "import inference"]
-    for cmd in (bare, loaded):  # compile and cache the bytecode
-        subprocess.run(cmd, env=env, check=True)
-    cost = 0.0
-    for _ in range(3):  # a busy machine gets a second (and third) chance
-        cost = _best_of(loaded, env, 7) - _best_of(bare, env, 7)
-        if cost < 0.020:
-            break
-    if cost >= 0.020:
-        detail = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import inference"],
-            env=env,
-            capture_output=True,
-            text=True,
-        ).stderr
-        pytest.fail(f"import inference costs {cost * 1000:.1f} ms:\n{detail}")
+def test_import_loads_two_modules(child: Any) -> None:
+    """What keeps ``import inference`` cheap, counted rather than timed (the
+    time itself is bench/bench_import.py's): the package and ``__future__``,
+    nothing else, not even ``typing``."""
+    code = """
+import json, sys
+before = set(sys.modules)
+import inference
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    assert child.json(child.run(code)) == ["__future__", "inference"]
 
 
 # -- the public names ---------------------------------------------------------------

