@@ -376,7 +376,7 @@ def test_candidates_say_who_loads_it_and_why_not_the_others(tiny_gguf: Path) -> 
     assert got == [
         ("metal", False, "Q4_K"),
         ("cpu", True, "runs anywhere"),
-        ("spare", False, "a higher one loads it"),
+        ("spare", False, "cpu ranks higher and loads it"),
         ("gpu", False, "no /dev/kfd"),
         ("remote", False, "does not load gguf models"),
     ]

@@ -445,7 +445,7 @@ def candidates(path: str | os.PathLike[str]) -> list[Candidate]:
     ranked = _ranked(statuses, fmt)
     header = _Header(path, fmt)
     out: list[Candidate] = []
-    found = False
+    found = ""
     for st in ranked:
         if forced and forced != st.name and forced not in st.aliases:
             out.append(Candidate(st.name, st.priority, False, f"{env.INFERENCE_BACKEND}={forced}"))
@@ -454,10 +454,14 @@ def candidates(path: str | os.PathLike[str]) -> list[Candidate]:
         assert backend is not None
         verdict = None if forced else _ask(backend, header)
         if verdict is None and not found:
-            found = True
+            found = st.name
             out.append(Candidate(st.name, st.priority, True, st.reason))
         else:
-            out.append(Candidate(st.name, st.priority, False, verdict or "a higher one loads it"))
+            out.append(
+                Candidate(
+                    st.name, st.priority, False, verdict or f"{found} ranks higher and loads it"
+                )
+            )
     taken = {c.name for c in out}
     for st in statuses:
         if st.name in taken:

@@ -194,6 +194,8 @@ def test_a_hanging_child_is_not_cached(
     result = selftest.verdict(command=hang, timeout=0.5)
     assert not result.ok and result.retry and "did not finish" in result.reason
     assert not list((cache / "selftest").glob("llama_cpp-*.json"))
+    # Not kept in memory either: the next question runs the test again.
+    assert selftest.verdict(command=OK_COMMAND).ok
 
 
 def test_rocm_is_unavailable_on_a_faulting_build(

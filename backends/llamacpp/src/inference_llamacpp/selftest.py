@@ -144,8 +144,9 @@ def verdict(*, command: Sequence[str] | None = None, timeout: float = SELFTEST_T
         result = _read(path)
         if result is None:
             result = run_selftest(command=command, timeout=timeout, lib_dir=lib_dir)
-            if not result.retry:
-                _write(path, result, identity)
+            if result.retry:
+                return result  # inconclusive: asked again next time
+            _write(path, result, identity)
         _memo[path] = result
         return result
 
@@ -184,6 +185,9 @@ def run_selftest(
     """Run the self-test in a child process now (no cache) and judge how it ended."""
     argv = list(command) if command is not None else [sys.executable, "-m", __name__]
     where = f"the llama.cpp build in {lib_dir or engine_library_dir()}"
+    # The child finds the packages where this process found them, even when
+    # the application extended sys.path itself.
+    path = os.pathsep.join(p for p in sys.path if p)
     try:
         done = subprocess.run(
             argv,
@@ -191,6 +195,7 @@ def run_selftest(
             capture_output=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, "PYTHONPATH": path},
         )
     except subprocess.TimeoutExpired:
         return Verdict(
