@@ -155,7 +155,9 @@ def test_info(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> None:
 def test_info_json(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> None:
     info = cli("info", str(tiny_gguf), "--json", "--backend", "fake").json()
     assert info["architecture"] == "fake" and info["vocab_size"] == 257
-    assert info["path"] == str(tiny_gguf) and info["notes"] == []
+    assert info["path"] == str(tiny_gguf)
+    # The fake model ships no chat template: its notes say which one it got.
+    assert info["notes"] == ["chat template: the chatml format (the model ships none)"]
     assert fake_backend.loads[-1].backend == "fake"
 
 

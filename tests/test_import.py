@@ -25,6 +25,7 @@ ENGINES = ("llama_cpp", "mlx", "numpy", "jinja2", "torch")
 PUBLIC_MODULES = (
     "inference",
     "inference.base",
+    "inference.chat_families",
     "inference.chat_template",
     "inference.cli",
     "inference.detok",

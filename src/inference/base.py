@@ -22,11 +22,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from .chat_families import family_for
 from .chat_template import render_chat
 from .detok import TextAssembler
 from .engine_thread import HELD, EngineThread
@@ -248,10 +249,18 @@ class BaseTextModel(ModelState):
         eos_token: str = "",
         add_bos: bool = False,
         engine_thread: bool = False,
+        vocabulary: Collection[str] = (),
     ) -> None:
+        if not chat_template:
+            # The model ships none: its family's documented format, chosen by
+            # the turn markers in its vocabulary, then its architecture.
+            family = family_for(info.architecture, _lookup(vocabulary))
+            chat_template = family.template
+            note = f"chat template: the {family.name} format (the model ships none)"
+            info = replace(info, notes=(*info.notes, note))
         self._init_state(info)
         self._eog_ids = frozenset(eog_ids)
-        self._chat_template = chat_template or None
+        self._chat_template = chat_template
         self._bos_token = bos_token
         self._eos_token = eos_token
         self._add_bos = add_bos
@@ -639,6 +648,11 @@ class BaseTextModel(ModelState):
                 )
             )
         return out
+
+
+def _lookup(tokens: Collection[str]) -> Collection[str]:
+    """``tokens`` in a form with a fast ``in``."""
+    return tokens if isinstance(tokens, (set, frozenset, Mapping)) else frozenset(tokens)
 
 
 def drain(gen: Generator[Token, None, FinishReason], control: StreamControl) -> BatchResult:

@@ -8,7 +8,9 @@ that reaches for Python internals raises instead of running
 Jinja2 is imported only when a template is first rendered; the backends
 that render templates depend on it, the core does not.
 
-A model with no template gets :data:`CHATML_TEMPLATE`, the ChatML format
+A model that ships no template gets its family's documented format
+(:mod:`inference.chat_families`); ``render_chat(None, ...)`` renders
+:data:`CHATML_TEMPLATE`, the ChatML format
 that llama.cpp also falls back to.
 """
 

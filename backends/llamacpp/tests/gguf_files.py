@@ -7,6 +7,7 @@ chat templates, loading and adapters without a second real model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,18 @@ gguf = pytest.importorskip("gguf")
 from inference.gguf import read_header  # noqa: E402
 
 
-def _tokenizer(w: gguf.GGUFWriter, source: str) -> None:
+def _tokenizer(w: gguf.GGUFWriter, source: str, control: Sequence[str] = ()) -> None:
+    """``source``'s tokenizer; ``control`` replaces its last tokens with
+    these control tokens (another family's turn markers, say)."""
     h = read_header(source)
+    tokens = list(h.get("tokenizer.ggml.tokens"))
+    types = list(h.get("tokenizer.ggml.token_type"))
+    for i, text in enumerate(control, start=len(tokens) - len(control)):
+        tokens[i], types[i] = text, 3  # 3: control
     w.add_tokenizer_model(h.get("tokenizer.ggml.model"))
     w.add_tokenizer_pre(h.get("tokenizer.ggml.pre"))
-    w.add_token_list(list(h.get("tokenizer.ggml.tokens")))
-    w.add_token_types(list(h.get("tokenizer.ggml.token_type")))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
     w.add_token_merges(list(h.get("tokenizer.ggml.merges")))
     w.add_bos_token_id(h.get("tokenizer.ggml.bos_token_id"))
     w.add_eos_token_id(h.get("tokenizer.ggml.eos_token_id"))
@@ -37,6 +44,7 @@ def write_tiny_llama(
     n_embd: int = 64,
     n_ff: int = 128,
     seed: int = 0,
+    control_tokens: Sequence[str] = (),
 ) -> Path:
     """A one-layer llama with random weights and ``source``'s tokenizer."""
     rng = np.random.default_rng(seed)
@@ -53,7 +61,7 @@ def write_tiny_llama(
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(1)
-    _tokenizer(w, source)
+    _tokenizer(w, source, control_tokens)
     if chat_template is not None:
         w.add_chat_template(chat_template)
 

@@ -357,7 +357,27 @@ def test_model_without_template_gets_chatml(model_path: str, tmp_path: Path) -> 
         assert (
             rendered == "<|im_start|>user\nName a large animal.<|im_end|>\n<|im_start|>assistant\n"
         )
+        assert "chat template: the chatml format (the model ships none)" in m.info.notes
         assert len(list(m.chat(ANIMAL, max_tokens=3))) <= 3
+
+
+def test_model_without_template_gets_its_familys_format(model_path: str, tmp_path: Path) -> None:
+    # A vocabulary with Gemma's turn markers and no template: Gemma's format,
+    # not ChatML, although the file's architecture says llama.
+    tiny = write_tiny_llama(
+        tmp_path / "gemma-like.gguf",
+        model_path,
+        control_tokens=("<start_of_turn>", "<end_of_turn>"),
+    )
+    with inference.load_model(tiny, backend="llama_cpp") as m:
+        rendered = m._render_chat(ANIMAL)  # type: ignore[attr-defined]
+        assert rendered.endswith(
+            "<start_of_turn>user\nName a large animal.<end_of_turn>\n<start_of_turn>model\n"
+        )
+        assert "chat template: the gemma format (the model ships none)" in m.info.notes
+        # The markers are the model's own special tokens: each is one token.
+        ids = m.encode("<start_of_turn>")  # type: ignore[attr-defined]
+        assert len(ids) == 1 and m.decode(ids) == ""  # type: ignore[attr-defined]
 
 
 def test_invalid_template_is_a_load_error(model_path: str, tmp_path: Path) -> None:

@@ -239,6 +239,7 @@ class LlamaCppModel(BaseTextModel):
             ),
             eog_ids=eog,
             chat_template=header.chat_template,
+            vocabulary=() if header.chat_template else header.get("tokenizer.ggml.tokens") or (),
             bos_token=self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),

@@ -122,6 +122,15 @@ def _chat_template(tokenizer: Any) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
+def _vocabulary(tokenizer: Any) -> Mapping[str, int]:
+    """The tokenizer's token strings (for choosing a chat family)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:
+        return {}
+    return vocab if isinstance(vocab, Mapping) else {}
+
+
 def _adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts BOS in front when asked for special tokens."""
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -153,10 +162,12 @@ class MlxModel(BaseTextModel):
         tokenizer = _unwrap(wrapper)
         bos = getattr(tokenizer, "bos_token", None)
         eos = getattr(tokenizer, "eos_token", None)
+        template = _chat_template(tokenizer)
         super().__init__(
             info=info,
             eog_ids=_eos_ids(wrapper, tokenizer),
-            chat_template=_chat_template(tokenizer),
+            chat_template=template,
+            vocabulary=() if template else _vocabulary(tokenizer),
             bos_token=bos if isinstance(bos, str) else "",
             eos_token=eos if isinstance(eos, str) else "",
             add_bos=_adds_bos(tokenizer),
