@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import inference
-from inference import registry
+from inference import Message, registry
 from inference.detok import TextAssembler
 from inference.errors import (
     BackendNotFoundError,
@@ -489,3 +489,64 @@ def test_convert_command_errors(tmp_path: Path) -> None:
         assert main(argv, stdout=io.StringIO(), stderr=err) == 1
         assert err.getvalue().count("\n") == 1, err.getvalue()
         assert err.getvalue().startswith("inference-mlx-convert: error: ")
+
+
+# --------------------------------------------------------------------------
+# prompt reuse across calls
+
+
+def _fed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records how many prompt tokens each generate_step call is given."""
+    import importlib
+
+    generation = importlib.import_module("mlx_lm.generate")
+    original = generation.generate_step
+    lengths: list[int] = []
+
+    def recording(prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        lengths.append(int(prompt.shape[0]))
+        return original(prompt, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_step", recording)
+    return lengths
+
+
+def test_the_next_chat_turn_prefills_only_its_new_tokens(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = [Message("user", "Name a large animal.")]
+    with inference.load_model(model_path, backend="mlx") as m:
+        lengths = _fed_lengths(monkeypatch)
+        reply = m.chat(first, max_tokens=8).text()
+        turn = [*first, Message("assistant", reply), Message("user", "And a small one?")]
+        second = m.chat(turn, max_tokens=8)
+        again = second.text()
+        assert second.metrics is not None
+        whole = second.metrics.prompt_tokens
+        first_prompt = len(m.encode(m._render_chat(first)))  # type: ignore[attr-defined]
+        monkeypatch.undo()
+    assert lengths[0] == first_prompt
+    # The second prompt starts with the first prompt and its answer: only the
+    # rest is fed to the model.
+    assert 0 < lengths[1] < whole - 10, (lengths, whole)
+    with inference.load_model(model_path, backend="mlx") as fresh:
+        assert fresh.chat(turn, max_tokens=8).text() == again  # the same answer as from scratch
+
+
+def test_no_reuse_with_a_repeat_penalty_or_after_a_cancelled_prefill(
+    model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with inference.load_model(model_path, backend="mlx") as m:
+        lengths = _fed_lengths(monkeypatch)
+        m.generate(COUNT, max_tokens=3).text()
+        longer = COUNT + " four, five,"
+        n = len(m.encode(longer))  # type: ignore[attr-defined]
+        m.generate(longer, max_tokens=2, repeat_penalty=1.3).text()
+        assert lengths[-1] == n  # the penalty must see the whole history: fed in full
+        event = threading.Event()
+        event.set()
+        assert list(m.generate(longer, max_tokens=2, cancel=event)) == []
+        expected = m.generate(longer, max_tokens=4).text()
+        monkeypatch.undo()
+    with inference.load_model(model_path, backend="mlx") as fresh:
+        assert fresh.generate(longer, max_tokens=4).text() == expected

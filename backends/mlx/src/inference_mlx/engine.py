@@ -9,7 +9,9 @@ MLX call of a model runs there, one at a time. What it adds:
   :mod:`inference_mlx.gguf_loader` after the core's header check;
 - ``_generate_ids`` on ``mlx_lm.generate.generate_step`` with mlx-lm's own
   sampler and logits processors, cancellable between prefill chunks and
-  between tokens;
+  between tokens, reusing the last call's prompt cache: a call whose prompt
+  shares a prefix with the last one (the next turn of a chat) prefills only
+  the rest (not with a repeat penalty, which would see a different history);
 - ``_classify_ids`` as one batched forward pass over right-padded prompts in
   the model's batched caches (``BatchKVCache``...), the padding masked, as
   mlx-lm's batch generator does;
@@ -178,6 +180,9 @@ class MlxModel(BaseTextModel):
         self._tokenizer: Any = tokenizer
         bos_id = getattr(tokenizer, "bos_token_id", None)
         self._bos_id: int | None = bos_id if isinstance(bos_id, int) else None
+        #: The last single-sequence call's KV cache and the tokens it holds.
+        self._prompt_cache: Any = None
+        self._cached: list[int] = []
         self._table = TokenTable(tokenizer)
         self._device = device
         self._batch_size = max(1, batch_size)
@@ -312,22 +317,58 @@ class MlxModel(BaseTextModel):
             if control.stop_requested():
                 control.check()
 
+        cache, reused = self._reuse_cache(model, ids, cfg)
+        fed = list(ids)
         steps = generate_step(
-            mx.array(list(ids)),
+            mx.array(fed[reused:]),
             model,
             stream,
             max_tokens=limit,
             sampler=sampler,
             logits_processors=processors or None,
+            prompt_cache=cache,
             prefill_step_size=PREFILL_STEP_SIZE,
             prompt_progress_callback=progress,
         )
         with wired_limit(model, [stream]):
             try:
                 for token, _logprobs in steps:
-                    yield int(token)
+                    tid = int(token)
+                    fed.append(tid)  # generate_step fed it to the cache before yielding it
+                    yield tid
             finally:
                 steps.close()
+                self._keep_cache(cache, fed)
+
+    def _reuse_cache(self, model: Any, ids: Sequence[int], cfg: GenerateConfig) -> tuple[Any, int]:
+        """The KV cache for a call on ``ids``, and how many of them it holds
+        already: the last call's cache trimmed to the prefix the two share
+        (the next turn of a chat prefills only its new tokens), else a new one.
+
+        Not with a repeat penalty: mlx-lm's penalty sees only the tokens fed
+        in this call, so a reused prefix would change the answer.
+        """
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        cache, cached = self._prompt_cache, self._cached
+        self._prompt_cache, self._cached = None, []  # invalid until this call ends well
+        if cache is not None and cfg.repeat_penalty == 1.0 and can_trim_prompt_cache(cache):
+            limit = min(len(cached), len(ids) - 1)  # at least one token is fed
+            common = 0
+            while common < limit and cached[common] == ids[common]:
+                common += 1
+            extra = len(cached) - common
+            trimmed: Any = trim_prompt_cache(cache, extra)  # an int, whatever its annotation says
+            if common and trimmed == extra:
+                return cache, common
+        return make_prompt_cache(model), 0
+
+    def _keep_cache(self, cache: Any, fed: list[int]) -> None:
+        """Keep ``cache`` for the next call if it holds exactly ``fed`` (a
+        call cancelled mid-prefill leaves it holding fewer)."""
+        offsets = {getattr(layer, "offset", None) for layer in cache}
+        if offsets == {len(fed)}:
+            self._prompt_cache, self._cached = cache, fed
 
     def _classify_ids(
         self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
@@ -455,6 +496,7 @@ class MlxModel(BaseTextModel):
             return None, None
 
     def _release(self) -> None:
+        self._prompt_cache, self._cached = None, []
         self._model = None
         self._wrapper = None
         self._tokenizer = None
