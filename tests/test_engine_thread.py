@@ -8,9 +8,9 @@ from collections.abc import Generator
 import pytest
 
 from inference import GenerationError
-from inference.engine_thread import HELD, PUMP_AHEAD, EngineThread
+from inference.engine_thread import PUMP_AHEAD, EngineThread
 from inference.errors import Cancelled
-from inference.stream import StreamControl, TokenStream
+from inference.stream import HELD, StreamControl, TokenStream
 from inference.types import FinishReason, Token
 
 

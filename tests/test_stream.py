@@ -602,3 +602,31 @@ def test_async_reader_that_stops_early_frees_the_model() -> None:
 
     assert asyncio.run(first_token())
     assert model.generate("abc", max_tokens=3).text()  # not left locked
+
+
+def test_stream_holders_refuse_a_second_stream_on_the_same_thread() -> None:
+    from inference.stream import HELD, StreamHolders
+
+    holders = StreamHolders()
+    holders.refuse_if_held()  # holds nothing yet
+    with holders.holding():
+        with pytest.raises(GenerationError, match="already has a call running"):
+            holders.refuse_if_held()
+        with pytest.raises(GenerationError) as second, holders.holding():
+            pass
+        assert str(second.value) == HELD
+        # Another thread holds nothing: it may.
+        other: list[BaseException | None] = []
+
+        def elsewhere() -> None:
+            try:
+                with holders.holding():
+                    other.append(None)
+            except BaseException as exc:
+                other.append(exc)
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join()
+        assert other == [None]
+    holders.refuse_if_held()  # released

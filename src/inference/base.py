@@ -30,11 +30,11 @@ from typing import Any, ClassVar, TypeVar
 from .chat_families import family_for
 from .chat_template import render_chat
 from .detok import TextAssembler
-from .engine_thread import HELD, EngineThread
+from .engine_thread import EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .metrics import batch_metrics, call_metrics
 from .options import GenerateConfig, Option, generate_config
-from .stream import Producer, StreamControl, TokenStream
+from .stream import HELD, Producer, StreamControl, StreamHolders, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -83,8 +83,7 @@ class ModelState:
         self._closed = False
         self._err: BaseException | None = None
         self._metrics: GenerateMetrics | None = None
-        self._streaming: set[int] = set()
-        self._streaming_lock = threading.Lock()
+        self._holders = StreamHolders()
 
     # -- the four verbs -----------------------------------------------------
 
@@ -182,22 +181,6 @@ class ModelState:
     def _check_open(self) -> None:
         if self._closed:
             raise ModelClosedError("the model is closed")
-
-    @contextlib.contextmanager
-    def _one_stream_per_thread(self) -> Iterator[None]:
-        """Around a stream's producer (it runs in the reader's thread): a
-        thread that still holds an unfinished stream of this model gets
-        GenerationError for a second, as BaseTextModel's lock gives it."""
-        me = threading.get_ident()
-        with self._streaming_lock:
-            if me in self._streaming:
-                raise GenerationError(HELD)
-            self._streaming.add(me)
-        try:
-            yield
-        finally:
-            with self._streaming_lock:
-                self._streaming.discard(me)
 
     def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
         """Keep the outcome of a finished call as ``err`` and ``metrics``."""

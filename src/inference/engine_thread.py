@@ -25,11 +25,10 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from .errors import GenerationError
-from .stream import Producer, StreamControl
+from .stream import Producer, StreamControl, StreamHolders
 from .types import FinishReason, Token
 
-__all__ = ["HELD", "PUMP_AHEAD", "EngineThread"]
+__all__ = ["PUMP_AHEAD", "EngineThread"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
@@ -38,13 +37,6 @@ _log = logging.getLogger(__name__)
 PUMP_AHEAD = 8
 #: Seconds between checks of a stream's cancel while it waits.
 _POLL = 0.05
-
-#: What a thread that holds an unfinished stream of a model is told when it
-#: asks that model for another call (every backend says the same).
-HELD = (
-    "this thread already has a call running on this model (an unfinished "
-    "stream?); finish or close it first"
-)
 
 
 class EngineThread:
@@ -56,8 +48,8 @@ class EngineThread:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: Consumer threads that hold an unfinished stream of this engine.
-        self._consumers: set[int] = set()
+        #: Reader threads that hold an unfinished stream of this engine.
+        self._readers = StreamHolders()
 
     def _ensure(self) -> None:
         with self._lock:
@@ -79,10 +71,6 @@ class EngineThread:
                 except Exception as exc:  # nothing the caller could do
                     _log.debug("engine thread exit hook failed: %s", exc)
 
-    def _refuse_held(self) -> None:
-        if threading.get_ident() in self._consumers:
-            raise GenerationError(HELD)
-
     def call(self, fn: Callable[[], _T], *, held_ok: bool = False) -> _T:
         """Run ``fn`` on the engine thread and return its result (or raise its error).
 
@@ -92,7 +80,7 @@ class EngineThread:
         if threading.current_thread() is self._thread:
             return fn()
         if not held_ok:
-            self._refuse_held()
+            self._readers.refuse_if_held()
         self._ensure()
         future: Future[_T] = Future()
 
@@ -112,16 +100,8 @@ class EngineThread:
         handed to the stream's reader through a queue of :data:`PUMP_AHEAD`."""
 
         def pumped(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            me = threading.get_ident()
-            with self._lock:
-                if me in self._consumers:
-                    raise GenerationError(HELD)
-                self._consumers.add(me)
-            try:
+            with self._readers.holding():
                 return (yield from self._pumped(producer, control))
-            finally:
-                with self._lock:
-                    self._consumers.discard(me)
 
         return pumped
 

@@ -9,6 +9,7 @@ for cancellation, error wrapping, ``async for`` and ``text()``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 from .errors import Cancelled, DeadlineExceeded, GenerationError
 from .types import FinishReason, GenerateMetrics, Token
 
-__all__ = ["ASYNC_AHEAD", "Producer", "StreamControl", "TokenStream"]
+__all__ = ["ASYNC_AHEAD", "HELD", "Producer", "StreamControl", "StreamHolders", "TokenStream"]
 
 
 class StreamControl:
@@ -62,6 +63,48 @@ class StreamControl:
             raise Cancelled("the call was cancelled")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineExceeded(f"the call ran past its timeout of {self.timeout:g} s")
+
+
+#: What a thread that holds an unfinished stream of a model is told when it
+#: asks that model for another call (every backend says the same).
+HELD = (
+    "this thread already has a call running on this model (an unfinished "
+    "stream?); finish or close it first"
+)
+
+
+class StreamHolders:
+    """The threads that hold an unfinished stream of one model.
+
+    A model whose calls run one at a time (on its lock, or on its engine
+    thread) would make a thread that holds a stream and asks for another call
+    wait for itself forever; such a thread gets GenerationError instead.
+    """
+
+    __slots__ = ("_held", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: set[int] = set()
+
+    def refuse_if_held(self) -> None:
+        """GenerationError if this thread holds an unfinished stream."""
+        if threading.get_ident() in self._held:
+            raise GenerationError(HELD)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Around a stream's producer, which runs in its reader's thread."""
+        me = threading.get_ident()
+        with self._lock:
+            if me in self._held:
+                raise GenerationError(HELD)
+            self._held.add(me)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(me)
 
 
 #: A generator function that streams tokens and returns the finish reason.

@@ -8,7 +8,7 @@ ids. :data:`SERVER_ALIASES` maps what ``server=`` may say to a dialect.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 __all__ = ["DIALECTS", "SERVER_ALIASES", "SERVER_KINDS", "Dialect", "StopIds", "TokenIds"]
@@ -51,6 +51,16 @@ class Dialect:
     send_off: bool = True
 
 
+_VLLM = Dialect(
+    name="vllm",
+    label="vLLM",
+    slots=8,
+    top_k=("top_k", -1),
+    repeat_penalty=("repetition_penalty",),
+    stop_ids="native",
+    token_ids="token_ids",
+)
+
 _ALL = (
     Dialect(
         name="llama.cpp",
@@ -65,24 +75,8 @@ _ALL = (
         slots=1,
         count_prompt=True,
     ),
-    Dialect(
-        name="vllm",
-        label="vLLM",
-        slots=8,
-        top_k=("top_k", -1),
-        repeat_penalty=("repetition_penalty",),
-        stop_ids="native",
-        token_ids="token_ids",
-    ),
-    Dialect(
-        name="sglang",
-        label="SGLang",
-        slots=8,
-        top_k=("top_k", -1),
-        repeat_penalty=("repetition_penalty",),
-        stop_ids="native",
-        token_ids="token_ids",
-    ),
+    _VLLM,
+    replace(_VLLM, name="sglang", label="SGLang"),  # SGLang takes vLLM's fields
     Dialect(
         name="ollama",
         label="Ollama",

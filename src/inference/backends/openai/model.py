@@ -226,7 +226,7 @@ class OpenAIModel(ModelState):
         self, suffix: str, body: dict[str, Any], cfg: GenerateConfig, prompt: str | None
     ) -> TokenStream:
         def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            with self._one_stream_per_thread():
+            with self._holders.holding():
                 return (yield from self._produce(suffix, body, cfg, control, prompt))
 
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
