@@ -26,15 +26,14 @@ gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
 import mlx.nn as nn  # noqa: E402
-from inference_mlx import gguf_loader  # noqa: E402
-from inference_mlx.gguf_loader import (  # noqa: E402
-    SUPPORTED_ARCHITECTURES,
-    cached_convert,
-    convert_gguf,
-    fit_llama3_rope,
-    llama3_rope_factors,
-    load_gguf,
+from inference_mlx import (  # noqa: E402
+    gguf_loader,
+    gguf_tokenizer,
+    tensor_types,
 )
+from inference_mlx.gguf_loader import cached_convert, convert_gguf, load_gguf  # noqa: E402
+from inference_mlx.rope import fit_llama3_rope, llama3_rope_factors  # noqa: E402
+from inference_mlx.tensor_types import SUPPORTED_ARCHITECTURES  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
 
 from inference.errors import ModelLoadError  # noqa: E402
@@ -578,7 +577,7 @@ def test_q4_k_is_used_only_where_mx_load_reads_it_right(tmp_path: Path) -> None:
         )
     want_q = stored["model.layers.0.self_attn.q_proj.weight"]
     mx_load_is_right = np.abs(np.array(q.astype(mx.float32)) - want_q).max() < 1e-3
-    assert gguf_loader.mx_load_reads_q4_k() == mx_load_is_right
+    assert tensor_types.mx_load_reads_q4_k() == mx_load_is_right
 
     if not mx_load_is_right:  # mlx 0.32
         with pytest.raises(ModelLoadError) as info:
@@ -750,11 +749,11 @@ def test_moved_transformers_module_is_reported(
     path = tmp_path / "tiny.gguf"
     _write_gguf(path, "qwen3", _hf_weights("qwen3"))
     monkeypatch.setattr(
-        gguf_loader, "TOKENIZER_MAPPING_MODULE", "transformers.integrations.moved_away"
+        gguf_tokenizer, "TOKENIZER_MAPPING_MODULE", "transformers.integrations.moved_away"
     )
     with pytest.raises(ModelLoadError) as info:
         load_gguf(str(path))
     message = str(info.value)
-    assert f"transformers {gguf_loader.SUPPORTED_TRANSFORMERS}" in message
+    assert f"transformers {gguf_tokenizer.SUPPORTED_TRANSFORMERS}" in message
     assert f"found transformers {importlib.metadata.version('transformers')}" in message
     assert info.value.path == str(path)

@@ -80,7 +80,7 @@ class MlxBackend:
         file with Q4_K tensors costs importing mlx, once, to probe ``mx.load``."""
         if header is None:
             return None
-        from .gguf_loader import refusal
+        from .tensor_types import refusal
 
         return refusal(header.architecture, (t.ggml_type for t in header.tensors))
 

@@ -25,25 +25,27 @@ without them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import importlib.metadata
 import json
-import math
 import os
 import shutil
-import struct
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from inference import env
 from inference.errors import ModelLoadError
-from inference.gguf import GGML_TYPES, read_header
+from inference.gguf import read_header
+
+from .gguf_tokenizer import gguf_tokenizer
+from .rope import fit_llama3_rope
+from .tensor_types import refusal, requantise_bits
+from .tensor_types import type_name as ggml_type_name
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -51,20 +53,7 @@ if TYPE_CHECKING:
     from mlx_lm.tokenizer_utils import TokenizerWrapper
     from transformers import PreTrainedTokenizerFast
 
-__all__ = [
-    "SUPPORTED_ARCHITECTURES",
-    "SUPPORTED_TRANSFORMERS",
-    "cached_convert",
-    "convert_gguf",
-    "load_gguf",
-    "mx_load_reads_q4_k",
-    "refusal",
-]
-
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-
-#: The transformers releases whose GGUF tokenizer mapping this module uses.
-SUPPORTED_TRANSFORMERS = ">=5,<6"
+__all__ = ["cached_convert", "convert_gguf", "default_cache_dir", "load_gguf"]
 
 #: Bumped whenever a conversion written by an older version of this module
 #: would differ, so that :func:`cached_convert` does not serve a stale folder.
@@ -79,37 +68,6 @@ _HF_ARCHITECTURES = {
 }
 
 #: ggml's float and integer types: loaded unquantised.
-_PLAIN_TYPES = frozenset({0, 1, 24, 25, 26, 27, 28, 30})
-
-
-def _requantise_bits(ggml_type: int) -> int:
-    """The MLX bits a type that ``mx.load`` dequantises is quantised to again:
-    4 for types of 4 bits or fewer, 8 for the 5- to 8-bit ones (rather than
-    down to 4); 0 for float, integer and unknown types (kept unquantised)."""
-    known = GGML_TYPES.get(ggml_type)
-    if known is None or ggml_type in _PLAIN_TYPES:
-        return 0
-    return 4 if known.bits <= 4 else 8
-
-
-#: The ggml types ``mx.load`` reads correctly (checked on mlx 0.32): F32, F16,
-#: BF16 (as float16), Q4_0, Q4_1 and Q8_0 (kept packed), Q2_K and Q6_K
-#: (dequantised to float16), and the integer types. It fails on most others,
-#: silently drops the tensors of some newer ones, and dequantises Q4_K wrongly
-#: (the odd 32-element sub-blocks get their neighbour's scale and minimum), so
-#: files holding those are refused before it sees them. Q4_K is let through
-#: when :func:`mx_load_reads_q4_k` finds the installed mlx gets it right.
-#: (Q4_1 came back corrupted before mlx 0.32.0.)
-MLX_READABLE_TYPES = frozenset({0, 1, 2, 3, 8, 10, 14, 24, 25, 26, 30})
-_Q4_K = 12
-
-
-def _type_name(ggml_type: int) -> str:
-    known = GGML_TYPES.get(ggml_type)
-    return known.name if known is not None else f"type {ggml_type}"
-
-
-# GGUF leaf names -> Hugging Face module paths inside a decoder layer.
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
@@ -130,15 +88,6 @@ _TOP_NAMES = {
 }
 # Tensors llama.cpp writes that the model does not hold as weights.
 _SKIPPED = {"rope_freqs"}
-
-# llama.cpp pre-tokenizer names whose split transformers' mapping does not
-# know, and which split digits one by one before the GPT-2 regex (llama.cpp's
-# llama-vocab.cpp gives these the pair of expressions "\p{N}" and GPT-2's).
-_DIGIT_SPLIT_PRE = frozenset(
-    {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
-)
-# Ones that are plain GPT-2 byte-level splitting, the builder's default.
-_GPT2_PRE = frozenset({"default", "gpt-2", "gpt2", "mpt", "olmo", "jais"})
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -282,32 +231,6 @@ def _load(path: str) -> _Loaded:
         ) from exc
 
 
-def refusal(architecture: str, tensor_types: Iterable[int]) -> str | None:
-    """Why the MLX backend cannot load a GGUF file of this architecture and
-    these tensor types, in one line; None when it can. Reads no weights."""
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        return (
-            f"architecture {architecture or '(none)'!r} has no MLX loader "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
-    types = list(tensor_types)
-    readable = MLX_READABLE_TYPES
-    if _Q4_K in types and mx_load_reads_q4_k():
-        readable = readable | {_Q4_K}
-    unreadable = Counter(_type_name(t) for t in types if t not in readable)
-    if unreadable:
-        listed = ", ".join(f"{n} ({c} tensors)" for n, c in sorted(unreadable.items()))
-        return f"tensor types that mlx {_mlx_version()} cannot read correctly: {listed}"
-    return None
-
-
-def _mlx_version() -> str:
-    try:
-        return importlib.metadata.version("mlx")
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)"
-
-
 def _build(
     path: str,
     architecture: str,
@@ -338,7 +261,7 @@ def _build(
     mx.eval(model.parameters())
     model.eval()
 
-    tokenizer, wrapper, tokenizer_notes = _tokenizer(path, architecture, meta)
+    tokenizer, wrapper, tokenizer_notes = gguf_tokenizer(path, architecture, meta)
     notes.extend(tokenizer_notes)
     eos_ids = sorted(wrapper.eos_token_ids)
     config["eos_token_id"] = eos_ids[0] if len(eos_ids) == 1 else eos_ids
@@ -478,85 +401,6 @@ def _rope_scaling(
     )
 
 
-def llama3_rope_factors(
-    *, base: float, dims: int, factor: float, low: float, high: float, original_context: int
-) -> list[float]:
-    """The per-frequency factors llama.cpp writes as ``rope_freqs`` for llama3 scaling.
-
-    Each is the multiple of the plain RoPE wavelength, as in mlx-lm's
-    ``Llama3RoPE``: ``factor`` for long wavelengths, 1 for short ones, and a
-    smooth blend between.
-    """
-    low_wavelen = original_context / low
-    high_wavelen = original_context / high
-    out = []
-    for i in range(0, dims, 2):
-        wavelen = 2 * math.pi * base ** (i / dims)
-        if wavelen > low_wavelen:
-            out.append(factor)
-        elif wavelen > high_wavelen:
-            smooth = (original_context / wavelen - low) / (high - low)
-            out.append(1.0 / ((1 - smooth) / factor + smooth))
-        else:
-            out.append(1.0)
-    return out
-
-
-def fit_llama3_rope(
-    factors: list[float], *, base: float, dims: int, original_context: int = 8192
-) -> dict[str, Any] | None:
-    """A ``llama3`` rope-scaling config that reproduces ``factors``, or None.
-
-    Only the ratios of ``original_context`` to the low and high frequency
-    factors enter the result, so ``original_context`` is taken as given and
-    the two factors are fitted: Llama 3's own (1 and 4) are tried first, then
-    a straight-line fit through the blended frequencies.
-    """
-    if len(factors) != dims // 2 or not factors:
-        return None
-    factor = max(factors)
-    if factor <= 1.0 + 1e-6:
-        return None
-    candidates = [(1.0, 4.0)]
-    xs: list[float] = []
-    ys: list[float] = []
-    for i, f in enumerate(factors):
-        if 1.0 + 1e-4 < f < factor - 1e-4:
-            wavelen = 2 * math.pi * base ** (2 * i / dims)
-            xs.append(original_context / wavelen)
-            ys.append((1.0 / f - 1.0 / factor) / (1.0 - 1.0 / factor))
-    if len(xs) >= 2:
-        n = len(xs)
-        mean_x, mean_y = sum(xs) / n, sum(ys) / n
-        sxx = sum((x - mean_x) ** 2 for x in xs)
-        if sxx > 0:
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sxx
-            if slope > 0:
-                intercept = mean_y - slope * mean_x
-                low = -intercept / slope
-                candidates.append((low, low + 1.0 / slope))
-    for low, high in candidates:
-        if not 0 < low < high:
-            continue
-        expected = llama3_rope_factors(
-            base=base,
-            dims=dims,
-            factor=factor,
-            low=low,
-            high=high,
-            original_context=original_context,
-        )
-        if all(math.isclose(a, b, rel_tol=2e-3) for a, b in zip(expected, factors, strict=True)):
-            return {
-                "type": "llama3",
-                "factor": factor,
-                "low_freq_factor": low,
-                "high_freq_factor": high,
-                "original_max_position_embeddings": original_context,
-            }
-    return None
-
-
 def _target(name: str) -> tuple[str, str] | None:
     """``(module path, parameter)`` for a GGUF tensor name, or None to skip it."""
     stem, _, param = name.rpartition(".")
@@ -606,18 +450,18 @@ def _map_weights(
             tensor = _unpermute(tensor, unpermute[stem])
         if param == "weight" and stem in matrices:
             ggml_type = types.get(name, -1)
-            type_name = _type_name(ggml_type)
+            type_name = ggml_type_name(ggml_type)
             scales = weights.get(f"{stem}.scales")
             if scales is not None:
                 in_features = int(scales.shape[-1]) * _GROUP_SIZE
                 bits = int(tensor.shape[-1]) * 32 // in_features
                 per_module[module_path] = {"group_size": _GROUP_SIZE, "bits": bits}
                 kept.setdefault((type_name, bits), []).append(stem)
-            elif not _requantise_bits(ggml_type):
+            elif not requantise_bits(ggml_type):
                 per_module[module_path] = False
                 plain.setdefault(type_name, []).append(stem)
             else:
-                bits = _requantise_bits(ggml_type)
+                bits = requantise_bits(ggml_type)
                 if tensor.ndim == 2 and tensor.shape[-1] % _GROUP_SIZE == 0:
                     packed, q_scales, q_biases = mx.quantize(
                         tensor, group_size=_GROUP_SIZE, bits=bits
@@ -684,155 +528,6 @@ def _notes(
 
 
 # --------------------------------------------------------------------------
-# tokenizer
-
-
-#: Where transformers 5 keeps its GGUF tokenizer mapping.
-TOKENIZER_MAPPING_MODULE = "transformers.integrations.gguf.gguf_tokenizer_mapping"
-
-
-def _tokenizer_api() -> tuple[
-    Callable[..., Any], Mapping[str, Mapping[str, str]], Mapping[str, str]
-]:
-    try:
-        mapping = importlib.import_module(TOKENIZER_MAPPING_MODULE)
-        convert = mapping.convert_gguf_tokenizer
-        renames = mapping.GGUF_TOKENIZER_MAPPING
-        splits = getattr(mapping, "GGUF_PRE_TOKENIZER_SPLITS", {})
-    except (ImportError, AttributeError) as exc:
-        try:
-            version = importlib.metadata.version("transformers")
-        except importlib.metadata.PackageNotFoundError:
-            version = "not installed"
-        raise ModelLoadError(
-            "the MLX GGUF loader builds the tokenizer with transformers' GGUF mapping "
-            f"({TOKENIZER_MAPPING_MODULE}), which it supports for transformers "
-            f"{SUPPORTED_TRANSFORMERS}; found transformers {version}"
-        ) from exc
-    return convert, renames, splits
-
-
-def _tokenizer(
-    path: str, arch: str, meta: Mapping[str, Any]
-) -> tuple[PreTrainedTokenizerFast, TokenizerWrapper, list[str]]:
-    try:
-        convert, renames, splits = _tokenizer_api()
-    except ModelLoadError as exc:
-        raise ModelLoadError(str(exc), path=path) from exc
-    from mlx_lm.tokenizer_utils import (
-        BPEStreamingDetokenizer,
-        NaiveStreamingDetokenizer,
-        SPMStreamingDetokenizer,
-        TokenizerWrapper,
-    )
-    from tokenizers import decoders, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    notes: list[str] = []
-    spec = {
-        name: meta[f"tokenizer.{key}"]
-        for key, name in renames["tokenizer"].items()
-        if f"tokenizer.{key}" in meta
-    }
-    model_type = spec.get("tokenizer_type")
-    tokens = spec.get("tokens")
-    if not isinstance(tokens, list) or not tokens:
-        raise ModelLoadError(f"GGUF file {path} has no tokenizer.ggml.tokens", path=path)
-    try:
-        backend, _ = convert(arch, spec)
-    except ValueError as exc:
-        raise ModelLoadError(
-            f"GGUF file {path} has a tokenizer of type {model_type!r} that the MLX "
-            f"GGUF loader cannot rebuild ({exc}); use the llama_cpp backend for "
-            "this file, or an MLX model folder",
-            path=path,
-        ) from exc
-
-    pre = spec.get("pre_tokenizer_type")
-    if model_type == "gpt2" and pre not in splits:
-        if pre in _DIGIT_SPLIT_PRE:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Digits(individual_digits=True),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-                ]
-            )
-        elif pre is not None and pre not in _GPT2_PRE:
-            notes.append(f"pre-tokenizer {pre!r} not known: splitting text as GPT-2 does")
-
-    def token(key: str) -> str | None:
-        index = meta.get(f"tokenizer.ggml.{key}")
-        if isinstance(index, int) and 0 <= index < len(tokens):
-            return str(tokens[index])
-        return None
-
-    bos, eos = token("bos_token_id"), token("eos_token_id")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", model_type == "llama"))
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-    # llama.cpp adds BOS/EOS exactly as these flags say; state it explicitly
-    # so the builder's own default post-processor does not decide.
-    ids = {t: backend.token_to_id(t) for t in (bos, eos) if t}
-    head = [bos] if add_bos and bos and ids.get(bos) is not None else []
-    tail = [eos] if add_eos and eos and ids.get(eos) is not None else []
-    backend.post_processor = processors.TemplateProcessing(
-        single=[*head, "$A", *tail],
-        pair=[*head, "$A", *tail, *(f"{t}:1" for t in head), "$B:1", *(f"{t}:1" for t in tail)],
-        special_tokens=[(t, ids[t]) for t in dict.fromkeys([*head, *tail])],
-    )
-
-    kwargs: dict[str, Any] = {}
-    for name in ("bos", "eos", "unknown", "padding"):
-        value = token(f"{name}_token_id")
-        if value is not None:
-            kwargs[{"unknown": "unk", "padding": "pad"}.get(name, name) + "_token"] = value
-    template = meta.get("tokenizer.chat_template")
-    if isinstance(template, str):
-        kwargs["chat_template"] = template
-    context = meta.get(f"{arch}.context_length")
-    if isinstance(context, int) and context > 0:
-        kwargs["model_max_length"] = context
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs)  # type: ignore[no-untyped-call]
-
-    eos_ids = {
-        int(meta[f"tokenizer.ggml.{key}"])
-        for key in ("eos_token_id", "eot_token_id", "eom_token_id")
-        if isinstance(meta.get(f"tokenizer.ggml.{key}"), int)
-    }
-    decoder = backend.decoder
-    detokenizer: Any = NaiveStreamingDetokenizer
-    if isinstance(decoder, decoders.ByteLevel):
-        detokenizer = _exact_bpe_detokenizer(BPEStreamingDetokenizer)
-    elif decoder is not None:
-        shape = json.loads(decoder.__getstate__())
-        steps = [d.get("type") for d in shape.get("decoders", [])]
-        if steps[:3] == ["Replace", "ByteFallback", "Fuse"]:
-            detokenizer = SPMStreamingDetokenizer if "Strip" in steps else _spm_no_trim
-    wrapper = TokenizerWrapper(tokenizer, detokenizer, eos_token_ids=sorted(eos_ids))
-    return tokenizer, wrapper, notes
-
-
-def _exact_bpe_detokenizer(base: type) -> type:
-    """mlx-lm's byte-level detokenizer, minus its trimming of the first space.
-
-    mlx-lm drops the leading space of the first generated token, so a raw
-    continuation such as " four" would stream as "four"; llama.cpp, and the
-    contract that streamed texts concatenate to the generated text, keep it.
-    """
-
-    class ExactBPEStreamingDetokenizer(base):  # type: ignore[misc]
-        def _maybe_trim_space(self, current_text: str) -> str:
-            return current_text
-
-    return ExactBPEStreamingDetokenizer
-
-
-def _spm_no_trim(tokenizer: Any) -> Any:
-    from mlx_lm.tokenizer_utils import SPMStreamingDetokenizer
-
-    return SPMStreamingDetokenizer(tokenizer, trim_space=False)  # type: ignore[no-untyped-call]
-
-
-# --------------------------------------------------------------------------
 # writing
 
 
@@ -879,69 +574,3 @@ def _safe_stem(path: str) -> str:
         stem = stem[:-5]
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
     return cleaned[:64] or "model"
-
-
-# --------------------------------------------------------------------------
-# Q4_K probe
-
-
-def _q4_k_block() -> bytes:
-    """One Q4_K super-block whose eight sub-blocks all have different scales and mins."""
-    header = struct.pack("<ee", 0.5, 0.25)
-    scales = bytes([0x41, 0x83, 0xC5, 0x07, 0x49, 0x8B, 0xCD, 0x0F, 0x21, 0x43, 0x65, 0x87])
-    quants = bytes((i * 7 + 3) % 256 for i in range(128))
-    return header + scales + quants
-
-
-def _decode_q4_k(block: bytes) -> list[float]:
-    """ggml's reference dequantisation of one Q4_K super-block."""
-    d, dmin = struct.unpack_from("<ee", block, 0)
-    sc, qs = block[4:16], block[16:144]
-    out: list[float] = []
-    for pair in range(4):
-        for half in range(2):
-            j = 2 * pair + half
-            if j < 4:
-                scale, low = sc[j] & 63, sc[j + 4] & 63
-            else:
-                scale = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4)
-                low = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
-            for q in qs[32 * pair : 32 * pair + 32]:
-                nibble = (q >> 4) if half else (q & 0xF)
-                out.append(d * scale * nibble - dmin * low)
-    return out
-
-
-@functools.cache
-def mx_load_reads_q4_k() -> bool:
-    """Whether the installed ``mx.load`` dequantises Q4_K tensors correctly.
-
-    Writes a one-block GGUF file to a temporary folder, loads it and compares
-    it with ggml's reference decoding. (mlx 0.32 does not.)
-    """
-    import mlx.core as mx
-
-    block = _q4_k_block()
-    name = b"probe.weight"
-    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 0)
-    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQQIQ", 2, 256, 1, _Q4_K, 0)
-    blob = head + info
-    blob += b"\0" * (-len(blob) % 32) + block
-    expected = _decode_q4_k(block)
-    try:
-        with tempfile.TemporaryDirectory(prefix="inference-mlx-probe-") as folder:
-            probe = os.path.join(folder, "q4_k.gguf")
-            with open(probe, "wb") as fh:
-                fh.write(blob)
-            arrays = cast("dict[str, mx.array]", mx.load(probe))
-            weight = arrays["probe.weight"]
-            if "probe.scales" in arrays:
-                weight = mx.dequantize(
-                    weight, arrays["probe.scales"], arrays["probe.biases"], group_size=32, bits=4
-                )
-            got = [float(x) for x in cast("list[float]", weight.reshape(-1).tolist())]
-    except Exception:
-        return False
-    return len(got) == len(expected) and all(
-        abs(a - b) <= 1e-2 * max(1.0, abs(b)) for a, b in zip(got, expected, strict=True)
-    )
