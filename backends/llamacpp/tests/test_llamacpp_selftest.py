@@ -209,6 +209,8 @@ def test_rocm_is_unavailable_on_a_faulting_build(
     backend = RocmBackend(detector=lambda: found)
     assert backend.available() is False
     assert "SIGILL" in backend.reason
+    # Its fix keeps the HIP build.
+    assert "rebuild: CMAKE_ARGS='-DGGML_HIP=on" in backend.reason
 
 
 NATIVE_LIB = os.environ.get("INFERENCE_NATIVE_ENGINE_LIB", "")

@@ -40,11 +40,12 @@ class LlamaCppBackend:
         if importlib.util.find_spec("llama_cpp") is None:
             self.reason = f"llama-cpp-python is not installed: {INSTALL_HINT}"
             return False
-        from .selftest import verdict
+        from .selftest import rebuild_command, verdict
 
         tested = verdict()
         if not tested.ok:
-            self.reason = tested.reason
+            fix = "" if tested.retry else f"; rebuild: {rebuild_command()}"
+            self.reason = tested.reason + fix
             return False
         self.reason = "llama.cpp in-process (CPU, or the GPU its build supports); self-test passed"
         return True

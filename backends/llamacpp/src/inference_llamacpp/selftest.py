@@ -42,6 +42,7 @@ __all__ = [
     "SELFTEST_TIMEOUT",
     "Verdict",
     "engine_library_dir",
+    "rebuild_command",
     "run_selftest",
     "verdict",
 ]
@@ -53,7 +54,7 @@ DECODE_TOKENS = 4
 #: Seconds the child may take before the verdict is "did not finish".
 SELFTEST_TIMEOUT = 180.0
 #: Bumped when the test changes, so that old verdicts are not reused.
-_SELFTEST_VERSION = 1
+_SELFTEST_VERSION = 2
 _OK_LINE = "inference-llamacpp self-test: ok"
 
 _SIGNALS = {
@@ -209,7 +210,6 @@ def run_selftest(
     out = done.stdout.decode("utf-8", "replace")
     if done.returncode == 0 and _OK_LINE in out:
         return Verdict(True)
-    fix = reinstall_command(cmake_args(), _requirement())
     if done.returncode < 0:
         sig = -done.returncode
         try:
@@ -217,13 +217,18 @@ def run_selftest(
         except ValueError:
             name = f"signal {sig}"
         what = _SIGNALS.get(sig, "killed")  # type: ignore[call-overload]
-        return Verdict(False, f"{where} dies with {name} ({what}) in its self-test; rebuild: {fix}")
+        return Verdict(False, f"{where} dies with {name} ({what}) in its self-test")
     last = _last_line(done.stderr.decode("utf-8", "replace")) or _last_line(out)
     return Verdict(
-        False,
-        f"{where} fails its self-test (exit {done.returncode}: {last or 'no message'}); "
-        f"rebuild: {fix}",
+        False, f"{where} fails its self-test (exit {done.returncode}: {last or 'no message'})"
     )
+
+
+def rebuild_command(gpu_args: str = "") -> str:
+    """The command that rebuilds the installed llama-cpp-python for this CPU,
+    with ``gpu_args`` (``-DGGML_HIP=on`` for the rocm backend) kept."""
+    args = " ".join(part for part in (gpu_args, cmake_args()) if part)
+    return reinstall_command(args, _requirement())
 
 
 def _last_line(text: str) -> str:

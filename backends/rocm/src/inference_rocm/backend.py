@@ -56,11 +56,13 @@ class RocmBackend:
         the llama.cpp engine's self-test (:mod:`inference_llamacpp.selftest`)."""
         if not self.detection().available:
             return False
-        from inference_llamacpp.selftest import verdict
+        from inference_llamacpp.selftest import rebuild_command, verdict
 
         tested = verdict()
         if not tested.ok:
-            self.reason = tested.reason
+            # The fix keeps the HIP build: a CPU rebuild would drop the GPU.
+            fix = "" if tested.retry else f"; rebuild: {rebuild_command('-DGGML_HIP=on')}"
+            self.reason = tested.reason + fix
         return tested.ok
 
     def load_model(
