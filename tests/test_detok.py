@@ -186,3 +186,19 @@ def test_model_stop_strings_across_byte_tokens() -> None:
         assert stream.text() == "Naïve café, "
         assert stream.finish_reason == "stop"
         assert model.generate("x", max_tokens=200, stop="nothing like it").text() == reply
+
+
+def test_logprob_assembler_keeps_each_tokens_figures_through_held_text() -> None:
+    from inference.detok import LogprobAssembler
+    from inference.types import TokenLogprob
+
+    tagged = LogprobAssembler(TextAssembler(["END"]))
+    alt = (TokenLogprob(1, "a", -0.1),)
+    out = tagged.push(1, b"a", -0.1, alt)
+    out += tagged.push(2, b"E", -0.2, ())  # held: it may start the stop string
+    assert [(t.text, t.logprob) for t in out] == [("a", -0.1)] and out[0].top_logprobs == alt
+    out = tagged.push(3, b"x", -0.3, ())  # not a stop after all: both released
+    assert [(t.id, t.text, t.logprob) for t in out] == [(2, "E", -0.2), (3, "x", -0.3)]
+    out = tagged.push(4, b"EN", -0.4, ()) + tagged.push(5, b"D!", -0.5, ())
+    assert out == [] and tagged.stopped  # the stop string's tokens go with their figures
+    assert tagged.flush() == []

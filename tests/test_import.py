@@ -39,6 +39,7 @@ PUBLIC_MODULES = (
     "inference.protocols",
     "inference.redact",
     "inference.registry",
+    "inference.scoring",
     "inference.stream",
     "inference.testing",
     "inference.testing.conformance",
@@ -47,6 +48,10 @@ PUBLIC_MODULES = (
     "inference.testing.models",
     "inference.types",
 )
+
+#: Optional modules of the core: each imports a third-party package by design
+#: (``inference.harness``: lm-eval), and nothing else imports them.
+OPTIONAL_MODULES = ("inference.harness",)
 
 #: Prints the top-level modules, outside the standard library, that ``code`` loaded.
 NON_STDLIB = """
@@ -71,7 +76,7 @@ for name in inference.__all__:
     getattr(inference, name)
 # Every module of the core, the built-in backends included.
 for info in pkgutil.walk_packages(inference.__path__, "inference."):
-    if info.name != "inference.__main__":
+    if info.name != "inference.__main__" and info.name not in {optional!r}:
         importlib.import_module(info.name)
 from inference.testing import FakeBackend
 model = FakeBackend().load_model("m")
@@ -81,6 +86,7 @@ inference.backend_status()
 """
     # Isolated from site-packages: only the standard library can be found, so
     # anything else imported would fail loudly as well as be listed.
+    code = code.replace("{optional!r}", repr(set(OPTIONAL_MODULES)))
     proc = child.run(NON_STDLIB.format(code=code), isolated=True)
     assert child.json(proc) == ["inference"]
 

@@ -58,7 +58,9 @@ N_TOKENS = 16
 @pytest.fixture(scope="session")
 def lcp() -> Iterator[ServerProcess]:
     """llama-cpp-python's server, one per session."""
-    with llama_cpp_python_server(n_ctx=N_CTX, extra=("--flash_attn", "True")) as server:
+    # logits_all: that server reports log-probabilities only with it.
+    extra = ("--flash_attn", "True", "--logits_all", "True")
+    with llama_cpp_python_server(n_ctx=N_CTX, extra=extra) as server:
         yield server
 
 
@@ -166,6 +168,28 @@ def test_chat_equals_the_llama_cpp_backend(remote: OpenAIModel, local: TextModel
     messages = [{"role": "user", "content": "What is 2+2? Answer briefly."}]
     want = local.chat(messages, max_tokens=N_TOKENS).text()
     assert remote.chat(messages, max_tokens=N_TOKENS).text() == want
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streamed_logprobs_equal_the_llama_cpp_backend(
+    remote: OpenAIModel, local: TextModel, chat: bool
+) -> None:
+    """The server's figures for each token (its own text, log-probability and
+    top 3) are the in-process backend's, for the completions and chat endpoints."""
+    if chat:
+        messages = [{"role": "user", "content": "Name a large animal."}]
+        ours = list(remote.chat(messages, max_tokens=N_TOKENS, logprobs=3))
+        theirs = list(local.chat(messages, max_tokens=N_TOKENS, logprobs=3))
+    else:
+        ours = list(remote.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
+        theirs = list(local.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
+    assert [t.text for t in ours] == [t.text for t in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.logprob is not None and b.logprob is not None
+        assert abs(a.logprob - b.logprob) <= 1e-3, (a, b)
+        assert [x.text for x in a.top_logprobs] == [x.text for x in b.top_logprobs]
+        for x, y in zip(a.top_logprobs, b.top_logprobs, strict=True):
+            assert x.id == -1 and abs(x.logprob - y.logprob) <= 1e-3
 
 
 def test_server_defaults_would_leak_without_explicit_fields(

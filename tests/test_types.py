@@ -20,7 +20,10 @@ from inference.types import (
     GenerateMetrics,
     Message,
     ModelInfo,
+    RollingScore,
+    ScoreResult,
     Token,
+    TokenLogprob,
 )
 
 VALUE_TYPES = [
@@ -31,6 +34,8 @@ VALUE_TYPES = [
     ClassifyResult(token=Token(1, "a")),
     BatchResult(text="x"),
     DiscoveredModel(path="/m.gguf", format="gguf"),
+    ScoreResult(logprobs=(-1.0,), total=-1.0, is_greedy=False),
+    RollingScore(total=-3.0, tokens=2, perplexity=4.48),
 ]
 
 
@@ -52,8 +57,20 @@ def test_value_types_are_frozen_and_slotted(value: Any) -> None:
 
 def test_every_type_in_all_is_tested() -> None:
     tested = {type(v).__name__ for v in VALUE_TYPES}
-    classes = {n for n in types.__all__ if isinstance(getattr(types, n), type)}
+    classes = {
+        n
+        for n in types.__all__
+        if isinstance(getattr(types, n), type) and not issubclass(getattr(types, n), tuple)
+    }
     assert classes == tested
+
+
+def test_token_logprob_is_an_immutable_triple() -> None:
+    alt = TokenLogprob(7, "x", -0.25)
+    assert tuple(alt) == (7, "x", -0.25) and alt.logprob == -0.25
+    with pytest.raises(AttributeError):
+        alt.logprob = 0.0  # type: ignore[misc]
+    assert hash(Token(7, "x", -0.25, (alt,))) == hash(Token(7, "x", -0.25, (alt,)))
 
 
 def test_token_value_semantics() -> None:

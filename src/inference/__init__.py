@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         with_context_len,
         with_gpu_layers,
         with_logits,
+        with_logprobs,
         with_max_tokens,
         with_min_p,
         with_parallel_slots,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
         with_top_k,
         with_top_p,
     )
-    from .protocols import Backend, TextModel, Tokenizer
+    from .protocols import Backend, Scorer, TextModel, Tokenizer
     from .registry import (
         BackendStatus,
         Candidate,
@@ -76,7 +77,10 @@ if TYPE_CHECKING:
         GenerateMetrics,
         Message,
         ModelInfo,
+        RollingScore,
+        ScoreResult,
         Token,
+        TokenLogprob,
     )
 
 #: Public name -> the submodule that defines it.
@@ -103,6 +107,7 @@ _LAZY: dict[str, str] = {
     "with_context_len": "options",
     "with_gpu_layers": "options",
     "with_logits": "options",
+    "with_logprobs": "options",
     "with_max_tokens": "options",
     "with_min_p": "options",
     "with_parallel_slots": "options",
@@ -115,6 +120,7 @@ _LAZY: dict[str, str] = {
     "with_top_k": "options",
     "with_top_p": "options",
     "Backend": "protocols",
+    "Scorer": "protocols",
     "TextModel": "protocols",
     "Tokenizer": "protocols",
     "BackendStatus": "registry",
@@ -133,7 +139,10 @@ _LAZY: dict[str, str] = {
     "GenerateMetrics": "types",
     "Message": "types",
     "ModelInfo": "types",
+    "RollingScore": "types",
+    "ScoreResult": "types",
     "Token": "types",
+    "TokenLogprob": "types",
 }
 
 __version__ = "0.1.0"
@@ -161,8 +170,12 @@ __all__ = [
     "ModelLoadError",
     "NoBackendError",
     "Option",
+    "RollingScore",
+    "ScoreResult",
+    "Scorer",
     "TextModel",
     "Token",
+    "TokenLogprob",
     "TokenStream",
     "Tokenizer",
     "__version__",
@@ -182,6 +195,7 @@ __all__ = [
     "with_context_len",
     "with_gpu_layers",
     "with_logits",
+    "with_logprobs",
     "with_max_tokens",
     "with_min_p",
     "with_parallel_slots",

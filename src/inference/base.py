@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .chat_families import family_for
 from .chat_template import render_chat
-from .detok import TextAssembler
+from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .metrics import batch_metrics, call_metrics
@@ -43,6 +43,7 @@ from .types import (
     Message,
     ModelInfo,
     Token,
+    TokenLogprob,
 )
 
 __all__ = [
@@ -291,6 +292,13 @@ class BaseTextModel(ModelState):
             control.check()
         return out
 
+    def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        """The raw log-probability of the token ``_generate_ids`` has just
+        yielded, and the ``k`` most likely tokens at that step as ``(id,
+        log-probability)``, most likely first. Called (under ``logprobs=k``)
+        before the generator is resumed. Override to support ``logprobs``."""
+        raise NotImplementedError
+
     #: Override with a generator method ``(batch, cfg, control, finished)``
     #: yielding ``(index, token_id)`` pairs to decode sequences together.
     #: ``finished`` is a set of indices the caller has ended; the engine
@@ -408,6 +416,8 @@ class BaseTextModel(ModelState):
             self._lock.release()
 
     def _stream(self, text: str, cfg: GenerateConfig, add_bos: bool) -> TokenStream:
+        self._check_logprobs(cfg)
+
         def produce(control: StreamControl) -> Generator[Token, None, FinishReason]:
             return self._produce(text, add_bos, cfg, control)
 
@@ -421,6 +431,18 @@ class BaseTextModel(ModelState):
             start = _perf()
             ids = self._check_prompt(self._encode(text, add_bos))
             return (yield from self._produce_ids(ids, cfg, control, start))
+
+    @property
+    def reports_logprobs(self) -> bool:
+        """Whether streamed tokens can carry log-probabilities (``logprobs=k``)."""
+        return type(self)._token_logprobs is not BaseTextModel._token_logprobs
+
+    def _check_logprobs(self, cfg: GenerateConfig) -> None:
+        if cfg.logprobs is not None and not self.reports_logprobs:
+            raise GenerationError(
+                f"the {self.backend_name or 'engine'} backend cannot report log-probabilities "
+                "(logprobs=)"
+            )
 
     def _check_prompt(self, ids: list[int]) -> list[int]:
         """Refuse an empty prompt or one that does not fit the context."""
@@ -486,6 +508,7 @@ class BaseTextModel(ModelState):
     def _do_batch(
         self, prompts: list[str], cfg: GenerateConfig, control: StreamControl
     ) -> list[BatchResult]:
+        self._check_logprobs(cfg)
         start = _perf()
         results: dict[int, BatchResult] = {}
         batch: list[list[int]] = []
@@ -498,7 +521,13 @@ class BaseTextModel(ModelState):
                 continue
             batch.append(ids)
             index.append(i)
-        if self._generate_batch is None or len(batch) < 2 or cfg.max_tokens == 0:
+        # Log-probabilities come from the single-sequence path.
+        if (
+            self._generate_batch is None
+            or len(batch) < 2
+            or cfg.max_tokens == 0
+            or cfg.logprobs is not None
+        ):
             for j, ids in enumerate(batch):
                 results[index[j]] = self._one_of_batch(ids, cfg, control)
         else:
@@ -530,7 +559,10 @@ class BaseTextModel(ModelState):
             control.check()
         stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
         asm = TextAssembler(cfg.stop)
-        push = asm.push
+        push: Callable[[int, bytes], list[Token]] = asm.push
+        flush: Callable[[], list[Token]] = asm.flush
+        if cfg.logprobs is not None:
+            push, flush = self._with_logprobs(asm, cfg.logprobs)
         token_bytes = self._token_bytes
         stop_requested = control.stop_requested
         max_tokens = cfg.max_tokens
@@ -558,8 +590,25 @@ class BaseTextModel(ModelState):
             _close(engine)
             control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf())
         if not asm.stopped:
-            yield from asm.flush()
+            yield from flush()
         return reason
+
+    def _with_logprobs(
+        self, asm: TextAssembler, k: int
+    ) -> tuple[Callable[[int, bytes], list[Token]], Callable[[], list[Token]]]:
+        """``asm.push`` and ``asm.flush`` that give each token its
+        log-probabilities, from ``_token_logprobs``."""
+        tagged = LogprobAssembler(asm, k)
+        token_bytes = self._token_bytes
+
+        def push(token_id: int, data: bytes) -> list[Token]:
+            chosen, top = self._token_logprobs(token_id, k)
+            alternatives = tuple(
+                TokenLogprob(i, token_bytes(i).decode("utf-8", "replace"), lp) for i, lp in top
+            )
+            return tagged.push(token_id, data, chosen, alternatives)
+
+        return push, tagged.flush
 
     def _together(
         self, batch: list[list[int]], cfg: GenerateConfig, control: StreamControl

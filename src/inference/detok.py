@@ -6,16 +6,20 @@ character for a character split across tokens (the token that starts it
 carries ``""``), holds back text that might be the start of a stop string,
 and releases it when it turns out not to be. The texts it emits concatenate
 to exactly the generated text, without the stop string.
+
+:class:`LogprobAssembler` wraps one to give each emitted token the
+log-probabilities of its id (``logprobs=k``).
 """
 
 from __future__ import annotations
 
 import codecs
+from collections import deque
 from collections.abc import Sequence
 
-from .types import Token
+from .types import Token, TokenLogprob
 
-__all__ = ["TextAssembler"]
+__all__ = ["LogprobAssembler", "TextAssembler"]
 
 
 class TextAssembler:
@@ -92,3 +96,41 @@ class TextAssembler:
         """The generation ended without a stop string: release what was held."""
         out, self._pending, self._buf = self._pending, [], ""
         return out
+
+
+class LogprobAssembler:
+    """A :class:`TextAssembler` whose tokens carry their log-probabilities.
+
+    ``push(token_id, data, logprob, top)`` takes one token's figures with its
+    bytes. The assembler emits one token per id, in order (holding some back
+    for stop strings), so each id's figures wait in a queue until its token
+    is emitted; those of tokens a stop string drops are dropped with them.
+    """
+
+    __slots__ = ("_asm", "_pending", "k")
+
+    def __init__(self, asm: TextAssembler, k: int = 0) -> None:
+        self._asm = asm
+        #: The alternatives asked for per token (``logprobs=k``).
+        self.k = k
+        self._pending: deque[tuple[float, tuple[TokenLogprob, ...]]] = deque()
+
+    @property
+    def stopped(self) -> bool:
+        return self._asm.stopped
+
+    def push(
+        self, token_id: int, data: bytes, logprob: float, top: tuple[TokenLogprob, ...]
+    ) -> list[Token]:
+        self._pending.append((logprob, top))
+        return self._attach(self._asm.push(token_id, data))
+
+    def flush(self) -> list[Token]:
+        return self._attach(self._asm.flush())
+
+    def _attach(self, out: list[Token]) -> list[Token]:
+        emitted = []
+        for tok in out:
+            logprob, top = self._pending.popleft()
+            emitted.append(Token(tok.id, tok.text, logprob, top))
+        return emitted

@@ -40,6 +40,7 @@ __all__ = [
     "with_context_len",
     "with_gpu_layers",
     "with_logits",
+    "with_logprobs",
     "with_max_tokens",
     "with_min_p",
     "with_parallel_slots",
@@ -105,6 +106,19 @@ def _bool(option: str, value: object) -> bool:
 
 def _seed(option: str, value: object) -> int | None:
     return None if value is None else _int(option, value, minimum=0)
+
+
+#: The most alternatives a token's ``top_logprobs`` may hold (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+def _logprobs(option: str, value: object) -> int | None:
+    if value is None:
+        return None
+    number = _int(option, value, minimum=0)
+    if number > MAX_TOP_LOGPROBS:
+        raise _fail(option, value, f"an int from 0 to {MAX_TOP_LOGPROBS}, or None")
+    return number
 
 
 def _token_ids(option: str, value: object) -> tuple[int, ...]:
@@ -177,7 +191,8 @@ class GenerateConfig:
 
     Zero means "off" for ``top_k``, ``top_p`` and ``min_p``; ``temperature``
     0 is greedy decoding; ``repeat_penalty`` 1 is no penalty; ``seed`` None
-    lets the backend choose; ``timeout`` None means no deadline. Every field
+    lets the backend choose; ``logprobs`` None asks for no log-probabilities
+    (0 asks for the chosen token's alone); ``timeout`` None means no deadline. Every field
     is checked when the config is made, however it is made (a ``with_*``
     builder, a keyword, or ``GenerateConfig(...)`` itself): a bad value raises
     ``ValueError`` naming the option and the value.
@@ -193,6 +208,7 @@ class GenerateConfig:
     repeat_penalty: float = _option(1.0, _penalty)
     seed: int | None = _option(None, _seed)
     return_logits: bool = _option(False, _bool)
+    logprobs: int | None = _option(None, _logprobs)
     timeout: float | None = _option(None, _timeout)
     cancel: threading.Event | None = _option(None, _event, compare=False, repr=False)  # noqa: RUF009 (a field)
 
@@ -302,6 +318,12 @@ def with_seed(seed: int | None) -> Option:
 def with_logits(enabled: bool = True) -> Option:
     """Return the full logits from :meth:`TextModel.classify`."""
     return _make("generate", "return_logits", enabled)
+
+
+def with_logprobs(k: int | None = 0) -> Option:
+    """Give each streamed token its log-probability and its ``k`` (0 to 20) most
+    likely alternatives, from the model's raw distribution (None: not asked)."""
+    return _make("generate", "logprobs", k)
 
 
 def with_timeout(seconds: float | None) -> Option:

@@ -17,9 +17,17 @@ if TYPE_CHECKING:
 
     from .options import GenerateConfig, LoadConfig, Option
     from .stream import TokenStream
-    from .types import BatchResult, ClassifyResult, GenerateMetrics, Message, ModelInfo
+    from .types import (
+        BatchResult,
+        ClassifyResult,
+        GenerateMetrics,
+        Message,
+        ModelInfo,
+        RollingScore,
+        ScoreResult,
+    )
 
-__all__ = ["Backend", "TextModel", "Tokenizer"]
+__all__ = ["Backend", "Scorer", "TextModel", "Tokenizer"]
 
 
 @runtime_checkable
@@ -101,6 +109,32 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Optional capability: the log-likelihood of text, without generating.
+
+    The token boundary between ``context`` and ``continuation`` follows
+    lm-evaluation-harness: spaces that end the context move to the start of
+    the continuation, the whole text is tokenised once, and the continuation's
+    tokens are those after the context's own tokens; an empty context scores
+    the continuation after the BOS (or EOS) token. Failures raise
+    :class:`~inference.InferenceError` subclasses, and leave the model ready.
+    """
+
+    def score(self, context: str, continuation: str) -> ScoreResult:
+        """The log-probabilities of ``continuation``'s tokens after ``context``."""
+        ...
+
+    def score_batch(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreResult]:
+        """:meth:`score` of many ``(context, continuation)`` pairs, batched
+        where the engine batches; results in the order of ``pairs``."""
+        ...
+
+    def score_rolling(self, text: str) -> RollingScore:
+        """The log-likelihood of all of ``text``, in windows of the context length."""
         ...
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 __all__ = [
     "ROLES",
@@ -19,7 +19,10 @@ __all__ = [
     "GenerateMetrics",
     "Message",
     "ModelInfo",
+    "RollingScore",
+    "ScoreResult",
     "Token",
+    "TokenLogprob",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -35,10 +38,34 @@ class Token:
     A token that ends part-way through a multi-byte character carries ``""``
     and the character arrives whole with the token that completes it.
     Remote backends that do not report ids use ``-1``.
+
+    Under ``logprobs=k`` (:func:`~inference.with_logprobs`) a token also
+    carries ``logprob``, the natural log of the probability the model gave it,
+    and ``top_logprobs``, the ``k`` most likely tokens at that step, most
+    likely first. Both come from the model's raw distribution: the softmax of
+    its logits before the repeat penalty, temperature, top-k, top-p or min-p
+    reshape it (as vLLM reports by default), so they do not depend on the
+    sampling options. Otherwise they stay None and ``()``, and a token equals
+    ``Token(id, text)``.
     """
 
     id: int
     text: str
+    logprob: float | None = None
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class TokenLogprob(NamedTuple):
+    """One alternative at a step: token id, its text and its log-probability.
+
+    ``text`` is the token's own bytes decoded (a piece of a multi-byte
+    character shows as U+FFFD). Remote backends that do not report ids use
+    ``-1``.
+    """
+
+    id: int
+    text: str
+    logprob: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,3 +185,35 @@ class DiscoveredModel:
     size_bytes: int = 0
     name: str = ""
     extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The log-likelihood of a continuation after a context (:meth:`Scorer.score`).
+
+    ``logprobs`` holds the log-probability of each continuation token given
+    everything before it, ``total`` their sum, and ``is_greedy`` whether
+    greedy decoding from the context would have produced exactly these
+    tokens: lm-evaluation-harness's ``loglikelihood`` pair. ``token_ids`` are
+    the continuation's tokens.
+    """
+
+    logprobs: tuple[float, ...]
+    total: float
+    is_greedy: bool
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RollingScore:
+    """The log-likelihood of a whole text (:meth:`Scorer.score_rolling`).
+
+    ``total`` is the sum of every token's log-probability, scored in
+    windows of the model's context (lm-evaluation-harness's
+    ``loglikelihood_rolling``); ``tokens`` is how many were scored and
+    ``perplexity`` is ``exp(-total / tokens)``.
+    """
+
+    total: float
+    tokens: int
+    perplexity: float

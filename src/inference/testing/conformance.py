@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from ..errors import Cancelled, DeadlineExceeded, GenerationError, InferenceError, ModelClosedError
 from ..options import with_max_tokens, with_stop, with_temperature
-from ..protocols import TextModel, Tokenizer
+from ..protocols import Scorer, TextModel, Tokenizer
 from ..stream import TokenStream
 from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token
 
@@ -53,6 +53,12 @@ class TextModelConformance:
     supports_seed: ClassVar[bool] = True
     #: Whether Token.id is a real id (remote backends may report -1).
     real_token_ids: ClassVar[bool] = True
+    #: Whether streamed tokens carry log-probabilities under ``logprobs=k``
+    #: (when False, asking must fail before the first token).
+    supports_logprobs: ClassVar[bool] = True
+    #: How far ``score()`` may be from the streamed log-probabilities of the
+    #: same tokens (engines batch differently when scoring).
+    logprob_tolerance: ClassVar[float] = 1e-3
 
     _model: ClassVar[TextModel | None] = None
 
@@ -411,6 +417,59 @@ class TextModelConformance:
         ids = self.model.encode("Hello, world!")
         assert ids and all(isinstance(i, int) for i in ids)
         assert self.model.decode(ids) == "Hello, world!"
+
+    # -- probabilities -------------------------------------------------------
+
+    def test_tokens_carry_no_logprobs_unless_asked(self) -> None:
+        for tok in self._greedy(self.prompt, 2):
+            assert tok.logprob is None and tok.top_logprobs == ()
+            assert tok == Token(tok.id, tok.text)
+
+    def test_logprobs_option(self) -> None:
+        if not self.supports_logprobs:
+            try:
+                stream = self.model.generate(self.prompt, max_tokens=2, logprobs=2)
+                list(stream)
+            except InferenceError:
+                return
+            raise AssertionError("logprobs= must fail before the first token where unsupported")
+        tokens = list(self.model.generate(self.prompt, max_tokens=self.max_tokens, logprobs=3))
+        assert tokens
+        greedy = self._greedy(self.prompt)
+        assert [t.text for t in tokens] == [t.text for t in greedy]  # asking changes nothing
+        for tok in tokens:
+            assert tok.logprob is not None and tok.logprob <= 1e-6
+            assert len(tok.top_logprobs) == 3
+            values = [alt.logprob for alt in tok.top_logprobs]
+            assert values == sorted(values, reverse=True)
+            # Greedy picks the most likely token, which is the first alternative.
+            assert abs(values[0] - tok.logprob) <= self.logprob_tolerance
+            if self.real_token_ids:
+                assert tok.top_logprobs[0].id == tok.id
+        (zero,) = list(self.model.generate(self.prompt, max_tokens=1, logprobs=0))
+        assert zero.logprob is not None and zero.top_logprobs == ()
+
+    def test_scorer_capability(self) -> None:
+        model = self.model
+        if not isinstance(model, Scorer):
+            return
+        tokens = list(self.model.generate(self.prompt, max_tokens=self.max_tokens, logprobs=0))
+        text = "".join(t.text for t in tokens)
+        result = model.score(self.prompt, text)
+        assert result.is_greedy
+        assert abs(result.total - sum(r for r in result.logprobs)) < 1e-9
+        if self.supports_logprobs and len(result.logprobs) == len(tokens):
+            streamed = sum(t.logprob or 0.0 for t in tokens)
+            assert abs(result.total - streamed) <= self.logprob_tolerance * len(tokens)
+        wrong = model.score(self.prompt, " zebra zebra")
+        assert not wrong.is_greedy and wrong.total < result.total
+        assert all(lp <= 1e-6 for lp in wrong.logprobs)
+        batch = model.score_batch([(self.prompt, text), (self.other_prompt, " zebra")])
+        assert abs(batch[0].total - result.total) <= self.logprob_tolerance * len(tokens)
+        assert batch[1].logprobs and not batch[1].is_greedy
+        assert model.score_batch([]) == []
+        rolling = model.score_rolling(self.prompt + text)
+        assert rolling.tokens > 0 and rolling.total < 0 and rolling.perplexity > 1
 
     def test_close_twice_and_use_after_close(self) -> None:
         model = type(self).make_model()

@@ -12,20 +12,25 @@ output is ``reply`` (a string, or a function of the prompt); with a
 temperature above zero the bytes are drawn from a seeded generator, so the
 same seed gives the same output. ``delay`` slows each token down, for tests
 of cancellation and timeouts.
+
+Its distribution, for ``logprobs`` and scoring: at every step the logit of
+the byte the reply would give next is 10 and every other logit is 0 (after a
+context, the reply to that context comes next, repeated).
 """
 
 from __future__ import annotations
 
 import array
+import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..base import BaseTextModel
 from ..errors import GenerationError, ModelLoadError
 from ..options import GenerateConfig, LoadConfig, Option, load_config
+from ..scoring import ScoringTextModel
 from ..stream import StreamControl
 from ..types import ModelInfo
 
@@ -36,10 +41,12 @@ __all__ = ["EOS_ID", "FakeBackend", "FakeModel"]
 
 EOS_ID = 256
 VOCAB = 257
+_HIGH = 10.0  # the expected byte's logit; every other logit is 0
+_LOG_Z = math.log(math.exp(_HIGH) + VOCAB - 1)
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog. Naïve café, 日本語. "
 
 
-class FakeModel(BaseTextModel):
+class FakeModel(ScoringTextModel):
     """The fake backend's model. See the module docstring."""
 
     backend_name = "fake"
@@ -72,6 +79,7 @@ class FakeModel(BaseTextModel):
         self._repeat = repeat
         self.calls = 0
         self.released = False
+        self._expected = EOS_ID  # the most likely token at the step just yielded
 
     def _encode(self, text: str, add_bos: bool) -> list[int]:
         return list(text.encode("utf-8"))
@@ -99,12 +107,14 @@ class FakeModel(BaseTextModel):
         rng = random.Random(cfg.seed) if cfg.temperature > 0 else None
         produced = 0
         if not data:  # an empty reply: end at once instead of looping forever
+            self._expected = EOS_ID
             yield EOS_ID
             return
         while True:
             for byte in data:
                 if self._delay:
                     time.sleep(self._delay)
+                self._expected = byte
                 if rng is not None:
                     byte = rng.randrange(0x20, 0x7F)
                 produced += 1
@@ -112,8 +122,30 @@ class FakeModel(BaseTextModel):
                 if len(ids) + produced >= self._info.context_length:
                     return
             if not self._repeat:
+                self._expected = EOS_ID
                 yield EOS_ID
                 return
+
+    def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        return _logprob(token_id, self._expected), _top(self._expected, k)
+
+    def _score_ids(
+        self, pairs: Sequence[tuple[Sequence[int], int]], control: StreamControl
+    ) -> list[tuple[list[float], bool]]:
+        out = []
+        for ids, n in pairs:
+            head = list(ids[: len(ids) - n])
+            data = list(self._reply_bytes(head)) or [EOS_ID]
+            expected = [data[j % len(data)] for j in range(n)]
+            tail = ids[len(ids) - n :]
+            out.append(
+                (
+                    [_logprob(t, e) for t, e in zip(tail, expected, strict=True)],
+                    list(tail) == expected,
+                )
+            )
+            control.check()
+        return out
 
     def _classify_ids(
         self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
@@ -149,6 +181,16 @@ class FakeModel(BaseTextModel):
 
     def _release(self) -> None:
         self.released = True
+
+
+def _logprob(token_id: int, expected: int) -> float:
+    return (_HIGH if token_id == expected else 0.0) - _LOG_Z
+
+
+def _top(expected: int, k: int) -> list[tuple[int, float]]:
+    rest = (i for i in range(VOCAB) if i != expected)
+    ids = [expected, *(next(rest) for _ in range(max(k - 1, 0)))][:k]
+    return [(i, _logprob(i, expected)) for i in ids]
 
 
 class FakeBackend:

@@ -5,12 +5,18 @@ module): model and context, batches, the native sampler chain, the KV cache
 and the abort callback. Nothing here is specific to a device, so the ROCm
 backend runs the same class on an AMD GPU.
 
-What the engine adds to :class:`inference.BaseTextModel`:
+What the engine adds to :class:`inference.BaseTextModel` (through
+:class:`inference.scoring.ScoringTextModel`, so a model is also a
+:class:`inference.Scorer`):
 
 - prompt-prefix reuse: a call whose prompt starts with the tokens already in
   the KV cache (the next turn of a chat) prefills only the new tokens;
 - ``classify`` and ``batch_generate`` put several sequences into one
   ``llama_decode`` call;
+- ``logprobs=k`` reads the logits each token was sampled from (the sampler
+  chain works on a copy), and scoring asks ``llama_decode`` for logits only
+  at the positions that predict a continuation token: the context is never
+  created with ``logits_all``;
 - prefill can be cancelled part-way through, through llama.cpp's abort
   callback; decoding stops within one token;
 - llama.cpp's own log goes to the ``inference.llama_cpp`` logger and is
@@ -29,12 +35,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import llama_cpp as lc
+import numpy as np
 
 from inference import env
-from inference.base import BaseTextModel
 from inference.errors import Cancelled, GenerationError, ModelLoadError
 from inference.gguf import GGUFHeader, read_header
 from inference.options import GenerateConfig, LoadConfig
+from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
@@ -103,6 +110,20 @@ def _rss() -> tuple[int | None, int | None]:
     return current, peak
 
 
+def _log_softmax(logits: Any) -> Any:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _top_k(logprobs: Any, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most likely ``(id, log-probability)``, most likely first."""
+    if k <= 0:
+        return []
+    ids = np.argpartition(-logprobs, k - 1)[:k]
+    ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+    return [(int(i), float(logprobs[i])) for i in ids]
+
+
 class _Batch:
     """A reusable ``llama_batch`` of up to ``capacity`` tokens."""
 
@@ -127,7 +148,7 @@ class _Batch:
         lc.llama_batch_free(self.raw)
 
 
-class LlamaCppModel(BaseTextModel):
+class LlamaCppModel(ScoringTextModel):
     """A GGUF model loaded into llama.cpp. Use :meth:`load`."""
 
     backend_name: ClassVar[str] = "llama_cpp"
@@ -424,6 +445,56 @@ class LlamaCppModel(BaseTextModel):
                 lc.llama_sampler_free(sampler)
             control.check()
         lc.llama_memory_clear(self._mem, True)
+        return out
+
+    def _logits_row(self, row: int) -> Any:
+        """The logits of output ``row`` of the last decode, as a NumPy view (no copy)."""
+        return np.ctypeslib.as_array(
+            lc.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,)
+        )
+
+    def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        # The logits the token was sampled from: the sampler chain works on a
+        # copy, so these are the model's own, before penalties and temperature.
+        logprobs = _log_softmax(self._logits_row(-1))
+        return float(logprobs[token_id]), _top_k(logprobs, k)
+
+    def _score_ids(
+        self, pairs: Sequence[IdPair], control: StreamControl
+    ) -> list[tuple[list[float], bool]]:
+        """Each pair's tokens as one sequence of a batch, with logits asked
+        for only at the positions that predict a continuation token."""
+        batch = self._batch
+        assert batch is not None
+        out: list[tuple[list[float], bool]] = [([], True) for _ in pairs]
+        fed = [ids[:-1] for ids, _ in pairs]
+        for group in self._groups(fed):
+            lc.llama_memory_clear(self._mem, True)
+            self._cached = []
+            # (sequence, position, token, the pair's index, the target or -1)
+            items: list[tuple[int, int, int, int, int]] = []
+            for s, i in enumerate(group):
+                ids, n = pairs[i]
+                first = len(ids) - 1 - n
+                items.extend(
+                    (s, p, ids[p], i, ids[p + 1] if p >= first else -1) for p in range(len(ids) - 1)
+                )
+            for start in range(0, len(items), batch.capacity):
+                chunk = items[start : start + batch.capacity]
+                batch.clear()
+                for s, p, t, _, target in chunk:
+                    batch.add(t, p, s, target >= 0)
+                self._decode(batch, control)
+                for row, (_, _, _, i, target) in enumerate(chunk):
+                    if target < 0:
+                        continue
+                    logits = self._logits_row(row)
+                    logprobs, greedy = out[i]
+                    logprobs.append(float(_log_softmax(logits)[target]))
+                    out[i] = (logprobs, greedy and int(logits.argmax()) == target)
+                control.check()
+        lc.llama_memory_clear(self._mem, True)
+        self._cached = []
         return out
 
     def _groups(self, batch: Sequence[Sequence[int]]) -> Iterator[list[int]]:

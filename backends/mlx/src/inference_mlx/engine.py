@@ -1,6 +1,7 @@
 """The MLX engine: a model run through mlx-lm on MLX's device.
 
-:class:`MlxModel` is an :class:`inference.BaseTextModel` with a dedicated
+:class:`MlxModel` is an :class:`inference.BaseTextModel` (and, through
+:class:`inference.scoring.ScoringTextModel`, an :class:`inference.Scorer`) with a dedicated
 engine thread (MLX streams belong to the thread that uses them), so every
 MLX call of a model runs there, one at a time. What it adds:
 
@@ -27,15 +28,16 @@ import gc
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from inference import env
-from inference.base import BaseTextModel
 from inference.errors import GenerationError, InferenceError, ModelLoadError
 from inference.gguf import read_header
 from inference.options import GenerateConfig, LoadConfig
+from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
@@ -53,6 +55,29 @@ PREFILL_STEP_SIZE = 512
 PENALTY_LAST_N = 64
 #: Sequences decoded together by ``batch_generate`` when ``parallel_slots`` is 0.
 DEFAULT_BATCH = 16
+#: Padded tokens per forward pass when scoring (the pass holds their logits).
+SCORE_BATCH_TOKENS = 1024
+
+
+def _log_softmax(logits: Any) -> Any:
+    import mlx.core as mx
+
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _score_groups(lengths: Sequence[int], budget: int) -> Iterator[list[int]]:
+    """Indices of ``lengths`` in groups whose padded size stays within ``budget``
+    (a longer sequence goes alone), longest first, so that padding is small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    group: list[int] = []
+    for i in order:
+        width = lengths[group[0]] if group else lengths[i]
+        if group and width * (len(group) + 1) > budget:
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
 
 
 def _first_line(exc: BaseException) -> str:
@@ -146,7 +171,7 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(with_special) and with_special[0] == bos and with_special[:1] != without[:1]
 
 
-class MlxModel(BaseTextModel):
+class MlxModel(ScoringTextModel):
     """A model loaded into MLX. Use :meth:`load` (or ``inference.load_model``)."""
 
     backend_name: ClassVar[str] = "mlx"
@@ -183,6 +208,7 @@ class MlxModel(BaseTextModel):
         #: The last single-sequence call's KV cache and the tokens it holds.
         self._prompt_cache: Any = None
         self._cached: list[int] = []
+        self._step_logprobs: Any = None  # the log-probabilities of the token just yielded
         self._table = TokenTable(tokenizer)
         self._device = device
         self._batch_size = max(1, batch_size)
@@ -310,6 +336,15 @@ class MlxModel(BaseTextModel):
             return
         sampler, processors = self._sampling(cfg)
         self._seed(cfg)
+        raw: deque[Any] = deque()
+        if cfg.logprobs is not None and processors:
+            # The logits before the repeat penalty: generate_step's own
+            # log-probabilities come after its processors.
+            def capture(_tokens: Any, logits: Any) -> Any:
+                raw.append(logits)
+                return logits
+
+            processors = [capture, *processors]
 
         def progress(done: int, total: int) -> None:
             # Called before the prefill, after each prefill step and at the
@@ -332,13 +367,68 @@ class MlxModel(BaseTextModel):
         )
         with wired_limit(model, [stream]):
             try:
-                for token, _logprobs in steps:
+                for token, logprobs in steps:
                     tid = int(token)
                     fed.append(tid)  # generate_step fed it to the cache before yielding it
+                    if cfg.logprobs is not None:
+                        # One step ahead is already queued, so the oldest
+                        # captured logits are this token's.
+                        self._step_logprobs = _log_softmax(raw.popleft()) if raw else logprobs
                     yield tid
             finally:
                 steps.close()
                 self._keep_cache(cache, fed)
+
+    def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        import mlx.core as mx
+
+        logprobs = self._step_logprobs.reshape(-1).astype(mx.float32)
+        chosen = float(logprobs[token_id].item())
+        if k <= 0:
+            return chosen, []
+        ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+        values = logprobs[ids]
+        pairs = zip(
+            cast("list[int]", ids.tolist()), cast("list[float]", values.tolist()), strict=True
+        )
+        return chosen, sorted(pairs, key=lambda p: (-p[1], p[0]))
+
+    def _score_ids(
+        self, pairs: Sequence[IdPair], control: StreamControl
+    ) -> list[tuple[list[float], bool]]:
+        """Right-padded groups of pairs through the model in one forward pass
+        each, without a KV cache; the log-softmax is taken only at the
+        positions that predict a continuation token."""
+        import mlx.core as mx
+        from mlx_lm.generate import wired_limit
+
+        model = self._live()
+        stream = self._stream_for_engine()
+        out: list[tuple[list[float], bool]] = [([], True) for _ in pairs]
+        order = [i for i, (ids, n) in enumerate(pairs) if n and len(ids) > 1]
+        with wired_limit(model, [stream]), mx.stream(stream):
+            for group in _score_groups([len(pairs[i][0]) - 1 for i in order], SCORE_BATCH_TOKENS):
+                members = [order[j] for j in group]
+                fed = [list(pairs[i][0][:-1]) for i in members]
+                width = max(len(f) for f in fed)
+                logits = model(mx.array([f + [0] * (width - len(f)) for f in fed]))
+                picked = []
+                for row, i in enumerate(members):
+                    ids, n = pairs[i]
+                    start = len(ids) - 1 - n
+                    rows = logits[row, start : start + n].astype(mx.float32)
+                    targets = mx.array(list(ids[len(ids) - n :]))
+                    logprobs = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+                    chosen = mx.take_along_axis(logprobs, targets[:, None], axis=-1).reshape(-1)
+                    greedy = mx.all(mx.argmax(rows, axis=-1) == targets)
+                    picked.append((chosen, greedy))
+                mx.eval(picked)
+                for i, (chosen, greedy) in zip(members, picked, strict=True):
+                    out[i] = (cast("list[float]", chosen.tolist()), bool(greedy.item()))
+                del logits
+                control.check()
+        mx.clear_cache()
+        return out
 
     def _reuse_cache(self, model: Any, ids: Sequence[int], cfg: GenerateConfig) -> tuple[Any, int]:
         """The KV cache for a call on ``ids``, and how many of them it holds

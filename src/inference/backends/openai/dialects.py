@@ -49,6 +49,9 @@ class Dialect:
     #: Send the "off" values of top_k, min_p and the repetition penalty
     #: explicitly (False: only values the user set).
     send_off: bool = True
+    #: Whether the server reports per-token log-probabilities (OpenAI's
+    #: ``logprobs`` fields) when asked.
+    logprobs: bool = True
 
 
 _VLLM = Dialect(
@@ -85,6 +88,7 @@ _ALL = (
         min_p=False,
         repeat_penalty=(),
         repeat_on_chat=False,
+        logprobs=False,
     ),
     Dialect(
         name="tgi",

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import http.client
 
 from ...base import ModelState, drain
-from ...detok import TextAssembler
+from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
 from ...options import GenerateConfig
@@ -33,12 +33,13 @@ from ...types import (
     Message,
     ModelInfo,
     Token,
+    TokenLogprob,
 )
 from .dialects import Dialect
 from .retries import backoff, pause
 from .sse import SSEError, SSEParser
 from .transport import MAX_JSON_BODY, READ_SIZE, WATCHDOG, Client, Failure, error_text
-from .wire import FINISH, CallState, choice_ids, choice_text, is_int
+from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text, is_int
 
 __all__ = ["OpenAIModel"]
 
@@ -173,6 +174,11 @@ class OpenAIModel(ModelState):
     def _body(self, cfg: GenerateConfig, *, chat: bool) -> dict[str, Any]:
         """The sampling fields of a request, named as this server wants them."""
         d = self._dialect
+        if cfg.logprobs is not None and not d.logprobs:
+            raise GenerationError(
+                f"{self._url}: {d.label} does not report log-probabilities on its "
+                "OpenAI endpoints, so logprobs= cannot be honoured"
+            )
         body: dict[str, Any] = {
             "model": self._name,
             "stream": True,
@@ -219,6 +225,12 @@ class OpenAIModel(ModelState):
             body["n_probs"] = 1
         elif d.token_ids == "token_ids":
             body["return_token_ids"] = True
+        if cfg.logprobs is not None:
+            if chat:
+                body["logprobs"] = True
+                body["top_logprobs"] = cfg.logprobs
+            else:
+                body["logprobs"] = cfg.logprobs
         body["stream_options"] = {"include_usage": True}
         return body
 
@@ -275,7 +287,8 @@ class OpenAIModel(ModelState):
         control: StreamControl,
         state: CallState,
     ) -> Generator[Token, None, FinishReason]:
-        asm = TextAssembler(cfg.stop)
+        plain = TextAssembler(cfg.stop)
+        asm = LogprobAssembler(plain, cfg.logprobs) if cfg.logprobs is not None else plain
         payload = json.dumps(body).encode("utf-8")
         attempt = 0
         while True:
@@ -311,7 +324,7 @@ class OpenAIModel(ModelState):
         cfg: GenerateConfig,
         control: StreamControl,
         state: CallState,
-        asm: TextAssembler,
+        asm: TextAssembler | LogprobAssembler,
     ) -> Generator[Token, None, FinishReason]:
         client = self._client
         conn, resp, key = client.open("POST", suffix, payload, control, stream=True)
@@ -367,7 +380,7 @@ class OpenAIModel(ModelState):
         cfg: GenerateConfig,
         control: StreamControl,
         state: CallState,
-        asm: TextAssembler,
+        asm: TextAssembler | LogprobAssembler,
     ) -> Generator[Token, None, tuple[FinishReason, bool]]:
         """Read the event stream; return the finish reason and whether the
         connection can be used again."""
@@ -471,7 +484,7 @@ class OpenAIModel(ModelState):
         cfg: GenerateConfig,
         control: StreamControl,
         state: CallState,
-        asm: TextAssembler,
+        asm: TextAssembler | LogprobAssembler,
         stop_ids: frozenset[int],
     ) -> Generator[Token, None, tuple[FinishReason | None, FinishReason | None]]:
         """Emit the tokens of one chunk. Return ``(finish, cut)``: the finish
@@ -512,8 +525,15 @@ class OpenAIModel(ModelState):
                 # are the end-of-text token, which is never emitted.
                 last = ids[-1] if ids else -1
                 pieces = [(i, "") for i in ids[:-1]] + [(last, text)]
-            for tid, piece in pieces:
-                for tok in asm.push(tid, piece.encode("utf-8")):
+            tagged = self._tagged(pieces, choice, chat, asm)
+            for (tid, piece), figures in zip(pieces, tagged, strict=True):
+                data = piece.encode("utf-8")
+                if isinstance(asm, LogprobAssembler):
+                    assert figures is not None
+                    out = asm.push(tid, data, *figures)
+                else:
+                    out = asm.push(tid, data)
+                for tok in out:
                     yield tok
                     if control.stop_requested():
                         control.check()
@@ -536,6 +556,39 @@ class OpenAIModel(ModelState):
             return mapped, None
         return None, None
 
+    def _tagged(
+        self,
+        pieces: list[tuple[int, str]],
+        choice: Mapping[str, Any],
+        chat: bool,
+        asm: TextAssembler | LogprobAssembler,
+    ) -> list[tuple[float, tuple[TokenLogprob, ...]] | None]:
+        """The log-probabilities of each piece of a chunk (None when not asked).
+
+        A server sends one entry per token; a chunk whose text is several
+        tokens without ids is split into those tokens' texts.
+        """
+        if not isinstance(asm, LogprobAssembler):
+            return [None] * len(pieces)
+        entries = choice_logprobs(choice, chat)
+        if len(entries) != len(pieces):
+            text = "".join(piece for _, piece in pieces)
+            if (
+                entries
+                and all(tid < 0 for tid, _ in pieces)
+                and "".join(e[0] for e in entries) == text
+            ):
+                pieces[:] = [(-1, e[0]) for e in entries]
+            else:
+                raise Failure(
+                    f"the server sent {len(entries)} log-probabilities for {len(pieces)} "
+                    "tokens (does it report logprobs? llama-cpp-python's server needs "
+                    "--logits_all True)",
+                    retriable=False,
+                )
+        k = asm.k
+        return [(lp, top[:k]) for _, lp, top in entries]  # some servers send more
+
     def _whole(
         self,
         chunk: Mapping[str, Any],
@@ -543,7 +596,7 @@ class OpenAIModel(ModelState):
         cfg: GenerateConfig,
         control: StreamControl,
         state: CallState,
-        asm: TextAssembler,
+        asm: TextAssembler | LogprobAssembler,
     ) -> Generator[Token, None, FinishReason]:
         """A non-streamed answer, emitted as one token."""
         got, cut = yield from self._chunk(

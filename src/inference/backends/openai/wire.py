@@ -13,9 +13,23 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from ...metrics import call_metrics
-from ...types import FinishReason, GenerateMetrics
+from ...types import FinishReason, GenerateMetrics, TokenLogprob
 
-__all__ = ["FINISH", "CallState", "choice_ids", "choice_text", "is_int", "number", "seconds"]
+__all__ = [
+    "FINISH",
+    "CallState",
+    "LogprobEntry",
+    "choice_ids",
+    "choice_logprobs",
+    "choice_text",
+    "is_int",
+    "number",
+    "seconds",
+]
+
+#: One token's figures as a server reports them: its text, its
+#: log-probability and the alternatives (ids unknown: -1).
+LogprobEntry = tuple[str, float, tuple[TokenLogprob, ...]]
 
 _perf = time.perf_counter
 
@@ -133,3 +147,55 @@ def choice_ids(choice: Mapping[str, Any]) -> list[int]:
             if found and len(found) == len(ids):
                 return found
     return []
+
+
+def choice_logprobs(choice: Mapping[str, Any], chat: bool) -> list[LogprobEntry]:
+    """The per-token log-probabilities of a choice, in either of OpenAI's shapes:
+    chat's ``logprobs.content`` list, or completions' parallel ``tokens``,
+    ``token_logprobs`` and ``top_logprobs`` lists. Entries it cannot read
+    are left out (the caller compares the count with the tokens)."""
+    raw = choice.get("logprobs")
+    if not isinstance(raw, dict):
+        return []
+    out: list[LogprobEntry] = []
+    content = raw.get("content")
+    if isinstance(content, list):
+        for entry in content:
+            if not isinstance(entry, dict):
+                continue
+            text, value = entry.get("token"), number_or_none(entry.get("logprob"))
+            if not isinstance(text, str) or value is None:
+                continue
+            top = []
+            for alt in entry.get("top_logprobs") or ():
+                if isinstance(alt, dict):
+                    alt_text, alt_value = alt.get("token"), number_or_none(alt.get("logprob"))
+                    if isinstance(alt_text, str) and alt_value is not None:
+                        top.append(TokenLogprob(-1, alt_text, alt_value))
+            out.append((text, value, tuple(top)))
+        return out
+    tokens, values = raw.get("tokens"), raw.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return []
+    tops = raw.get("top_logprobs")
+    tops = tops if isinstance(tops, list) else [None] * len(tokens)
+    for text, value, top in zip(tokens, values, tops, strict=False):
+        figure = number_or_none(value)
+        if not isinstance(text, str) or figure is None:
+            continue
+        alts: tuple[TokenLogprob, ...] = ()
+        if isinstance(top, dict):
+            pairs = [(t, number_or_none(v)) for t, v in top.items() if isinstance(t, str)]
+            alts = tuple(
+                TokenLogprob(-1, t, v)
+                for t, v in sorted(((t, v) for t, v in pairs if v is not None), key=lambda p: -p[1])
+            )
+        out.append((text, figure, alts))
+    return out
+
+
+def number_or_none(value: Any) -> float | None:
+    """A finite-or-not float from a JSON number (log-probabilities are <= 0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
