@@ -106,6 +106,7 @@ class TestConformanceLlamaCppPythonServer(TextModelConformance):
 
     real_token_ids = False
     supports_logits = False
+    supports_scoring = False
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -125,6 +126,7 @@ class TestConformanceLlamaServer(TextModelConformance):
 
     real_token_ids = True
     supports_logits = False
+    supports_scoring = False
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -315,3 +317,95 @@ def test_llama_server_greedy_equals_llama_cpp_python(lls: ServerProcess, direct:
     with inference.load_model(lls.url) as model:
         for prompt in PROMPTS[:2]:
             assert model.generate(prompt, max_tokens=8).text() == greedy(direct, prompt, 8)
+
+
+SCORED = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is", " London"),
+    ("Count: one, two, three,", " four, five"),
+    ("Paris is the capital of ", "France"),
+]
+
+
+def test_llama_cpp_python_s_echo_figures_are_shifted_so_scoring_is_refused(
+    lcp: ServerProcess, remote: OpenAIModel, local: TextModel
+) -> None:
+    """Why the dialect table refuses scoring on that server: with echo, each
+    prompt token's figure comes from the distribution one position late (the
+    one that predicts the next token); the true figure shows only in the
+    previous position's top alternatives."""
+    import json
+    import urllib.request
+
+    context, continuation = "The capital of France is", " Paris"
+    body = json.dumps(
+        {"prompt": context + continuation, "max_tokens": 1, "echo": True, "logprobs": 1}
+    ).encode()
+    request = urllib.request.Request(
+        f"{lcp.url}/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        raw = json.load(answer)["choices"][0]["logprobs"]
+    assert isinstance(local, inference.Scorer)
+    truth = local.score(context, continuation).total
+    at = raw["text_offset"].index(len(context))  # the " Paris" token
+    assert abs(raw["token_logprobs"][at] - truth) > 1.0  # not its own figure
+    assert abs(raw["top_logprobs"][at - 1][continuation] - truth) <= 1e-3  # one position early
+    assert isinstance(remote, inference.Scorer)
+    with pytest.raises(GenerationError, match="shifted by one token"):
+        remote.score(context, continuation)
+
+
+def test_scoring_is_refused_where_the_server_cannot(lcp: ServerProcess) -> None:
+    with inference.load_model(f"{lcp.url}#server=llama-server", context_len=N_CTX) as model:
+        assert isinstance(model, inference.Scorer)
+        with pytest.raises(GenerationError, match=r"llama.cpp#27174"):
+            model.score("The capital of France is", " Paris")
+        assert isinstance(model.err, GenerationError)
+        with pytest.raises(GenerationError, match="cannot score text"):
+            model.score_rolling("Some text.")
+        assert model.generate("Hi", max_tokens=2).text() is not None  # still usable
+
+
+def test_echo_answers_in_vllm_s_shape_are_read() -> None:
+    """The parsing, on a completions answer in the documented legacy shape that
+    vLLM returns for echo with logprobs (no vLLM server runs here)."""
+    from inference.backends.openai.scoring import (
+        echo_tokens,
+        rolling_from_echo,
+        score_from_echo,
+        split_context,
+    )
+
+    text = "The sky is blue"
+    doc = {
+        "choices": [
+            {
+                "text": text + ".",
+                "logprobs": {
+                    "tokens": ["The", " sky", " is", " blue", "."],
+                    "token_logprobs": [None, -5.0, -1.5, -0.5, -0.1],
+                    "top_logprobs": [
+                        None,
+                        {" sky": -5.0, " sun": -2.0},
+                        {" is": -1.5},
+                        {" blue": -0.5, " grey": -1.9},
+                        {".": -0.1},
+                    ],
+                    "text_offset": [0, 3, 7, 10, 15],
+                },
+            }
+        ]
+    }
+    tokens = echo_tokens(doc, text, "here")
+    assert [t[1] for t in tokens] == ["The", " sky", " is", " blue"]  # the generated "." dropped
+    context, continuation = split_context("The sky is ", "blue")
+    assert (context, continuation) == ("The sky is", " blue")
+    result = score_from_echo(tokens, context, "here")
+    assert result.logprobs == (-0.5,) and result.is_greedy
+    assert not score_from_echo(tokens, "The", "here").is_greedy  # " sky" was not the best
+    assert rolling_from_echo(tokens).tokens == 3  # the first token has no figure
+    with pytest.raises(GenerationError, match="empty context"):
+        score_from_echo(tokens, "", "here")
+    with pytest.raises(GenerationError, match="no log-probabilities"):
+        echo_tokens({"choices": [{"text": text}]}, text, "here")

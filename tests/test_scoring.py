@@ -22,7 +22,7 @@ from inference import (
 )
 from inference.base import BaseTextModel
 from inference.options import GenerateConfig
-from inference.scoring import ScoringTextModel
+from inference.scoring import ScoringTextModel, check_pairs
 from inference.stream import StreamControl
 from inference.testing import FakeBackend, FakeModel
 
@@ -130,6 +130,9 @@ def test_score_rolling(model: FakeModel) -> None:
 
 
 def test_bad_pairs_and_lengths(model: FakeModel) -> None:
+    assert check_pairs([("a", "b")]) == [("a", "b")]
+    with pytest.raises(TypeError, match="pair 1"):
+        check_pairs([("a", "b"), ("c",)])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         model.score_batch("not pairs")  # type: ignore[arg-type]
     with pytest.raises(TypeError):

@@ -27,7 +27,7 @@ from .options import GenerateConfig, Option, generate_config
 from .stream import StreamControl
 from .types import RollingScore, ScoreResult
 
-__all__ = ["ScoringTextModel", "continuation_ids", "rolling_windows"]
+__all__ = ["ScoringTextModel", "check_pairs", "continuation_ids", "rolling_windows"]
 
 #: One scored pair as the engine sees it: all the token ids, and how many of
 #: the last ones are the continuation (each is scored given those before it).
@@ -110,7 +110,7 @@ class ScoringTextModel(BaseTextModel):
     ) -> list[ScoreResult]:
         """:meth:`score` of many pairs, batched where the engine batches."""
         cfg = generate_config(*opts, **kwargs)
-        checked = _check_pairs(pairs)
+        checked = check_pairs(pairs)
         self._check_open()
         if not checked:
             return []
@@ -191,7 +191,8 @@ class ScoringTextModel(BaseTextModel):
         return self._run(run, cfg)
 
 
-def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` as a list of ``(str, str)``; TypeError naming the first bad one."""
     if isinstance(pairs, (str, bytes)):
         raise TypeError("pairs must be a sequence of (context, continuation) pairs")
     out = []

@@ -56,6 +56,9 @@ class TextModelConformance:
     #: Whether streamed tokens carry log-probabilities under ``logprobs=k``
     #: (when False, asking must fail before the first token).
     supports_logprobs: ClassVar[bool] = True
+    #: Whether a model that is a Scorer can score here (when False, scoring
+    #: must be refused with InferenceError, and leave the model usable).
+    supports_scoring: ClassVar[bool] = True
     #: How far ``score()`` may be from the streamed log-probabilities of the
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
@@ -452,6 +455,19 @@ class TextModelConformance:
     def test_scorer_capability(self) -> None:
         model = self.model
         if not isinstance(model, Scorer):
+            return
+        if not self.supports_scoring:
+            for call in (
+                lambda: model.score(self.prompt, " four"),
+                lambda: model.score_batch([(self.prompt, " four")]),
+                lambda: model.score_rolling(self.prompt),
+            ):
+                try:
+                    call()
+                except InferenceError:
+                    continue
+                raise AssertionError("scoring must be refused where unsupported")
+            assert self._greedy(self.prompt, 1)  # still usable
             return
         tokens = list(self.model.generate(self.prompt, max_tokens=self.max_tokens, logprobs=0))
         text = "".join(t.text for t in tokens)

@@ -52,6 +52,9 @@ class Dialect:
     #: Whether the server reports per-token log-probabilities (OpenAI's
     #: ``logprobs`` fields) when asked.
     logprobs: bool = True
+    #: Why ``score()`` is refused ("" when the server returns the prompt's
+    #: log-probabilities for a completions request with ``echo``).
+    no_scoring: str = "it is not known to return the prompt's log-probabilities with echo"
 
 
 _VLLM = Dialect(
@@ -62,6 +65,7 @@ _VLLM = Dialect(
     repeat_penalty=("repetition_penalty",),
     stop_ids="native",
     token_ids="token_ids",
+    no_scoring="",
 )
 
 _ALL = (
@@ -71,12 +75,21 @@ _ALL = (
         slots=4,
         stop_ids="client",
         token_ids="n_probs",
+        no_scoring=(
+            "it returns no log-probabilities for the prompt with echo (llama.cpp#27174), "
+            "so every score would be wrong"
+        ),
     ),
     Dialect(
         name="llama-cpp-python",
         label="llama-cpp-python's server",
         slots=1,
         count_prompt=True,
+        # Measured on 0.3.36 (a test checks).
+        no_scoring=(
+            "its echo log-probabilities are shifted by one token (each prompt token is "
+            "scored by the distribution that follows it)"
+        ),
     ),
     _VLLM,
     replace(_VLLM, name="sglang", label="SGLang"),  # SGLang takes vLLM's fields
@@ -89,6 +102,7 @@ _ALL = (
         repeat_penalty=(),
         repeat_on_chat=False,
         logprobs=False,
+        no_scoring="its OpenAI endpoints have no echo and no log-probabilities",
     ),
     Dialect(
         name="tgi",

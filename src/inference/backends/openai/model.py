@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +24,8 @@ from ...base import ModelState, drain
 from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
-from ...options import GenerateConfig
+from ...options import GenerateConfig, Option, generate_config
+from ...scoring import check_pairs
 from ...stream import StreamControl, TokenStream
 from ...types import (
     BatchResult,
@@ -32,11 +33,14 @@ from ...types import (
     FinishReason,
     Message,
     ModelInfo,
+    RollingScore,
+    ScoreResult,
     Token,
     TokenLogprob,
 )
 from .dialects import Dialect
 from .retries import backoff, pause
+from .scoring import echo_body, echo_tokens, rolling_from_echo, score_from_echo, split_context
 from .sse import SSEError, SSEParser
 from .transport import MAX_JSON_BODY, READ_SIZE, WATCHDOG, Client, Failure, error_text
 from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text, is_int
@@ -625,6 +629,64 @@ class OpenAIModel(ModelState):
             return 0
         count = doc.get("count") if isinstance(doc, dict) else None
         return count if is_int(count) and count > 0 else 0
+
+    # -- Scorer ------------------------------------------------------------------
+
+    def score(
+        self, context: str, continuation: str, *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> ScoreResult:
+        """The log-probabilities of ``continuation`` after ``context``, from the
+        server's echo of the prompt (see :mod:`.scoring` for the rules here)."""
+        return self.score_batch([(context, continuation)], *opts, **kwargs)[0]
+
+    def score_batch(
+        self, pairs: Sequence[tuple[str, str]], *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> list[ScoreResult]:
+        """:meth:`score` of many pairs, ``parallel_slots`` requests at a time."""
+        cfg = generate_config(*opts, **kwargs)
+        checked = check_pairs(pairs)
+        self._check_open()
+        return self._door(self._score_pairs, checked, cfg)
+
+    def score_rolling(
+        self, text: str, *opts: Option | GenerateConfig, **kwargs: Any
+    ) -> RollingScore:
+        """The log-likelihood of ``text`` in one echo request (it must fit the
+        server's context); the first token, which the server scores on
+        nothing, is not counted."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str; got {type(text).__name__}")
+        cfg = generate_config(*opts, **kwargs)
+        self._check_open()
+        return self._door(lambda t, c: rolling_from_echo(self._echo(t, c)), text, cfg)
+
+    def _refuse_scoring(self) -> None:
+        why = self._dialect.no_scoring
+        if why:
+            raise GenerationError(f"{self._url}: {self._dialect.label} cannot score text: {why}")
+
+    def _echo(self, text: str, cfg: GenerateConfig) -> list[Any]:
+        self._refuse_scoring()
+        control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+        try:
+            doc = self._client.fetch_json(
+                "POST", "/completions", echo_body(self._name, text), control=control
+            )
+        except Failure as exc:
+            raise GenerationError(f"{self._url}: scoring failed: {exc.message}") from exc
+        control.check()
+        return echo_tokens(doc, text, self._url)
+
+    def _score_pairs(self, pairs: list[tuple[str, str]], cfg: GenerateConfig) -> list[ScoreResult]:
+        self._refuse_scoring()
+
+        def one(pair: tuple[str, str]) -> ScoreResult:
+            context, continuation = split_context(*pair)
+            return score_from_echo(self._echo(context + continuation, cfg), context, self._url)
+
+        results = map_concurrently(one, pairs, self._slots)
+        self._err = None
+        return results
 
     # -- several prompts ----------------------------------------------------------
 
