@@ -22,7 +22,7 @@ from inference import (
 )
 from inference.base import BaseTextModel
 from inference.options import GenerateConfig
-from inference.scoring import ScoringTextModel, check_pairs
+from inference.scoring import ScoringState, ScoringTextModel, check_pairs
 from inference.stream import StreamControl
 from inference.testing import FakeBackend, FakeModel
 
@@ -109,6 +109,7 @@ def test_a_backend_without_logprobs_refuses_before_the_first_token() -> None:
 
 def test_score_follows_the_distribution(model: FakeModel) -> None:
     assert isinstance(model, Scorer) and isinstance(model, ScoringTextModel)
+    assert isinstance(model, ScoringState)  # the one front door, shared with openai
     right = model.score("Q", " Paris")
     assert isinstance(right, ScoreResult)
     assert right.is_greedy and right.token_ids == tuple(b" Paris")

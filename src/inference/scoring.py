@@ -12,6 +12,10 @@ as lm-evaluation-harness defines it:
 - the rolling windows over a long text (``get_rolling_token_windows`` with a
   context of one token, made disjoint), and the perplexity from their sum;
 - the lock, cancellation, deadlines, ``err`` and metrics, as for every call.
+
+:class:`ScoringState` is the front door alone (``score``, ``score_batch``,
+``score_rolling``), for a model that is not token-id based (the ``openai``
+backend) to implement over its own seams.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import BaseTextModel
+from .base import BaseTextModel, ModelState
 from .errors import GenerationError
 from .options import GenerateConfig, Option, generate_config
 from .stream import StreamControl
 from .types import RollingScore, ScoreResult
 
-__all__ = ["ScoringTextModel", "check_pairs", "continuation_ids", "rolling_windows"]
+__all__ = [
+    "ScoringState",
+    "ScoringTextModel",
+    "check_pairs",
+    "continuation_ids",
+    "rolling_windows",
+]
 
 #: One scored pair as the engine sees it: all the token ids, and how many of
 #: the last ones are the continuation (each is scored given those before it).
@@ -80,23 +90,15 @@ def rolling_windows(
         done = end
 
 
-class ScoringTextModel(BaseTextModel):
-    """A :class:`~inference.base.BaseTextModel` that is also a :class:`~inference.Scorer`.
+class ScoringState(ModelState):
+    """The :class:`~inference.Scorer` front door over two seams.
 
-    Subclasses implement ``_score_ids(pairs, control)``: for each
-    ``(ids, n)``, the log-probability of each of the last ``n`` tokens of
-    ``ids`` given the tokens before it, from the model's raw logits, and
-    whether each is the most likely token there (the greedy flag is their
-    conjunction). The engine may batch the pairs; it must not keep logits for
-    positions it was not asked about.
+    ``score``, ``score_batch`` and ``score_rolling`` check their arguments
+    and the model, then call ``_score_pairs(pairs, cfg)`` or
+    ``_score_text(text, cfg)`` through the front door that records ``err``.
+    :class:`ScoringTextModel` implements the seams for in-process engines;
+    the ``openai`` backend implements them over HTTP.
     """
-
-    def _score_ids(
-        self, pairs: Sequence[IdPair], control: StreamControl
-    ) -> list[tuple[list[float], bool]]:
-        raise NotImplementedError
-
-    # -- Scorer --------------------------------------------------------------
 
     def score(
         self, context: str, continuation: str, *opts: Option | GenerateConfig, **kwargs: Any
@@ -126,7 +128,28 @@ class ScoringTextModel(BaseTextModel):
         self._check_open()
         return self._door(self._score_text, text, cfg)
 
-    # -- the seams -------------------------------------------------------------
+    def _score_pairs(self, pairs: list[tuple[str, str]], cfg: GenerateConfig) -> list[ScoreResult]:
+        raise NotImplementedError
+
+    def _score_text(self, text: str, cfg: GenerateConfig) -> RollingScore:
+        raise NotImplementedError
+
+
+class ScoringTextModel(BaseTextModel, ScoringState):
+    """A :class:`~inference.base.BaseTextModel` that is also a :class:`~inference.Scorer`.
+
+    Subclasses implement ``_score_ids(pairs, control)``: for each
+    ``(ids, n)``, the log-probability of each of the last ``n`` tokens of
+    ``ids`` given the tokens before it, from the model's raw logits, and
+    whether each is the most likely token there (the greedy flag is their
+    conjunction). The engine may batch the pairs; it must not keep logits for
+    positions it was not asked about.
+    """
+
+    def _score_ids(
+        self, pairs: Sequence[IdPair], control: StreamControl
+    ) -> list[tuple[list[float], bool]]:
+        raise NotImplementedError
 
     def _prefix_id(self) -> int:
         """The token an empty context stands for: BOS, else EOS (lm-evaluation-harness's

@@ -13,19 +13,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import http.client
 
-from ...base import ModelState, drain
+from ...base import drain
 from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
-from ...options import GenerateConfig, Option, generate_config
-from ...scoring import check_pairs
+from ...options import GenerateConfig
+from ...scoring import ScoringState
 from ...stream import StreamControl, TokenStream
 from ...types import (
     BatchResult,
@@ -53,10 +53,11 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class OpenAIModel(ModelState):
+class OpenAIModel(ScoringState):
     """A model served by a remote OpenAI-compatible server.
 
-    Implements :class:`~inference.TextModel`. Calls from many threads are
+    Implements :class:`~inference.TextModel` and :class:`~inference.Scorer`
+    (scoring only where the server can: :mod:`.scoring`). Calls from many threads are
     safe and run concurrently: each uses its own connection, and the server
     schedules them. ``batch_generate`` and ``classify`` send up to
     ``parallel_slots`` requests at once.
@@ -632,33 +633,13 @@ class OpenAIModel(ModelState):
 
     # -- Scorer ------------------------------------------------------------------
 
-    def score(
-        self, context: str, continuation: str, *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> ScoreResult:
-        """The log-probabilities of ``continuation`` after ``context``, from the
-        server's echo of the prompt (see :mod:`.scoring` for the rules here)."""
-        return self.score_batch([(context, continuation)], *opts, **kwargs)[0]
+    # (score, score_batch and score_rolling come from ScoringState; the rules
+    # here are in .scoring.)
 
-    def score_batch(
-        self, pairs: Sequence[tuple[str, str]], *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> list[ScoreResult]:
-        """:meth:`score` of many pairs, ``parallel_slots`` requests at a time."""
-        cfg = generate_config(*opts, **kwargs)
-        checked = check_pairs(pairs)
-        self._check_open()
-        return self._door(self._score_pairs, checked, cfg)
-
-    def score_rolling(
-        self, text: str, *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> RollingScore:
-        """The log-likelihood of ``text`` in one echo request (it must fit the
-        server's context); the first token, which the server scores on
-        nothing, is not counted."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str; got {type(text).__name__}")
-        cfg = generate_config(*opts, **kwargs)
-        self._check_open()
-        return self._door(lambda t, c: rolling_from_echo(self._echo(t, c)), text, cfg)
+    def _score_text(self, text: str, cfg: GenerateConfig) -> RollingScore:
+        """One echo request (``text`` must fit the server's context); the first
+        token, which the server scores on nothing, is not counted."""
+        return rolling_from_echo(self._echo(text, cfg))
 
     def _refuse_scoring(self) -> None:
         why = self._dialect.no_scoring
