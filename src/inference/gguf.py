@@ -224,7 +224,9 @@ class GGUFHeader:
             return default
         return self.metadata.get(f"{arch}.{key}", default)
 
-    def _arch_int(self, key: str) -> int:
+    def arch_int(self, key: str) -> int:
+        """``<architecture>.<key>`` as an int: 0 when absent or not an integer,
+        the largest when the file gives one value per layer."""
         value = self.arch_get(key)
         if isinstance(value, tuple):  # some models give one value per layer
             ints = [_as_int(item) for item in value]
@@ -234,27 +236,27 @@ class GGUFHeader:
     @property
     def context_length(self) -> int:
         """The trained context length in tokens."""
-        return self._arch_int("context_length")
+        return self.arch_int("context_length")
 
     @property
     def block_count(self) -> int:
         """The number of transformer blocks (layers)."""
-        return self._arch_int("block_count")
+        return self.arch_int("block_count")
 
     @property
     def embedding_length(self) -> int:
         """The width of the hidden state."""
-        return self._arch_int("embedding_length")
+        return self.arch_int("embedding_length")
 
     @property
     def head_count(self) -> int:
         """The number of attention heads (the largest, if given per layer)."""
-        return self._arch_int("attention.head_count")
+        return self.arch_int("attention.head_count")
 
     @property
     def head_count_kv(self) -> int:
         """The number of key/value heads; the head count when not given."""
-        value = self._arch_int("attention.head_count_kv")
+        value = self.arch_int("attention.head_count_kv")
         return value if value else self.head_count
 
     @property
@@ -264,7 +266,7 @@ class GGUFHeader:
         Taken from ``<arch>.vocab_size``, else the length of
         ``tokenizer.ggml.tokens``, else the rows of ``token_embd.weight``.
         """
-        value = self._arch_int("vocab_size")
+        value = self.arch_int("vocab_size")
         if value:
             return value
         tokens = self.metadata.get("tokenizer.ggml.tokens")

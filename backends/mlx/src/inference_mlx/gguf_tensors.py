@@ -125,21 +125,7 @@ def _dequantise(raw: npt.NDArray[np.uint8], ggml_type: int) -> npt.NDArray[np.fl
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
-    if TENSOR_TYPES[ggml_type].how == "plain":
-        return _plain_values(raw, ggml_type)
     return np.asarray(quants.dequantize(raw, GGMLQuantizationType(ggml_type)), dtype=np.float32)
-
-
-def _plain_values(raw: npt.NDArray[np.uint8], ggml_type: int) -> npt.NDArray[np.float32]:
-    import numpy as np
-
-    name = GGML_TYPES[ggml_type].name
-    if name == "BF16":
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    dtype = {"F32": np.float32, "F16": np.float16, "F64": np.float64}.get(name)
-    if dtype is None:
-        return raw.view({"I8": np.int8, "I16": np.int16, "I32": np.int32}[name]).astype(np.float32)
-    return raw.view(dtype).astype(np.float32)
 
 
 # --------------------------------------------------------------------------

@@ -128,13 +128,12 @@ _ROPE_SCALING = frozenset({"none", "linear", "yarn"})
 
 def _hyperparameter_refusal(header: GGUFHeader) -> str | None:
     arch = header.architecture
-    heads = _int(header.arch_get("attention.head_count"))
-    hidden = _int(header.arch_get("embedding_length"))
+    heads, hidden = header.head_count, header.embedding_length
     if not heads or not hidden:
         return None  # the loader names the missing key
-    head_dim = _int(header.arch_get("attention.key_length")) or hidden // heads
-    rope_dims = _int(header.arch_get("rope.dimension_count")) or head_dim
-    value_dim = _int(header.arch_get("attention.value_length")) or head_dim
+    head_dim = header.arch_int("attention.key_length") or hidden // heads
+    rope_dims = header.arch_int("rope.dimension_count") or head_dim
+    value_dim = header.arch_int("attention.value_length") or head_dim
     if rope_dims != head_dim and arch != "phi3":
         return (
             f"it rotates {rope_dims} of {head_dim} head dimensions, and mlx-lm's "
@@ -150,7 +149,3 @@ def _hyperparameter_refusal(header: GGUFHeader) -> str | None:
     if arch == "phi3" and not any(t.name.startswith("blk.0.attn_qkv") for t in header.tensors):
         return "its Q, K and V are separate matrices, and mlx-lm's phi3 model fuses them"
     return None
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
