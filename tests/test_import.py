@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "inference.chat_families",
     "inference.chat_template",
     "inference.cli",
+    "inference.constraints",
     "inference.detok",
     "inference.discovery",
     "inference.engine_thread",
@@ -39,6 +40,7 @@ PUBLIC_MODULES = (
     "inference.protocols",
     "inference.redact",
     "inference.registry",
+    "inference.reply",
     "inference.scoring",
     "inference.stream",
     "inference.testing",
@@ -46,12 +48,14 @@ PUBLIC_MODULES = (
     "inference.testing.fake",
     "inference.testing.gguf_writer",
     "inference.testing.models",
+    "inference.tool_calls",
     "inference.types",
 )
 
 #: Optional modules of the core: each imports a third-party package by design
-#: (``inference.harness``: lm-eval), and nothing else imports them.
-OPTIONAL_MODULES = ("inference.harness",)
+#: (``inference.harness``: lm-eval; ``inference.guidance``: llguidance and
+#: NumPy), and only code that needs them imports them, when it does.
+OPTIONAL_MODULES = ("inference.guidance", "inference.harness")
 
 #: Prints the top-level modules, outside the standard library, that ``code`` loaded.
 NON_STDLIB = """

@@ -35,7 +35,7 @@ from openai_server import (
 )
 
 import inference
-from inference import GenerationError, ModelLoadError, TextModel
+from inference import GenerationError, Message, ModelLoadError, TextModel
 from inference.backends.openai import OpenAIModel
 from inference.testing import TextModelConformance
 
@@ -107,6 +107,7 @@ class TestConformanceLlamaCppPythonServer(TextModelConformance):
     real_token_ids = False
     supports_logits = False
     supports_scoring = False
+    supports_tools = True  # the generic format, held to a call by its JSON schema
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -127,6 +128,7 @@ class TestConformanceLlamaServer(TextModelConformance):
     real_token_ids = True
     supports_logits = False
     supports_scoring = False
+    supports_tools = True
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -409,3 +411,57 @@ def test_echo_answers_in_vllm_s_shape_are_read() -> None:
         score_from_echo(tokens, "", "here")
     with pytest.raises(GenerationError, match="no log-probabilities"):
         echo_tokens({"choices": [{"text": text}]}, text, "here")
+
+
+# -- structured output and tools through real servers ------------------------------
+
+
+def _number_bounds_dropped(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        numeric = schema.get("type") in ("number", "integer")
+        drop = {"minimum", "maximum"} if numeric else set()
+        return {k: _number_bounds_dropped(v) for k, v in schema.items() if k not in drop}
+    return schema
+
+
+@pytest.mark.parametrize("server", ["lcp", "lls"])
+def test_structured_output_through_real_servers(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """The issue's validity figures against llama-cpp-python's server and
+    llama-server. Both servers turn a JSON schema into a grammar with their
+    own converters, which enforce every keyword of these schemas but numeric
+    bounds (llama-server: ``minimum``/``maximum`` on ``"number"``;
+    llama-cpp-python's: on ``"integer"`` too): the only failures allowed are
+    such numbers, and each must validate once those bounds are dropped."""
+    import ast
+
+    import jsonschema
+
+    from inference.testing.structured import (
+        SCHEMAS,
+        TOOLS,
+        choice_validity,
+        schema_validity,
+        tool_validity,
+    )
+
+    proc: ServerProcess = request.getfixturevalue(server)
+    with inference.load_model(proc.url, context_len=N_CTX) as model:
+        result = schema_validity(model, 50)
+        for failure in result.failures:
+            name, _, shown = failure.partition(": ")
+            value = json.loads(ast.literal_eval(shown))
+            jsonschema.validate(value, _number_bounds_dropped(SCHEMAS[name]))
+        assert result.runs == 50 and result.valid >= 25
+        assert choice_validity(model, 20).valid == 20
+        tools = tool_validity(model, 20)
+        schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+        for failure in tools.failures:  # a call, with only a bound broken
+            calls = ast.literal_eval(failure[: failure.rindex("]") + 1])
+            assert calls, failure
+            for name, arguments in calls:
+                jsonschema.validate(arguments, _number_bounds_dropped(schemas[name]))
+        assert tools.runs == 20 and tools.valid >= 15
+        with pytest.raises(inference.UnsupportedOptionError):
+            model.chat([Message("user", "x")], regex="[0-9]+")

@@ -29,9 +29,12 @@ from inference import (
     Cancelled,
     DeadlineExceeded,
     GenerationError,
+    Message,
     ModelClosedError,
     ModelLoadError,
     NoBackendError,
+    ToolCall,
+    UnsupportedOptionError,
     with_api_key,
 )
 from inference.backends.openai import OpenAIBackend, OpenAIModel
@@ -66,6 +69,8 @@ class FaultState:
     fail_first: int = 0
     retry_after: str = ""
     require_key: str = ""
+    #: What mode "deltas" streams: one chat chunk's delta each.
+    deltas: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -329,6 +334,13 @@ class FaultHandler(BaseHTTPRequestHandler):
                 choice["text"] = "whole answer"
             usage = {"prompt_tokens": 4, "completion_tokens": 2}
             self._json(200, {"choices": [choice], "usage": usage})
+        elif mode == "deltas":
+            self._start_stream()
+            for delta in st.deltas:
+                self._event({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            self._event("[DONE]")
+            self._end_stream()
         elif mode == "chat":
             self._start_stream()
             deltas: list[dict[str, Any]] = [{"role": "assistant"}, {"content": "Hi"}]
@@ -1038,3 +1050,135 @@ def test_many_threads_share_one_model(fault: FaultServer) -> None:
             t.join(30)
     assert out == ["t0 t1 t2 "] * 6
     assert fault.state.max_in_flight >= 2
+
+
+# -- tools, reasoning and constraints on the wire ------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_tool_call_deltas_and_reasoning_are_put_together(fault: FaultServer) -> None:
+    fault.set(
+        mode="deltas",
+        deltas=[
+            {"role": "assistant", "reasoning_content": "The user wants "},
+            {"reasoning": "the weather."},
+            {"content": "Checking."},
+            {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get_weather"}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": '"Zürich"}'}}]},
+            {"tool_calls": [{"index": 1, "function": {"name": "b", "arguments": "{not json"}}]},
+        ],
+    )
+    with load(fault.url) as model:
+        stream = model.chat([Message("user", "Weather?")], tools=[WEATHER])
+        tokens = list(stream)
+        assert "".join(t.text for t in tokens if t.reasoning) == "The user wants the weather."
+        assert stream.reasoning == "The user wants the weather."
+        assert "".join(t.text for t in tokens if not t.reasoning) == "Checking."
+        assert stream.tool_calls == (ToolCall("call_1", "get_weather", {"city": "Zürich"}),)
+    body = fault.state.completions()[-1].body
+    assert body["tools"] == [WEATHER | {"function": WEATHER["function"] | {"description": ""}}]
+    assert body["tool_choice"] == "auto"
+
+
+def test_a_call_left_in_the_text_is_read_not_shown(fault: FaultServer) -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    fault.set(mode="deltas", deltas=[{"content": text[:7]}, {"content": text[7:]}])
+    with load(fault.url) as model:
+        stream = model.chat([Message("user", "Weather?")], tools=[WEATHER], tool_choice="required")
+        assert stream.text() == ""
+        assert [(c.name, c.arguments) for c in stream.tool_calls] == [
+            ("get_weather", {"city": "Oslo"})
+        ]
+    assert fault.state.completions()[-1].body["tool_choice"] == "required"
+
+
+def test_constraints_go_in_each_servers_fields(fault: FaultServer) -> None:
+    schema = {"type": "object", "properties": {"e": {"type": "string", "pattern": "^a\\.b$"}}}
+    cases: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+        (
+            "openai",
+            {"json_schema": schema},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": schema, "strict": True},
+                }
+            },
+        ),
+        ("openai", {"json_object": True}, {"response_format": {"type": "json_object"}}),
+        ("vllm", {"regex": "[0-9]+"}, {"structured_outputs": {"regex": "[0-9]+"}}),
+        ("vllm", {"choice": ["a", "b"]}, {"structured_outputs": {"choice": ["a", "b"]}}),
+        ("sglang", {"choice": ["a.", "b"]}, {"regex": "(a\\.|b)"}),
+        ("llama.cpp", {"choice": ["a", 'say "b"']}, {"grammar": 'root ::= "a" | "say \\"b\\""'}),
+        (
+            "llama-cpp-python",
+            {"json_schema": schema},
+            {
+                "response_format": {
+                    "type": "json_object",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"e": {"type": "string", "pattern": "^a[.]b$"}},
+                    },
+                }
+            },
+        ),
+    ]
+    for server, options, fields in cases:
+        fault.set(mode="ok")
+        with load(f"{fault.url}#server={server}") as model:
+            model.generate("x", **options).text()
+        body = fault.state.completions()[-1].body
+        for key, value in fields.items():
+            assert body[key] == value, (server, key)
+
+
+def test_a_constraint_the_server_cannot_take_is_refused_before_any_request(
+    fault: FaultServer,
+) -> None:
+    for server, kind, value in (
+        ("ollama", "regex", "a+"),
+        ("llama.cpp", "grammar", 'start: "a"'),
+        ("openai", "choice", ["a"]),
+        ("llama-cpp-python", "regex", "b"),
+    ):
+        with load(f"{fault.url}#server={server}") as model:
+            before = len(fault.state.completions())
+            with pytest.raises(UnsupportedOptionError) as info:
+                model.chat([Message("user", "x")], **{kind: value})
+            assert info.value.option == kind and info.value.backend == server
+            assert kind in str(info.value)
+            assert len(fault.state.completions()) == before, "nothing may be sent"
+            assert kind not in model.constraints
+
+
+def test_generic_tools_for_a_server_without_them(fault: FaultServer) -> None:
+    call = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Rome"}}}'
+    fault.set(mode="deltas", deltas=[{"content": call[:10]}, {"content": call[10:]}])
+    with load(f"{fault.url}#server=llama-cpp-python") as model:
+        stream = model.chat([Message("user", "Weather?")], tools=[WEATHER], tool_choice="required")
+        assert stream.text() == "" and stream.tool_calls[0].arguments == {"city": "Rome"}
+        body = fault.state.completions()[-1].body
+        assert "tools" not in body
+        assert (
+            body["messages"][0]["role"] == "system"
+            and "get_weather" in body["messages"][0]["content"]
+        )
+        schema = body["response_format"]["schema"]
+        assert schema["properties"]["tool_call"]["properties"]["name"] == {"const": "get_weather"}
+        model.chat([Message("user", "x")], enable_thinking=False).text()  # ignored, with a note
+        assert "chat_template_kwargs" not in fault.state.completions()[-1].body
+    with load(f"{fault.url}#server=vllm") as model:
+        model.chat([Message("user", "x")], enable_thinking=False, template_vars={"k": 1}).text()
+        assert fault.state.completions()[-1].body["chat_template_kwargs"] == {
+            "k": 1,
+            "enable_thinking": False,
+        }

@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -26,22 +27,32 @@ from inference.options import (
     with_api_key,
     with_backend,
     with_cancel,
+    with_choice,
     with_context_len,
     with_gpu_layers,
+    with_grammar,
+    with_json_object,
+    with_json_schema,
     with_logits,
     with_logprobs,
     with_max_tokens,
     with_min_p,
     with_parallel_slots,
+    with_regex,
     with_repeat_penalty,
     with_seed,
     with_stop,
     with_stop_tokens,
     with_temperature,
+    with_template_vars,
+    with_thinking,
     with_timeout,
+    with_tool_choice,
+    with_tools,
     with_top_k,
     with_top_p,
 )
+from inference.tool_calls import Tool
 
 NAN = float("nan")
 INF = float("inf")
@@ -66,6 +77,30 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
     (with_parallel_slots, "parallel_slots", [(0, 0), (4, 4)], [-1, None, "2"]),
     (with_adapter_path, "adapter_path", [("", ""), ("lora.gguf", "lora.gguf")], [None, 3]),
     (with_api_key, "api_key", [("", ""), ("sk-x", "sk-x")], [None, 3]),
+    (with_json_object, "json_object", [(True, True), (False, False)], [1, None, "yes"]),
+    (with_regex, "regex", [("[a-z]+", "[a-z]+"), (None, None)], ["", 3, b"x"]),
+    (with_choice, "choice", [(["a", "b"], ("a", "b")), ((), ())], ["ab", [""], [3]]),
+    (with_grammar, "grammar", [('start: "a"', 'start: "a"'), (None, None)], ["", 1]),
+    (with_thinking, "enable_thinking", [(True, True), (None, None)], [1, "no"]),
+    (
+        with_tool_choice,
+        "tool_choice",
+        [("auto", "auto"), ("none", "none")],
+        ["x", 1, {}],
+    ),
+    (
+        with_json_schema,
+        "json_schema",
+        [({"type": "object"}, MappingProxyType({"type": "object"})), (None, None)],
+        [[1], "not json", 3],
+    ),
+    (
+        with_tools,
+        "tools",
+        [([], ()), ([{"name": "f"}], (Tool("f"),))],
+        ["f", {"name": "f"}, [{"name": "a b"}]],
+    ),
+    (with_template_vars, "template_vars", [({"a": 1}, MappingProxyType({"a": 1}))], [[1], {1: 2}]),
 ]
 
 

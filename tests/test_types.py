@@ -24,6 +24,7 @@ from inference.types import (
     ScoreResult,
     Token,
     TokenLogprob,
+    ToolCall,
 )
 
 VALUE_TYPES = [
@@ -36,6 +37,7 @@ VALUE_TYPES = [
     DiscoveredModel(path="/m.gguf", format="gguf"),
     ScoreResult(logprobs=(-1.0,), total=-1.0, is_greedy=False),
     RollingScore(total=-3.0, tokens=2, perplexity=4.48),
+    ToolCall("abc123def", "f", {"a": 1}),
 ]
 
 
@@ -145,7 +147,7 @@ def test_message_dict_round_trip(role: str, content: str) -> None:
 
 def test_from_dict_ignores_other_keys_and_names_missing_ones() -> None:
     data = {"role": "tool", "content": "42", "name": "calc", "tool_call_id": "x"}
-    assert Message.from_dict(data) == Message("tool", "42")
+    assert Message.from_dict(data) == Message("tool", "42", tool_call_id="x")
     with pytest.raises(ValueError, match="'content'"):
         Message.from_dict({"role": "user"})
     with pytest.raises(ValueError, match="'role'"):
@@ -174,6 +176,8 @@ HIERARCHY = [
     (errors.ModelClosedError, errors.GenerationError),
     (errors.Cancelled, errors.InferenceError),
     (errors.DeadlineExceeded, TimeoutError),
+    (errors.UnsupportedOptionError, ValueError),
+    (errors.ConstraintError, ValueError),
 ]
 
 

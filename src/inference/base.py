@@ -28,12 +28,14 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from .chat_families import family_for
-from .chat_template import render_chat
+from .chat_template import render_chat, template_takes
+from .constraints import KINDS, Constraint, check_supported, constraint_of
 from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .metrics import batch_metrics, call_metrics
 from .options import GenerateConfig, Option, generate_config
+from .reply import ReplySplitter, plan_chat, split_reply
 from .stream import HELD, Producer, StreamControl, StreamHolders, TokenStream
 from .types import (
     BatchResult,
@@ -92,6 +94,7 @@ class ModelState:
         """Stream the continuation of a raw text prompt."""
         cfg = generate_config(*opts, **kwargs)
         text = check_prompt_text(prompt)
+        _chat_only(cfg, "generate")
         self._check_open()
         return self._door(self._generate, text, cfg)
 
@@ -113,6 +116,9 @@ class ModelState:
         """One forward pass per prompt: the next token (and logits when asked)."""
         cfg = generate_config(*opts, **kwargs)
         items = check_prompts(prompts)
+        _chat_only(cfg, "classify")
+        if constraint_of(cfg) is not None:
+            raise ValueError("classify takes no structured-output option")
         self._check_open()
         return self._door(self._classify, items, cfg) if items else []
 
@@ -122,16 +128,31 @@ class ModelState:
         """Generate for several prompts; each result carries its own error."""
         cfg = generate_config(*opts, **kwargs)
         items = check_prompts(prompts)
+        _chat_only(cfg, "batch_generate")
         self._check_open()
         return self._door(self._batch_generate, items, cfg) if items else []
 
     def _door(self, seam: Callable[[_A, GenerateConfig], _T], arg: _A, cfg: GenerateConfig) -> _T:
-        """Call a seam; an error it raises at once (before any stream) is kept in ``err``."""
+        """Check what the model can honour, then call a seam; an error raised
+        at once (before any stream) is kept in ``err``."""
         try:
+            self._check_options(cfg)
             return seam(arg, cfg)
         except InferenceError as exc:
             self._err = exc
             raise
+
+    @property
+    def constraints(self) -> frozenset[str]:
+        """The structured-output options this model can enforce (names of
+        :data:`inference.constraints.KINDS`); a call that asks for another is
+        refused with :class:`~inference.UnsupportedOptionError` before its
+        first token."""
+        return frozenset()
+
+    def _check_options(self, cfg: GenerateConfig) -> None:
+        """Refuse, before anything runs, what this model cannot honour."""
+        check_supported(cfg, self.constraints, self._info.backend or "this backend")
 
     # -- the seams (implement) -------------------------------------------------
 
@@ -188,6 +209,12 @@ class ModelState:
         self._err = err
         if metrics is not None:
             self._metrics = metrics
+
+
+def _chat_only(cfg: GenerateConfig, verb: str) -> None:
+    """ValueError for the options that only ``chat`` takes."""
+    if cfg.tools or cfg.enable_thinking is not None or cfg.template_vars:
+        raise ValueError(f"tools, thinking and template_vars apply to chat(), not {verb}()")
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -313,6 +340,14 @@ class BaseTextModel(ModelState):
         | None
     ) = None
 
+    def _guidance_tokenizer(self) -> Any:
+        """The model's vocabulary as an ``llguidance.LLTokenizer``, with the
+        end-of-generation tokens as its EOS. Override, together with masking
+        ``control.guide`` in ``_generate_ids`` (set the logits of the tokens
+        ``guide.allowed()`` forbids to -inf before each sample, then
+        ``guide.consume(token)``), to support structured output."""
+        raise NotImplementedError
+
     def _memory(self) -> tuple[int | None, int | None]:
         """(active, peak) memory in bytes, where the backend can tell."""
         return None, None
@@ -324,23 +359,73 @@ class BaseTextModel(ModelState):
         """Run on the engine thread as it ends (``engine_thread=True`` only):
         free what the engine keeps per thread."""
 
-    def _render_chat(self, messages: Sequence[Message]) -> str:
+    def _render_chat(
+        self, messages: Sequence[Message], variables: Mapping[str, Any] | None = None
+    ) -> str:
         return render_chat(
             self._chat_template,
             messages,
             bos_token=self._bos_token,
             eos_token=self._eos_token,
+            variables=variables,
         )
+
+    # -- structured output -------------------------------------------------------
+
+    @property
+    def constraints(self) -> frozenset[str]:
+        kinds: frozenset[str] | None = self.__dict__.get("_constraint_kinds")
+        if kinds is None:
+            import importlib.util
+
+            engine = type(self)._guidance_tokenizer is not BaseTextModel._guidance_tokenizer
+            ready = engine and importlib.util.find_spec("llguidance") is not None
+            kinds = frozenset(KINDS) if ready else frozenset()
+            self.__dict__["_constraint_kinds"] = kinds
+        return kinds
+
+    def _guide(self, constraint: Constraint | None) -> Any:
+        """A fresh guide for ``constraint`` (None for none); ConstraintError,
+        with llguidance's message, if it does not compile."""
+        if constraint is None:
+            return None
+        from . import guidance  # llguidance: only when a call is constrained
+
+        tokenizer = self.__dict__.get("_lltokenizer")
+        if tokenizer is None:
+            tokenizer = self.__dict__["_lltokenizer"] = self._guidance_tokenizer()
+        grammar = guidance.grammar_for(constraint)
+        return guidance.guide(tokenizer, grammar, self._info.vocab_size or tokenizer.vocab_size)
+
+    def _is_special(self, text: str) -> bool:
+        """Whether ``text`` is one token of the vocabulary (a marker such as ``<tool_call>``)."""
+        return len(self._encode(text, False)) == 1
 
     # -- the seams, over the engine primitives ------------------------------------
 
     def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
-        return self._stream(prompt, cfg, self._add_bos)
+        return self._stream(prompt, cfg, self._add_bos, constraint=constraint_of(cfg))
 
     def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
-        text = self._render_chat(messages)
+        template = self._chat_template or ""
+        plan = plan_chat(
+            messages,
+            cfg,
+            template=template,
+            takes_tools="tools" in template_takes(template),
+            special=self._is_special,
+            constrains="grammar" in self.constraints,
+        )
+        text = self._render_chat(plan.messages, plan.variables)
         add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
-        return self._stream(text, cfg, add_bos)
+        splitter = None
+        if plan.tool_format is not None or plan.thinks:
+            opened = text.rfind("<think>")
+            thinking = plan.thinks and opened >= 0 and text.find("</think>", opened) < 0
+            splitter = ReplySplitter(plan.tool_format, thinks=plan.thinks, thinking=thinking)
+        return self._stream(
+            text, cfg, add_bos, constraint=plan.constraint or constraint_of(cfg), splitter=splitter
+        )
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
         return self._run(lambda control: self._do_classify(prompts, cfg, control), cfg)
@@ -415,22 +500,52 @@ class BaseTextModel(ModelState):
                 self._release_once()
             self._lock.release()
 
-    def _stream(self, text: str, cfg: GenerateConfig, add_bos: bool) -> TokenStream:
+    def _stream(
+        self,
+        text: str,
+        cfg: GenerateConfig,
+        add_bos: bool,
+        *,
+        constraint: Constraint | None = None,
+        splitter: ReplySplitter | None = None,
+    ) -> TokenStream:
         self._check_logprobs(cfg)
+        guide = self._guide(constraint)  # a bad constraint fails here, before the stream
+        markers = self._marker_bytes(splitter)
 
         def produce(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            return self._produce(text, add_bos, cfg, control)
+            control.guide = guide
+            gen = self._produce(text, add_bos, cfg, control, markers)
+            return gen if splitter is None else split_reply(gen, splitter, control)
 
         producer: Producer = produce if self._engine is None else self._engine.pump(produce)
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
 
     def _produce(
-        self, text: str, add_bos: bool, cfg: GenerateConfig, control: StreamControl
+        self,
+        text: str,
+        add_bos: bool,
+        cfg: GenerateConfig,
+        control: StreamControl,
+        markers: Mapping[int, bytes] | None = None,
     ) -> Generator[Token, None, FinishReason]:
         with self._hold(control):
             start = _perf()
             ids = self._check_prompt(self._encode(text, add_bos))
-            return (yield from self._produce_ids(ids, cfg, control, start))
+            return (yield from self._produce_ids(ids, cfg, control, start, markers))
+
+    def _marker_bytes(self, splitter: ReplySplitter | None) -> dict[int, bytes] | None:
+        """The ids of the reply's markers that are single tokens, with their
+        text: such tokens are often control tokens whose text the engine
+        does not show, and the splitter must see them."""
+        if splitter is None:
+            return None
+        out: dict[int, bytes] = {}
+        for marker in splitter.markers:
+            ids = self._encode(marker, False)
+            if len(ids) == 1:
+                out[ids[0]] = marker.encode()
+        return out or None
 
     @property
     def reports_logprobs(self) -> bool:
@@ -521,14 +636,17 @@ class BaseTextModel(ModelState):
                 continue
             batch.append(ids)
             index.append(i)
-        # Log-probabilities come from the single-sequence path.
+        # Log-probabilities and constraints come from the single-sequence path.
+        constraint = constraint_of(cfg)
         if (
             self._generate_batch is None
             or len(batch) < 2
             or cfg.max_tokens == 0
             or cfg.logprobs is not None
+            or constraint is not None
         ):
             for j, ids in enumerate(batch):
+                control.guide = self._guide(constraint)
                 results[index[j]] = self._one_of_batch(ids, cfg, control)
         else:
             for j, res in enumerate(self._together(batch, cfg, control)):
@@ -545,11 +663,18 @@ class BaseTextModel(ModelState):
         return drain(self._produce_ids(ids, cfg, control, _perf()), control)
 
     def _produce_ids(
-        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl, start: float
+        self,
+        ids: Sequence[int],
+        cfg: GenerateConfig,
+        control: StreamControl,
+        start: float,
+        markers: Mapping[int, bytes] | None = None,
     ) -> Generator[Token, None, FinishReason]:
-        """The per-token loop: stop tokens, stop strings, max_tokens, checks.
+        """The per-token loop: stop tokens, stop strings, max_tokens, checks,
+        the end of a constraint.
 
-        The caller holds the lock; ``start`` is when the call began.
+        The caller holds the lock; ``start`` is when the call began;
+        ``markers`` gives the text of tokens the engine would not show.
         """
         if cfg.max_tokens == 0:
             control.metrics = self._measure(len(ids), 0, start, start, _perf())
@@ -563,7 +688,14 @@ class BaseTextModel(ModelState):
         flush: Callable[[], list[Token]] = asm.flush
         if cfg.logprobs is not None:
             push, flush = self._with_logprobs(asm, cfg.logprobs)
-        token_bytes = self._token_bytes
+        token_bytes: Callable[[int], bytes] = self._token_bytes
+        if markers:
+            plain = token_bytes
+
+            def token_bytes(tid: int) -> bytes:
+                return markers.get(tid) or plain(tid)
+
+        guide = control.guide
         stop_requested = control.stop_requested
         max_tokens = cfg.max_tokens
         n = 0
@@ -579,7 +711,7 @@ class BaseTextModel(ModelState):
                     reason = "stop"
                     break
                 yield from push(tid, token_bytes(tid))
-                if asm.stopped:
+                if asm.stopped or (guide is not None and guide.stopped):
                     reason = "stop"
                     break
                 if n >= max_tokens:

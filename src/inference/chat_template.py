@@ -17,13 +17,19 @@ that llama.cpp also falls back to.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import GenerationError, ModelLoadError
 from .types import Message
 
-__all__ = ["CHATML_TEMPLATE", "compile_template", "render_chat"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "compile_template",
+    "render_chat",
+    "template_message",
+    "template_takes",
+]
 
 #: The fallback template for models that ship none.
 CHATML_TEMPLATE = (
@@ -94,6 +100,38 @@ def compile_template(source: str) -> Any:
         raise ModelLoadError(f"the model's chat template is not valid: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=32)
+def template_takes(source: str) -> frozenset[str]:
+    """The variables ``source`` reads from outside (``tools``,
+    ``enable_thinking``...), so that a caller knows what it may pass."""
+    from jinja2 import TemplateError, meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        parsed = ImmutableSandboxedEnvironment().parse(source)
+    except TemplateError:
+        return frozenset()
+    return frozenset(meta.find_undeclared_variables(parsed))
+
+
+def template_message(message: Message) -> dict[str, Any]:
+    """``message`` as chat templates read it (transformers' convention): a
+    call's ``arguments`` a dict, not JSON text."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
 def render_chat(
     template: str | None,
     messages: Sequence[Message],
@@ -101,8 +139,10 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render ``messages`` with ``template`` (ChatML when None or empty).
+    """Render ``messages`` with ``template`` (ChatML when None or empty);
+    ``variables`` are more template variables (``tools``, ``enable_thinking``...).
 
     Raises :class:`~inference.GenerationError` when the template fails or
     tries an operation the sandbox forbids; nothing it asks for is run.
@@ -112,7 +152,8 @@ def render_chat(
 
     try:
         rendered = compiled.render(
-            messages=[m.to_dict() for m in messages],
+            **(variables or {}),
+            messages=[template_message(m) for m in messages],
             bos_token=bos_token,
             eos_token=eos_token,
             add_generation_prompt=add_generation_prompt,

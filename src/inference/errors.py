@@ -10,12 +10,14 @@ __all__ = [
     "BackendNotFoundError",
     "BackendUnavailableError",
     "Cancelled",
+    "ConstraintError",
     "DeadlineExceeded",
     "GenerationError",
     "InferenceError",
     "ModelClosedError",
     "ModelLoadError",
     "NoBackendError",
+    "UnsupportedOptionError",
 ]
 
 
@@ -59,6 +61,23 @@ class ModelLoadError(InferenceError, OSError):
 
 class GenerationError(InferenceError, RuntimeError):
     """A generation call failed."""
+
+
+class UnsupportedOptionError(GenerationError, ValueError):
+    """The model cannot honour an option of the call (a structured-output
+    constraint, tools, log-probabilities...), so the call was refused before
+    anything was sent or generated. ``option`` names the option and
+    ``backend`` the backend or server kind."""
+
+    def __init__(self, message: str, *, option: str = "", backend: str = "") -> None:
+        super().__init__(message)
+        self.option = option
+        self.backend = backend
+
+
+class ConstraintError(GenerationError, ValueError):
+    """A structured-output constraint is not valid: a bad JSON schema, regular
+    expression or grammar. The message is the constraint engine's own."""
 
 
 class ModelClosedError(GenerationError):

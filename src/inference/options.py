@@ -17,6 +17,7 @@ option is one field and one builder.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
+
+from .tool_calls import Tool, to_tool, tool_choice
 
 __all__ = [
     "GENERATE_OPTIONS",
@@ -37,19 +40,28 @@ __all__ = [
     "with_api_key",
     "with_backend",
     "with_cancel",
+    "with_choice",
     "with_context_len",
     "with_gpu_layers",
+    "with_grammar",
+    "with_json_object",
+    "with_json_schema",
     "with_logits",
     "with_logprobs",
     "with_max_tokens",
     "with_min_p",
     "with_parallel_slots",
+    "with_regex",
     "with_repeat_penalty",
     "with_seed",
     "with_stop",
     "with_stop_tokens",
     "with_temperature",
+    "with_template_vars",
+    "with_thinking",
     "with_timeout",
+    "with_tool_choice",
+    "with_tools",
     "with_top_k",
     "with_top_p",
 ]
@@ -171,8 +183,98 @@ def _event(option: str, value: object) -> threading.Event | None:
     return value  # type: ignore[return-value]
 
 
+def _optional_bool(option: str, value: object) -> bool | None:
+    return None if value is None else _bool(option, value)
+
+
+def _text(option: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(option, value, "a non-empty str, or None")
+    return value
+
+
+def _json_value(option: str, value: object) -> Any:
+    """``value`` copied through JSON (so it is plain and cannot change later)."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=_json_default)
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _fail(option, value, f"JSON ({exc})") from None
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):  # a read-only schema from an earlier check
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _schema(option: str, value: object) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (Mapping, str)):
+        raise _fail(option, value, "a JSON schema (a dict)")
+    schema = _json_value(option, value)
+    if not isinstance(schema, dict):
+        raise _fail(option, value, "a JSON schema (a dict)")
+    return MappingProxyType(schema)
+
+
+def _choices(option: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise _fail(option, value, "a list of strings")
+    return _strings(option, value) if value else ()
+
+
+def _tools(option: str, value: object) -> tuple[Tool, ...]:
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Iterable):
+        raise _fail(option, value, "a list of tools")
+    try:
+        tools = tuple(to_tool(t) for t in value)
+    except ValueError as exc:
+        raise _fail(option, value, f"a list of tools ({exc})") from None
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise _fail(option, names, "tools with different names")
+    return tools
+
+
+def _tool_choice(option: str, value: object) -> str:
+    return tool_choice(value)
+
+
+def _template_vars(option: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _fail(option, value, "a dict of names to values")
+    return MappingProxyType(dict(value))
+
+
+#: The structured-output options: at most one per call.
+CONSTRAINT_OPTIONS = ("json_schema", "json_object", "regex", "choice", "grammar")
+
+
+def _check_together(cfg: GenerateConfig) -> None:
+    """The rules that span fields: one constraint at most, tools without one,
+    a forced tool among the tools."""
+    given = [name for name in CONSTRAINT_OPTIONS if getattr(cfg, name)]
+    if len(given) > 1:
+        raise ValueError(f"at most one structured-output option per call; got {', '.join(given)}")
+    if given and cfg.tools and cfg.tool_choice != "none":
+        raise ValueError(
+            f"{given[0]} cannot be combined with tools (tool_choice={cfg.tool_choice!r})"
+        )
+    forced = cfg.tool_choice.removeprefix("function:")
+    if cfg.tool_choice == "required" and not cfg.tools:
+        raise ValueError("tool_choice='required' needs tools")
+    if forced != cfg.tool_choice and forced not in {t.name for t in cfg.tools}:
+        raise ValueError(f"tool_choice names {forced!r}, which is not among the tools")
+
+
 def _option(default: Any, check: _Check, **kw: Any) -> Any:
     """A config field and its check: the one place an option is defined."""
+    if isinstance(default, MappingProxyType):  # unhashable, so a factory
+        return field(default_factory=lambda: default, metadata={"check": check}, **kw)
     return field(default=default, metadata={"check": check}, **kw)
 
 
@@ -192,7 +294,12 @@ class GenerateConfig:
     Zero means "off" for ``top_k``, ``top_p`` and ``min_p``; ``temperature``
     0 is greedy decoding; ``repeat_penalty`` 1 is no penalty; ``seed`` None
     lets the backend choose; ``logprobs`` None asks for no log-probabilities
-    (0 asks for the chosen token's alone); ``timeout`` None means no deadline. Every field
+    (0 asks for the chosen token's alone); ``timeout`` None means no deadline.
+    At most one of the structured-output fields (``json_schema``,
+    ``json_object``, ``regex``, ``choice``, ``grammar``) is set; ``tools``
+    and ``tool_choice`` apply to ``chat``; ``enable_thinking`` None leaves
+    the template's default, and ``template_vars`` are passed to the chat
+    template as variables. Every field
     is checked when the config is made, however it is made (a ``with_*``
     builder, a keyword, or ``GenerateConfig(...)`` itself): a bad value raises
     ``ValueError`` naming the option and the value.
@@ -209,11 +316,21 @@ class GenerateConfig:
     seed: int | None = _option(None, _seed)
     return_logits: bool = _option(False, _bool)
     logprobs: int | None = _option(None, _logprobs)
+    json_schema: Mapping[str, Any] | None = _option(None, _schema)
+    json_object: bool = _option(False, _bool)
+    regex: str | None = _option(None, _text)
+    choice: tuple[str, ...] = _option((), _choices)
+    grammar: str | None = _option(None, _text)
+    tools: tuple[Tool, ...] = _option((), _tools)
+    tool_choice: str = _option("auto", _tool_choice)
+    enable_thinking: bool | None = _option(None, _optional_bool)
+    template_vars: Mapping[str, Any] = _option(MappingProxyType({}), _template_vars)
     timeout: float | None = _option(None, _timeout)
     cancel: threading.Event | None = _option(None, _event, compare=False, repr=False)  # noqa: RUF009 (a field)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_together(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +376,11 @@ class Option:
         return f"with_{_builder_suffix(self.name)}({shown})"
 
 
+_BUILDER_SUFFIXES = {"return_logits": "logits", "enable_thinking": "thinking"}
+
+
 def _builder_suffix(name: str) -> str:
-    return "logits" if name == "return_logits" else name
+    return _BUILDER_SUFFIXES.get(name, name)
 
 
 def _make(target: Target, name: str, value: Any) -> Option:
@@ -324,6 +444,59 @@ def with_logprobs(k: int | None = 0) -> Option:
     """Give each streamed token its log-probability and its ``k`` (0 to 20) most
     likely alternatives, from the model's raw distribution (None: not asked)."""
     return _make("generate", "logprobs", k)
+
+
+def with_json_schema(schema: Mapping[str, Any] | str) -> Option:
+    """Constrain the output to JSON that matches ``schema`` (a dict, or its JSON text)."""
+    return _make("generate", "json_schema", schema)
+
+
+def with_json_object(enabled: bool = True) -> Option:
+    """Constrain the output to one JSON object, of any shape."""
+    return _make("generate", "json_object", enabled)
+
+
+def with_regex(pattern: str | None) -> Option:
+    """Constrain the output to match ``pattern`` whole (Rust ``regex`` syntax,
+    as llguidance takes it)."""
+    return _make("generate", "regex", pattern)
+
+
+def with_choice(options: Iterable[str]) -> Option:
+    """Constrain the output to exactly one of these strings."""
+    return _make("generate", "choice", options)
+
+
+def with_grammar(grammar: str | None) -> Option:
+    """Constrain the output to a context-free grammar (Lark syntax, as llguidance takes it)."""
+    return _make("generate", "grammar", grammar)
+
+
+def with_tools(tools: Iterable[Mapping[str, Any] | Tool]) -> Option:
+    """Functions the model may call in ``chat``: OpenAI's tool shape
+    (``{"type": "function", "function": {...}}``) or its inner dict; the
+    calls arrive in ``stream.tool_calls``."""
+    return _make("generate", "tools", tools)
+
+
+def with_tool_choice(choice: str | Mapping[str, Any]) -> Option:
+    """ "auto" (the model decides), "required" (it must call one), "none",
+    or ``{"name": ...}`` (it must call that one)."""
+    return _make("generate", "tool_choice", choice)
+
+
+def with_thinking(enabled: bool | None) -> Option:
+    """Turn a reasoning model's thinking on or off, for templates that take
+    ``enable_thinking`` (None: the template's default)."""
+    return _make("generate", "enable_thinking", enabled)
+
+
+def with_template_vars(variables: Mapping[str, Any] | None = None, **more: Any) -> Option:
+    """Extra variables for the model's chat template (``chat`` only)."""
+    value: object = {} if variables is None else variables
+    if more and isinstance(value, Mapping):
+        value = {**value, **more}
+    return _make("generate", "template_vars", value)
 
 
 def with_timeout(seconds: float | None) -> Option:

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import Cancelled, DeadlineExceeded, GenerationError
-from .types import FinishReason, GenerateMetrics, Token
+from .types import FinishReason, GenerateMetrics, Token, ToolCall
 
 __all__ = ["ASYNC_AHEAD", "HELD", "Producer", "StreamControl", "StreamHolders", "TokenStream"]
 
@@ -31,7 +31,7 @@ class StreamControl:
     :class:`~inference.DeadlineExceeded`.
     """
 
-    __slots__ = ("_event", "_user", "deadline", "metrics", "timeout")
+    __slots__ = ("_event", "_user", "deadline", "guide", "metrics", "timeout", "tool_calls")
 
     def __init__(
         self,
@@ -44,6 +44,11 @@ class StreamControl:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout if timeout is not None else None
         self.metrics: GenerateMetrics | None = None
+        #: The call's constraint state, for in-process engines (a
+        #: :class:`inference.guidance.Guide`), or None.
+        self.guide: Any = None
+        #: The tool calls of the reply, set by the producer as it ends.
+        self.tool_calls: tuple[ToolCall, ...] = ()
 
     def cancel(self) -> None:
         """Ask the producer to stop at its next check."""
@@ -139,6 +144,7 @@ class TokenStream(Iterator[Token]):
         "_finish_reason",
         "_gen",
         "_on_finish",
+        "_reasoning",
     )
 
     def __init__(
@@ -155,6 +161,7 @@ class TokenStream(Iterator[Token]):
         self._finish_reason: FinishReason | None = None
         self._err: BaseException | None = None
         self._on_finish = on_finish
+        self._reasoning: list[str] = []
 
     # -- iteration ---------------------------------------------------------
 
@@ -165,7 +172,10 @@ class TokenStream(Iterator[Token]):
         if self._done:
             raise StopIteration
         try:
-            return next(self._gen)
+            tok = next(self._gen)
+            if tok.reasoning:
+                self._reasoning.append(tok.text)
+            return tok
         except StopIteration as stop:
             self._finish(stop.value or "stop", None)
             raise StopIteration from None
@@ -249,9 +259,26 @@ class TokenStream(Iterator[Token]):
         """Timings of this call, once it has ended."""
         return self._control.metrics if self._done else None
 
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The calls the model made (``chat`` with ``tools``), once the stream
+        has ended: ``()`` before, and when it made none."""
+        return self._control.tool_calls if self._done else ()
+
+    @property
+    def reasoning(self) -> str:
+        """The text of the model's reasoning that has streamed so far
+        (tokens with ``reasoning=True``)."""
+        return "".join(self._reasoning)
+
+    def answer(self) -> Iterator[Token]:
+        """The rest of the stream without its reasoning tokens."""
+        return (tok for tok in self if not tok.reasoning)
+
     def text(self) -> str:
-        """Consume the rest of the stream and return all of its text."""
-        return "".join(tok.text for tok in self)
+        """Consume the rest of the stream and return the text of its answer
+        (its reasoning is in :attr:`reasoning`)."""
+        return "".join(tok.text for tok in self if not tok.reasoning)
 
     # -- async -------------------------------------------------------------
 

@@ -6,6 +6,7 @@ threads, and hashable where their fields are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -23,6 +24,7 @@ __all__ = [
     "ScoreResult",
     "Token",
     "TokenLogprob",
+    "ToolCall",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -47,12 +49,17 @@ class Token:
     reshape it (as vLLM reports by default), so they do not depend on the
     sampling options. Otherwise they stay None and ``()``, and a token equals
     ``Token(id, text)``.
+
+    ``reasoning`` is True for the text of a model's thinking (``<think>``
+    blocks, a server's ``reasoning_content``): it streams before the answer,
+    told apart by this flag, and :meth:`TokenStream.text` leaves it out.
     """
 
     id: int
     text: str
     logprob: float | None = None
     top_logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning: bool = False
 
 
 class TokenLogprob(NamedTuple):
@@ -69,29 +76,105 @@ class TokenLogprob(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call the model asked for: its id, the function's name and the
+    arguments (a dict, parsed from the model's JSON).
+
+    Frozen and hashable (by the arguments' JSON), so messages that hold
+    calls stay hashable.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.name, json.dumps(self.arguments, sort_keys=True, default=str)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's shape: ``{"id", "type": "function", "function": {"name",
+        "arguments": "<JSON text>"}}``."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
+        """From OpenAI's shape (``arguments`` JSON text or a dict) or the
+        bare ``{"id", "name", "arguments"}``; ValueError if malformed."""
+        inner = data.get("function", data)
+        name = inner.get("name") if isinstance(inner, Mapping) else None
+        args: Any = inner.get("arguments", {}) if isinstance(inner, Mapping) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise ValueError(f"tool call {name!r}: arguments are not JSON") from None
+        if not isinstance(name, str) or not name or not isinstance(args, dict):
+            raise ValueError("a tool call needs a function name and an arguments object")
+        return cls(str(data.get("id") or ""), name, args)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message. ``role`` is one of system, user, assistant, tool."""
+    """One chat message. ``role`` is one of system, user, assistant, tool.
+
+    In a conversation with tools, an assistant message carries the calls it
+    made in ``tool_calls`` (its ``content`` may be ``""``), and each tool
+    result is a ``tool`` message whose ``tool_call_id`` names the call.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"Message role must be one of {', '.join(ROLES)}; got {self.role!r}")
         if not isinstance(self.content, str):
             raise ValueError(f"Message content must be str; got {type(self.content).__name__}")
+        if not isinstance(self.tool_calls, tuple):
+            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
+        if any(not isinstance(c, ToolCall) for c in self.tool_calls):
+            raise ValueError("Message tool_calls must be ToolCall values")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if not isinstance(self.tool_call_id, str):
+            raise ValueError("Message tool_call_id must be str")
 
-    def to_dict(self) -> dict[str, str]:
-        """The ``{"role": ..., "content": ...}`` form that chat APIs use."""
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The ``{"role": ..., "content": ...}`` form that chat APIs use (with
+        OpenAI's ``tool_calls`` and ``tool_call_id`` when set)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Message:
-        """Build a message from a chat-API dict; other keys are ignored."""
+        """Build a message from a chat-API dict (OpenAI's ``tool_calls`` and
+        ``tool_call_id`` included; a ``None`` content is ``""``); other keys
+        are ignored."""
         try:
-            return cls(role=data["role"], content=data["content"])
+            role, content = data["role"], data["content"]
         except KeyError as exc:
             raise ValueError(f"a message dict needs {exc.args[0]!r}") from None
+        calls = data.get("tool_calls") or ()
+        if not isinstance(calls, (list, tuple)):
+            raise ValueError("a message's tool_calls must be a list")
+        return cls(
+            role=role,
+            content="" if content is None and (calls or role == "assistant") else content,
+            tool_calls=tuple(
+                c if isinstance(c, ToolCall) else ToolCall.from_dict(c) for c in calls
+            ),
+            tool_call_id=data.get("tool_call_id") or "",
+        )
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, Any]) -> Message:

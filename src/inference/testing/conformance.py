@@ -23,15 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..errors import Cancelled, DeadlineExceeded, GenerationError, InferenceError, ModelClosedError
+from ..constraints import KINDS
+from ..errors import (
+    Cancelled,
+    DeadlineExceeded,
+    GenerationError,
+    InferenceError,
+    ModelClosedError,
+    UnsupportedOptionError,
+)
 from ..options import with_max_tokens, with_stop, with_temperature
 from ..protocols import Scorer, TextModel, Tokenizer
 from ..stream import TokenStream
-from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token
+from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token, ToolCall
 
 __all__ = ["TextModelConformance", "run_conformance"]
 
@@ -62,6 +72,10 @@ class TextModelConformance:
     #: How far ``score()`` may be from the streamed log-probabilities of the
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
+    #: Whether ``chat(tools=..., tool_choice="required")`` must give a call
+    #: (True wherever the model accepts a ``grammar`` constraint, or the
+    #: remote server takes tools).
+    supports_tools: ClassVar[bool] = False
 
     _model: ClassVar[TextModel | None] = None
 
@@ -486,6 +500,78 @@ class TextModelConformance:
         assert model.score_batch([]) == []
         rolling = model.score_rolling(self.prompt + text)
         assert rolling.tokens > 0 and rolling.total < 0 and rolling.perplexity > 1
+
+    # -- structured output and tools -------------------------------------------
+
+    #: One value of each constraint kind, and the pattern its output must match.
+    _CONSTRAINTS: ClassVar[dict[str, tuple[Any, str]]] = {
+        "json_schema": (
+            {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+            "",
+        ),
+        "json_object": (True, ""),
+        "regex": (r"[0-9]{3}", r"[0-9]{3}"),
+        "choice": (["yes", "no"], r"yes|no"),
+        "grammar": ('start: "A" | "B"', r"A|B"),
+    }
+
+    def test_constraints_capability(self) -> None:
+        accepted: frozenset[str] = getattr(self.model, "constraints", frozenset())
+        assert isinstance(accepted, frozenset) and accepted <= set(KINDS)
+        messages = [Message("user", "Answer with three digits, or yes or no, or JSON.")]
+        for kind, (value, pattern) in self._CONSTRAINTS.items():
+            if kind not in accepted:
+                got: list[Token] = []
+                try:
+                    got.extend(self.model.chat(messages, max_tokens=4, **{kind: value}))
+                except UnsupportedOptionError as exc:
+                    assert exc.option == kind and not got
+                    continue
+                raise AssertionError(f"{kind}= is not accepted, so the call must be refused")
+            max_tokens = 48 if kind.startswith("json") else 8
+            stream = self.model.chat(messages, max_tokens=max_tokens, **{kind: value})
+            text = stream.text()
+            if pattern:
+                assert re.fullmatch(pattern, text), f"{kind}: {text!r} does not match"
+            elif stream.finish_reason == "stop":
+                assert isinstance(json.loads(text), dict), f"{kind}: {text!r}"
+        assert self._greedy(self.prompt, 1)  # still usable
+
+    def test_tool_calls(self) -> None:
+        weather = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 40}},
+                    "required": ["city"],
+                },
+            },
+        }
+        ask = [Message("user", "What is the weather in Paris?")]
+        stream = self.model.chat(ask, tools=[weather], tool_choice="required", max_tokens=48)
+        assert stream.tool_calls == ()  # not before the end
+        text = stream.text()
+        calls: tuple[ToolCall, ...] = stream.tool_calls
+        accepted: frozenset[str] = getattr(self.model, "constraints", frozenset())
+        must = self.supports_tools or "grammar" in accepted
+        if not must:
+            assert all(isinstance(c, ToolCall) for c in calls)
+            return
+        assert calls, f"tool_choice='required' gave no call (text {text!r})"
+        call = calls[0]
+        assert isinstance(call, ToolCall) and call.name == "get_weather" and call.id
+        assert isinstance(call.arguments.get("city"), str)
+        # The conversation goes on with the call and its result.
+        history = [
+            *ask,
+            Message("assistant", "", tool_calls=(call,)),
+            Message("tool", "18 degrees and sunny", tool_call_id=call.id),
+        ]
+        reply = self.model.chat(history, tools=[weather], tool_choice="none", max_tokens=8)
+        assert reply.text() is not None and reply.tool_calls == ()
 
     def test_close_twice_and_use_after_close(self) -> None:
         model = type(self).make_model()

@@ -173,6 +173,7 @@ class LlamaCppModel(ScoringTextModel):
         self._batch: _Batch | None = None
         self._abort_cb: Any = None
         self._abort_for: StreamControl | None = None
+        self._raw_logits: Any = None
         try:
             self._open(header, cfg)
         except BaseException:
@@ -402,8 +403,18 @@ class LlamaCppModel(ScoringTextModel):
             sample = lc.llama_sampler_sample
             decode = lc.llama_decode
             raw = batch.raw
+            guide = control.guide
+            keep_raw = guide is not None and cfg.logprobs is not None
             while True:
+                if guide is not None:
+                    # The constraint's mask on the logits the sampler chain
+                    # copies, so penalties and sampling act within it.
+                    logits = self._logits_row(-1)
+                    self._raw_logits = logits.copy() if keep_raw else None
+                    guide.mask(logits)
                 tok = sample(sampler, ctx, -1)
+                if guide is not None:
+                    guide.consume(tok)
                 yield tok
                 if pos >= n_ctx:
                     return  # the context is full: the base reports "length"
@@ -421,6 +432,18 @@ class LlamaCppModel(ScoringTextModel):
                 pos += 1
         finally:
             lc.llama_sampler_free(sampler)
+
+    def _guidance_tokenizer(self) -> Any:
+        import warnings
+
+        import llguidance.llamacpp
+
+        with warnings.catch_warnings():
+            # It asks each token's attributes through a name llama-cpp-python deprecates.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return llguidance.llamacpp.lltokenizer_from_vocab(
+                self._vocab, n_vocab=self._n_vocab, eos_token=sorted(self._eog_ids)
+            )
 
     def _classify_ids(
         self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
@@ -455,8 +478,10 @@ class LlamaCppModel(ScoringTextModel):
 
     def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
         # The logits the token was sampled from: the sampler chain works on a
-        # copy, so these are the model's own, before penalties and temperature.
-        logprobs = _log_softmax(self._logits_row(-1))
+        # copy, so these are the model's own, before penalties and temperature
+        # (and before a constraint's mask, kept aside for this).
+        raw = self._raw_logits
+        logprobs = _log_softmax(raw if raw is not None else self._logits_row(-1))
         return float(logprobs[token_id]), _top_k(logprobs, k)
 
     def _score_ids(

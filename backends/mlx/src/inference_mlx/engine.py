@@ -337,6 +337,8 @@ class MlxModel(ScoringTextModel):
         sampler, processors = self._sampling(cfg)
         self._seed(cfg)
         raw: deque[Any] = deque()
+        if control.guide is not None:
+            processors = [*processors, _masker(control.guide)]
         if cfg.logprobs is not None and processors:
             # The logits before the repeat penalty: generate_step's own
             # log-probabilities come after its processors.
@@ -378,6 +380,13 @@ class MlxModel(ScoringTextModel):
             finally:
                 steps.close()
                 self._keep_cache(cache, fed)
+
+    def _guidance_tokenizer(self) -> Any:
+        import llguidance.hf
+
+        return llguidance.hf.from_tokenizer(
+            self._tokenizer, n_vocab=self._info.vocab_size or None, eos_token=sorted(self._eog_ids)
+        )
 
     def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
         import mlx.core as mx
@@ -621,6 +630,35 @@ class MlxModel(ScoringTextModel):
         if model is None:
             raise GenerationError("the model is closed")
         return model
+
+
+def _masker(guide: Any) -> Any:
+    """An mlx-lm logits processor that applies ``guide``'s mask.
+
+    mlx-lm calls it for each step with the tokens so far: from the second
+    call on, the last of them is the token just sampled, which the guide
+    consumes before it gives the next mask. (generate_step runs one step
+    ahead, so a token is consumed before it is yielded.)
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    started = False
+
+    def constrain(tokens: Any, logits: Any) -> Any:
+        nonlocal started
+        if started:
+            guide.consume(int(tokens[-1].item()))
+        started = True
+        if guide.stopped:  # the step after the end: its token is never used
+            return logits
+        allowed = guide.allowed()
+        width = logits.shape[-1]
+        if len(allowed) < width:
+            allowed = np.concatenate([allowed, np.zeros(width - len(allowed), dtype=bool)])
+        return mx.where(mx.array(allowed[:width]), logits, -mx.inf)
+
+    return constrain
 
 
 def _batch_cache(model: Any, size: int) -> list[Any]:

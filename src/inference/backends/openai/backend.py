@@ -105,8 +105,15 @@ def load(url: str, cfg: LoadConfig, defaults: Settings) -> OpenAIModel:
     hidden = first_int(meta.get("n_embd"))
     bits = quant_bits(meta.get("ftype"))
     slots = cfg.parallel_slots
-    if not slots and dialect.name == "llama.cpp":
-        slots = llama_server_slots(client)
+    native_tools = True
+    if dialect.name == "llama.cpp":
+        props = llama_server_props(client)
+        total = props.get("total_slots")
+        slots = slots or (int(total) if is_int(total) and total > 0 else 0)
+        # Without --jinja, or with a template that takes no tools, llama-server
+        # ignores tools (even tool_choice="required"): the generic format then.
+        caps = props.get("chat_template_caps")
+        native_tools = isinstance(caps, dict) and caps.get("supports_tools") is True
     slots = slots or dialect.slots
     notes = [f"server: {dialect.label}", f"model: {name}", f"parallel_slots: {slots}"]
     if cfg.gpu_layers != -1:
@@ -126,7 +133,9 @@ def load(url: str, cfg: LoadConfig, defaults: Settings) -> OpenAIModel:
         notes=tuple(notes),
     )
     _log.debug("%s: model %r on %s, %d parallel slots", where, name, dialect.label, slots)
-    return OpenAIModel(client=client, name=name, dialect=dialect, info=info, slots=slots)
+    return OpenAIModel(
+        client=client, name=name, dialect=dialect, info=info, slots=slots, native_tools=native_tools
+    )
 
 
 def pick(cards: list[dict[str, Any]], wanted: str, where: str, client: Client) -> dict[str, Any]:
@@ -174,15 +183,15 @@ def first_int(*values: Any) -> int:
     return 0
 
 
-def llama_server_slots(client: Client) -> int:
-    """llama-server's ``--parallel``, from ``GET /props``; 0 if unknown."""
+def llama_server_props(client: Client) -> dict[str, Any]:
+    """llama-server's ``GET /props`` (its ``total_slots`` is ``--parallel``;
+    its ``chat_template_caps`` say whether it renders tools); ``{}`` if none."""
     try:
         props = client.fetch_json("GET", "/props", root=True, retries=0)
     except Failure as exc:
         _log.debug("%s: no /props (%s)", client.endpoint.display, exc.message)
-        return 0
-    total = props.get("total_slots") if isinstance(props, dict) else None
-    return int(total) if is_int(total) and total > 0 else 0
+        return {}
+    return props if isinstance(props, dict) else {}
 
 
 class OpenAIBackend:

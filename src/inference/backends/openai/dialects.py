@@ -55,6 +55,15 @@ class Dialect:
     #: Why ``score()`` is refused ("" when the server returns the prompt's
     #: log-probabilities for a completions request with ``echo``).
     no_scoring: str = "it is not known to return the prompt's log-probabilities with echo"
+    #: How the server takes a structured-output constraint: a style of
+    #: :data:`.structured.ACCEPTS` ("openai": ``response_format`` alone).
+    structured: str = "openai"
+    #: Whether the server renders ``tools`` through the model's template and
+    #: returns ``tool_calls`` (False: the client's generic format instead).
+    tools: bool = True
+    #: Whether the server passes ``chat_template_kwargs`` to the template
+    #: (``enable_thinking`` and ``template_vars``).
+    template_kwargs: bool = False
 
 
 _VLLM = Dialect(
@@ -66,6 +75,8 @@ _VLLM = Dialect(
     stop_ids="native",
     token_ids="token_ids",
     no_scoring="",
+    structured="vllm",
+    template_kwargs=True,
 )
 
 _ALL = (
@@ -79,6 +90,8 @@ _ALL = (
             "it returns no log-probabilities for the prompt with echo (llama.cpp#27174), "
             "so every score would be wrong"
         ),
+        structured="llama.cpp",
+        template_kwargs=True,
     ),
     Dialect(
         name="llama-cpp-python",
@@ -90,9 +103,13 @@ _ALL = (
             "its echo log-probabilities are shifted by one token (each prompt token is "
             "scored by the distribution that follows it)"
         ),
+        structured="llama-cpp-python",
+        # It parses calls only for its function-calling chat formats.
+        tools=False,
     ),
     _VLLM,
-    replace(_VLLM, name="sglang", label="SGLang"),  # SGLang takes vLLM's fields
+    # SGLang takes vLLM's sampling fields; its constraints are its own.
+    replace(_VLLM, name="sglang", label="SGLang", structured="sglang"),
     Dialect(
         name="ollama",
         label="Ollama",

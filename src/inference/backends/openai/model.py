@@ -21,12 +21,15 @@ if TYPE_CHECKING:
     import http.client
 
 from ...base import drain
+from ...constraints import check_supported, constraint_of
 from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
 from ...options import GenerateConfig
+from ...reply import ReplySplitter, plan_chat, split_reply
 from ...scoring import ScoringState
 from ...stream import StreamControl, TokenStream
+from ...tool_calls import ANY_FORMAT, FORMATS
 from ...types import (
     BatchResult,
     ClassifyResult,
@@ -42,6 +45,13 @@ from .dialects import Dialect
 from .retries import backoff, pause
 from .scoring import echo_body, echo_tokens, rolling_from_echo, score_from_echo, split_context
 from .sse import SSEError, SSEParser
+from .structured import (
+    ACCEPTS,
+    ToolCallDeltas,
+    constraint_fields,
+    generic_call_constraint,
+    tool_choice_field,
+)
 from .transport import MAX_JSON_BODY, READ_SIZE, WATCHDOG, Client, Failure, error_text
 from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text, is_int
 
@@ -73,10 +83,13 @@ class OpenAIModel(ScoringState):
         dialect: Dialect,
         info: ModelInfo,
         slots: int,
+        native_tools: bool = True,
     ) -> None:
         self._client = client
         self._name = name
         self._dialect = dialect
+        #: Whether tools go to the server as ``tools`` (else: the generic format).
+        self._native_tools = dialect.tools and native_tools
         self._init_state(info)
         self._slots = max(1, slots)
         client.max_idle = max(client.max_idle, self._slots)
@@ -102,6 +115,15 @@ class OpenAIModel(ScoringState):
         """Requests that ``batch_generate`` and ``classify`` send at once."""
         return self._slots
 
+    @property
+    def constraints(self) -> frozenset[str]:
+        """The structured-output options this server can enforce (by its kind)."""
+        return ACCEPTS.get(self._dialect.structured, frozenset())
+
+    def _check_options(self, cfg: GenerateConfig) -> None:
+        d = self._dialect
+        check_supported(cfg, self.constraints, d.name, label=f"{self._url} ({d.label})")
+
     # -- the seams behind ModelState's front door ---------------------------------
 
     def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
@@ -111,8 +133,33 @@ class OpenAIModel(ScoringState):
 
     def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
         body = self._body(cfg, chat=True)
+        splitter = None
+        if cfg.tools and cfg.tool_choice != "none":
+            if self._native_tools:
+                body["tools"] = [t.to_dict() for t in cfg.tools]
+                body["tool_choice"] = tool_choice_field(cfg.tool_choice)
+                # A call the server leaves in the text is still read, not shown.
+                splitter = ReplySplitter(ANY_FORMAT)
+            else:
+                plan = plan_chat(messages, cfg, template="", takes_tools=False, constrains=False)
+                messages = plan.messages
+                splitter = ReplySplitter(FORMATS["generic"])
+                if cfg.tool_choice != "auto":
+                    forced = cfg.tool_choice.removeprefix("function:")
+                    tools = [
+                        t for t in cfg.tools if cfg.tool_choice == "required" or t.name == forced
+                    ]
+                    body.update(constraint_fields(self._dialect, generic_call_constraint(tools)))
+        kwargs = dict(cfg.template_vars)
+        if cfg.enable_thinking is not None:
+            kwargs["enable_thinking"] = cfg.enable_thinking
+        if kwargs:
+            if self._dialect.template_kwargs:
+                body["chat_template_kwargs"] = kwargs
+            else:
+                self._ignored("enable_thinking and template_vars")
         body["messages"] = [m.to_dict() for m in messages]
-        return self._stream("/chat/completions", body, cfg, None)
+        return self._stream("/chat/completions", body, cfg, None, splitter)
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
         if cfg.return_logits:
@@ -227,7 +274,8 @@ class OpenAIModel(ScoringState):
                     "so stop_tokens cannot be honoured; use stop strings (with_stop) instead"
                 )
         if d.token_ids == "n_probs":
-            body["n_probs"] = 1
+            # llama-server takes n_probs over logprobs when both are sent.
+            body["n_probs"] = max(1, cfg.logprobs or 0)
         elif d.token_ids == "token_ids":
             body["return_token_ids"] = True
         if cfg.logprobs is not None:
@@ -236,15 +284,26 @@ class OpenAIModel(ScoringState):
                 body["top_logprobs"] = cfg.logprobs
             else:
                 body["logprobs"] = cfg.logprobs
+        constraint = constraint_of(cfg)
+        if constraint is not None:
+            body.update(constraint_fields(d, constraint))
         body["stream_options"] = {"include_usage": True}
         return body
 
     def _stream(
-        self, suffix: str, body: dict[str, Any], cfg: GenerateConfig, prompt: str | None
+        self,
+        suffix: str,
+        body: dict[str, Any],
+        cfg: GenerateConfig,
+        prompt: str | None,
+        splitter: ReplySplitter | None = None,
     ) -> TokenStream:
         def producer(control: StreamControl) -> Generator[Token, None, FinishReason]:
             with self._holders.holding():
-                return (yield from self._produce(suffix, body, cfg, control, prompt))
+                gen = self._produce(suffix, body, cfg, control, prompt)
+                if splitter is not None:
+                    gen = split_reply(gen, splitter, control)
+                return (yield from gen)
 
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
 
@@ -276,6 +335,8 @@ class OpenAIModel(ScoringState):
             if cfg.max_tokens == 0:
                 return "length"
             reason = yield from self._with_retries(suffix, body, cfg, control, state)
+            if state.tool_calls is not None:
+                control.tool_calls = state.tool_calls.calls()
             state.end = _perf()
             if self._dialect.count_prompt and prompt and not state.prompt_tokens:
                 state.prompt_tokens = self._count_tokens(prompt)
@@ -505,6 +566,8 @@ class OpenAIModel(ScoringState):
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             return None, None
         choice: Mapping[str, Any] = choices[0]
+        if chat:
+            yield from self._extras(choice, state)
         text = choice_text(choice, chat)
         ids = choice_ids(choice)
         if text or ids:
@@ -560,6 +623,24 @@ class OpenAIModel(ScoringState):
                 mapped = "stop"
             return mapped, None
         return None, None
+
+    def _extras(self, choice: Mapping[str, Any], state: CallState) -> Generator[Token, None, None]:
+        """A chat chunk's reasoning (as reasoning tokens) and tool-call deltas."""
+        delta = choice.get("delta") or choice.get("message")
+        if not isinstance(delta, dict):
+            return
+        calls = delta.get("tool_calls")
+        if calls:
+            if state.tool_calls is None:
+                state.tool_calls = ToolCallDeltas()
+            state.tool_calls.add(calls)
+            state.received += 1
+        thought = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(thought, str) and thought:
+            if not state.received:
+                state.first = _perf()
+            state.received += 1
+            yield Token(-1, thought, reasoning=True)
 
     def _tagged(
         self,

@@ -59,6 +59,7 @@ class CallState:
         "received",
         "start",
         "timings",
+        "tool_calls",
     )
 
     def __init__(self) -> None:
@@ -71,6 +72,8 @@ class CallState:
         self.prompt_tokens = 0
         self.completion_tokens: int | None = None
         self.timings: dict[str, Any] = {}
+        #: The reply's ``tool_calls`` deltas (a ToolCallDeltas), once any arrive.
+        self.tool_calls: Any = None
 
     def take_usage(self, usage: Mapping[str, Any]) -> None:
         prompt = usage.get("prompt_tokens")
@@ -171,7 +174,10 @@ def choice_logprobs(choice: Mapping[str, Any], chat: bool) -> list[LogprobEntry]
                 if isinstance(alt, dict):
                     alt_text, alt_value = alt.get("token"), number_or_none(alt.get("logprob"))
                     if isinstance(alt_text, str) and alt_value is not None:
-                        top.append(TokenLogprob(-1, alt_text, alt_value))
+                        alt_id = alt.get("id")  # llama-server reports ids
+                        top.append(
+                            TokenLogprob(alt_id if is_int(alt_id) else -1, alt_text, alt_value)
+                        )
             out.append((text, value, tuple(top)))
         return out
     tokens, values = raw.get("tokens"), raw.get("token_logprobs")
