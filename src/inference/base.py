@@ -279,6 +279,8 @@ class BaseTextModel(ModelState):
         self._owner: int | None = None
         self._active: StreamControl | None = None
         self._released = False
+        self._constraint_kinds: frozenset[str] | None = None
+        self._lltokenizer: Any = None  # llguidance's view of the vocabulary, made on first use
         self._engine = (
             EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
             if engine_thread
@@ -374,15 +376,13 @@ class BaseTextModel(ModelState):
 
     @property
     def constraints(self) -> frozenset[str]:
-        kinds: frozenset[str] | None = self.__dict__.get("_constraint_kinds")
-        if kinds is None:
+        if self._constraint_kinds is None:
             import importlib.util
 
             engine = type(self)._guidance_tokenizer is not BaseTextModel._guidance_tokenizer
             ready = engine and importlib.util.find_spec("llguidance") is not None
-            kinds = frozenset(KINDS) if ready else frozenset()
-            self.__dict__["_constraint_kinds"] = kinds
-        return kinds
+            self._constraint_kinds = frozenset(KINDS) if ready else frozenset()
+        return self._constraint_kinds
 
     def _guide(self, constraint: Constraint | None) -> Any:
         """A fresh guide for ``constraint`` (None for none); ConstraintError,
@@ -391,9 +391,9 @@ class BaseTextModel(ModelState):
             return None
         from . import guidance  # llguidance: only when a call is constrained
 
-        tokenizer = self.__dict__.get("_lltokenizer")
-        if tokenizer is None:
-            tokenizer = self.__dict__["_lltokenizer"] = self._guidance_tokenizer()
+        if self._lltokenizer is None:  # about a second, once per model
+            self._lltokenizer = self._guidance_tokenizer()
+        tokenizer = self._lltokenizer
         grammar = guidance.grammar_for(constraint)
         return guidance.guide(tokenizer, grammar, self._info.vocab_size or tokenizer.vocab_size)
 
@@ -418,14 +418,18 @@ class BaseTextModel(ModelState):
         )
         text = self._render_chat(plan.messages, plan.variables)
         add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
+        constraint = plan.constraint or constraint_of(cfg)
         splitter = None
         if plan.tool_format is not None or plan.thinks:
+            # A template that opens the reasoning block in the prompt
+            # (DeepSeek-R1) starts the reply inside it, unless a constraint
+            # holds the reply to its answer from the first token.
             opened = text.rfind("<think>")
             thinking = plan.thinks and opened >= 0 and text.find("</think>", opened) < 0
-            splitter = ReplySplitter(plan.tool_format, thinks=plan.thinks, thinking=thinking)
-        return self._stream(
-            text, cfg, add_bos, constraint=plan.constraint or constraint_of(cfg), splitter=splitter
-        )
+            splitter = ReplySplitter(
+                plan.tool_format, thinks=plan.thinks, thinking=thinking and constraint is None
+            )
+        return self._stream(text, cfg, add_bos, constraint=constraint, splitter=splitter)
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
         return self._run(lambda control: self._do_classify(prompts, cfg, control), cfg)

@@ -25,9 +25,6 @@ from inference.testing.structured import (
     tool_validity,
 )
 
-pytest.importorskip("llguidance")
-pytest.importorskip("jsonschema")
-
 ASK = [Message("user", "Tell me about Paris.")]
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from gguf_files import write_tiny_llama
 
 import inference
 from inference import Message, ToolCall
 from inference.testing.structured import TOOLS
-
-pytest.importorskip("llguidance")
-jsonschema = pytest.importorskip("jsonschema")
 
 HERMES = """{%- if tools %}<|im_start|>system
 <tools>
@@ -71,7 +69,9 @@ def test_required_gives_a_valid_call_through_the_familys_markers(
             [Message("user", "Weather in Paris?")],
             tools=list(TOOLS),
             tool_choice="required",
-            enable_thinking=False,
+            # The template opens a reasoning block unless thinking is off:
+            # the constraint holds the reply to the call either way.
+            enable_thinking=False if seed % 2 else None,
             temperature=0.8,
             seed=seed,
             max_tokens=200,

@@ -18,9 +18,6 @@ from inference.testing.structured import (
     tool_validity,
 )
 
-pytest.importorskip("llguidance")
-pytest.importorskip("jsonschema")
-
 
 def test_sampled_generations_validate(model: TextModel) -> None:
     assert model.constraints == frozenset(KINDS)  # type: ignore[attr-defined]

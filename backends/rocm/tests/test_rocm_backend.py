@@ -144,8 +144,6 @@ def test_detection_is_cheap_to_import() -> None:
 
 def test_structured_output_validates_through_the_rocm_model_code(tmp_path: Path) -> None:
     """The issue's validity figures on ``rocm`` (its model code, on the CPU)."""
-    pytest.importorskip("llguidance")
-    pytest.importorskip("jsonschema")
     from inference.testing.structured import (
         choice_validity,
         regex_validity,

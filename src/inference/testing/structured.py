@@ -167,7 +167,8 @@ _TOOL_ASKS = (
 
 @dataclass
 class Validity:
-    """How many of ``runs`` outputs were valid; the invalid ones, for the report."""
+    """How many of ``runs`` outputs were valid; the invalid ones, for the report
+    (schemas: ``"NAME: 'TEXT'"``; tools: ``{"calls": [[name, arguments]], "text"}`` as JSON)."""
 
     check: str
     runs: int = 0
@@ -265,5 +266,6 @@ def tool_validity(model: TextModel, runs: int = 20, *, max_tokens: int = 96) -> 
                 jsonschema.validate(call.arguments, schemas[call.name])
             except (KeyError, jsonschema.ValidationError):
                 ok = False
-        result.add(ok, f"{[(c.name, c.arguments) for c in calls]} {text!r}")
+        shown = {"calls": [[c.name, c.arguments] for c in calls], "text": text}
+        result.add(ok, json.dumps(shown, ensure_ascii=False))
     return result
