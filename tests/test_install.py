@@ -131,3 +131,10 @@ def test_a_backend_installed_alone_pulls_the_core_from_the_checkout(fresh: Path)
     items = _by_name(_report(fresh, REPO / "backends" / "llamacpp"))
     assert _path_of(items["inference"]["download_info"]["url"]) == REPO
     assert items["inference"]["metadata"]["version"] == "0.1.0"
+
+
+def test_the_server_extra_resolves_from_the_checkout(fresh: Path) -> None:
+    items = _by_name(_report(fresh, f"{REPO}[server]"))
+    assert _path_of(items["inference"]["download_info"]["url"]) == REPO
+    assert _path_of(items["inference-server"]["download_info"]["url"]) == REPO / "server"
+    assert {"starlette", "uvicorn"} <= set(items)

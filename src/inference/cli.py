@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system message")
     p.add_argument("--json", action="store_true", help="one JSON object per reply")
 
+    p = sub.add_parser("serve", help="serve a model over OpenAI- and Ollama-compatible HTTP")
+    common_load(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--parallel", type=int, default=1, help="requests generated at once")
+    p.add_argument("--api-key", default="", help="require this bearer token")
+    p.add_argument("--queue", type=int, default=128, help="requests that may wait (then 429)")
+    p.add_argument("--max-tokens-cap", type=int, default=8192, help="the most max_tokens allowed")
+    p.add_argument("--log-prompts", action="store_true", help="log each request's prompt")
+
     p = sub.add_parser("bench", help="time prefill and decode over a few runs")
     common_load(p)
     common_gen(p, max_tokens=64)
@@ -300,6 +310,29 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        import inference_server
+    except ImportError:
+        raise InferenceError(
+            "inference serve needs the server distribution: pip install '.[server]'"
+        ) from None
+    return inference_server.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        parallel=args.parallel,
+        api_key=args.api_key,
+        queue=args.queue,
+        max_tokens_cap=args.max_tokens_cap,
+        log_prompts=args.log_prompts,
+        out=out,
+        backend=args.backend,
+        context_len=args.context_len,
+        gpu_layers=args.gpu_layers,
+    )
+
+
 def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None
 ) -> int:
@@ -322,6 +355,8 @@ def main(
             return _cmd_chat(args, out, inp)
         if args.command == "bench":
             return _cmd_bench(args, out)
+        if args.command == "serve":
+            return _cmd_serve(args, out)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130

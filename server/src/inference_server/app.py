@@ -1,0 +1,411 @@
+"""The HTTP server: one model behind OpenAI's and Ollama's endpoints (Starlette).
+
+- OpenAI: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streamed
+  as server-sent events or whole, with usage), ``GET /v1/models``;
+- Ollama: ``POST /api/chat``, ``POST /api/generate`` (streamed as NDJSON by
+  default), ``GET /api/tags``;
+- ``GET /health`` and ``GET /metrics`` (Prometheus text).
+
+Limits: request bodies are bounded (413), ``max_tokens`` too (400); beyond
+``parallel`` running and ``queue`` waiting requests the answer is 429 with
+``Retry-After``; malformed JSON, unknown fields and bad values get 400 with
+an OpenAI-style error body. A client that disconnects cancels its
+generation within one token (the stream's own cancellation). With an API
+key, every route but ``/health`` needs ``Authorization: Bearer KEY``,
+compared in constant time. Prompts are never logged unless asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from inference import (
+    ConstraintError,
+    GenerationError,
+    TextModel,
+    Token,
+    TokenStream,
+    UnsupportedOptionError,
+)
+
+from .metrics import ServerMetrics
+from .requests import BadRequest, Call, ollama_call, openai_call
+
+__all__ = ["Settings", "create_app"]
+
+_log = logging.getLogger("inference.server")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the server admits and bounds requests."""
+
+    name: str = "model"
+    api_key: str = ""
+    parallel: int = 1
+    queue: int = 128
+    max_body_bytes: int = 4 << 20
+    max_tokens_cap: int = 8192
+    default_max_tokens: int = 512
+    log_prompts: bool = False
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+def _error(
+    status: int, message: str, kind: str, param: str = "", headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param or None, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Server:
+    def __init__(self, model: TextModel, settings: Settings) -> None:
+        self.model = model
+        self.s = settings
+        self.metrics = ServerMetrics()
+        self.slots = asyncio.Semaphore(max(1, settings.parallel))
+        self.created = int(time.time())
+
+    # -- admission ------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        if not self.s.api_key:
+            return True
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = hmac.compare_digest(token.strip().encode(), self.s.api_key.encode())
+        return ok and scheme.lower() == "bearer"
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.s.max_body_bytes:
+            raise _Refused(
+                413,
+                f"the request body exceeds {self.s.max_body_bytes} bytes",
+                "invalid_request_error",
+            )
+        data = bytearray()
+        async for part in request.stream():
+            data += part
+            if len(data) > self.s.max_body_bytes:
+                raise _Refused(
+                    413,
+                    f"the request body exceeds {self.s.max_body_bytes} bytes",
+                    "invalid_request_error",
+                )
+        try:
+            body = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        m = self.metrics
+        if m.active + m.waiting >= self.s.parallel + self.s.queue:
+            m.rejected += 1
+            raise _Refused(
+                429,
+                "the server is busy: its queue is full",
+                "rate_limit_error",
+                {"Retry-After": "1"},
+            )
+        m.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            m.waiting -= 1
+        m.active += 1
+        try:
+            yield
+        finally:
+            m.active -= 1
+            self.slots.release()
+
+    def _start(self, call: Call) -> TokenStream:
+        if self.s.log_prompts:
+            _log.info("prompt: %s", call.messages if call.chat else call.prompt)
+        try:
+            if call.chat:
+                return self.model.chat(call.messages, **call.options)
+            return self.model.generate(call.prompt, **call.options)
+        except (UnsupportedOptionError, ConstraintError, ValueError, TypeError) as exc:
+            raise BadRequest(str(exc)) from None
+
+    # -- the generation, streamed or whole ---------------------------------------
+
+    async def _tokens(
+        self, request: Request, call: Call
+    ) -> tuple[TokenStream, AsyncIterator[Token], Token | None, contextlib.AsyncExitStack]:
+        """Admit, start, and wait for the first token (so that a failure before
+        it is an HTTP error, not a broken stream)."""
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(self._slot())
+        try:
+            stream = self._start(call)
+            tokens = stream.__aiter__()
+            stack.push_async_callback(_aclose, tokens)
+            first = await _next(tokens)
+        except GenerationError as exc:  # before any token: the prompt, mostly
+            await stack.aclose()
+            raise BadRequest(str(exc)) from None
+        except BaseException:
+            await stack.aclose()
+            raise
+        return stream, tokens, first, stack
+
+    async def generation(
+        self,
+        request: Request,
+        call: Call,
+        route: str,
+        shape: Callable[[TokenStream, AsyncIterator[Token], Token | None], AsyncIterator[str]],
+        whole: Callable[[TokenStream, list[Token]], dict[str, Any]],
+        media: str,
+    ) -> Response:
+        stream, tokens, first, stack = await self._tokens(request, call)
+        if call.stream:
+
+            async def body() -> AsyncIterator[str]:
+                try:
+                    async for piece in shape(stream, tokens, first):
+                        yield piece
+                finally:
+                    await stack.aclose()
+                    self.metrics.finished(stream.metrics)
+
+            self.metrics.request(route, 200)
+            return StreamingResponse(body(), media_type=media)
+        try:
+            collected = [first] if first is not None else []
+            got = await _until_disconnect(request, _collect(tokens, collected))
+            if not got:
+                stream.cancel()
+                return Response(status_code=499)
+        finally:
+            await stack.aclose()
+            self.metrics.finished(stream.metrics)
+        if stream.finish_reason == "error":
+            raise _Refused(500, f"the generation failed: {stream.err}", "server_error")
+        self.metrics.request(route, 200)
+        return JSONResponse(whole(stream, collected))
+
+    # -- routes ------------------------------------------------------------------
+
+    def guarded(
+        self, route: str, handler: Callable[[Request], Awaitable[Response]], *, api: str
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            start = time.perf_counter()
+            status = 500
+            try:
+                if route != "/health" and not self._authorised(request):
+                    status = 401
+                    return self._fail(
+                        api,
+                        401,
+                        "a valid API key is required (Authorization: Bearer KEY)",
+                        "authentication_error",
+                    )
+                response = await handler(request)
+                status = response.status_code
+                return response
+            except BadRequest as exc:
+                status = 400
+                return self._fail(api, 400, str(exc), "invalid_request_error", exc.param)
+            except _Refused as exc:
+                status = exc.status
+                return self._fail(api, exc.status, str(exc), exc.kind, headers=exc.headers)
+            except GenerationError as exc:
+                status = 500
+                return self._fail(api, 500, f"the generation failed: {exc}", "server_error")
+            finally:
+                if status != 200:
+                    self.metrics.request(route, status)
+                _log.info(
+                    "%s %s %d %.3f s", request.method, route, status, time.perf_counter() - start
+                )
+
+        return endpoint
+
+    def _fail(
+        self,
+        api: str,
+        status: int,
+        message: str,
+        kind: str,
+        param: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
+        if api == "ollama":
+            return JSONResponse({"error": message}, status_code=status, headers=headers)
+        return _error(status, message, kind, param, headers)
+
+    async def openai(self, request: Request, *, chat: bool) -> Response:
+        body = await self._body(request)
+        call = openai_call(
+            body,
+            chat=chat,
+            max_tokens_cap=self.s.max_tokens_cap,
+            default_max=self.s.default_max_tokens,
+        )
+        cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        from . import shapes
+
+        route = "/v1/chat/completions" if chat else "/v1/completions"
+        return await self.generation(
+            request,
+            call,
+            route,
+            lambda s, t, f: shapes.openai_events(s, t, f, call, cid, self.s.name, chat),
+            lambda s, toks: shapes.openai_whole(s, toks, call, cid, self.s.name, chat),
+            "text/event-stream",
+        )
+
+    async def ollama(self, request: Request, *, chat: bool) -> Response:
+        body = await self._body(request)
+        call = ollama_call(
+            body,
+            chat=chat,
+            max_tokens_cap=self.s.max_tokens_cap,
+            default_max=self.s.default_max_tokens,
+        )
+        from . import shapes
+
+        route = "/api/chat" if chat else "/api/generate"
+        return await self.generation(
+            request,
+            call,
+            route,
+            lambda s, t, f: shapes.ollama_lines(s, t, f, self.s.name, chat),
+            lambda s, toks: shapes.ollama_whole(s, toks, self.s.name, chat),
+            "application/x-ndjson",
+        )
+
+    async def models(self, request: Request) -> Response:
+        card = {
+            "id": self.s.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "inference",
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def tags(self, request: Request) -> Response:
+        info = self.model.info
+        details = {
+            "format": "gguf" if info.path.endswith(".gguf") else "",
+            "family": info.architecture,
+            "families": [info.architecture],
+            "parameter_size": "",
+            "quantization_level": f"Q{info.quant_bits}" if info.quant_bits else "",
+        }
+        model = {
+            "name": self.s.name,
+            "model": self.s.name,
+            "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
+            "size": 0,
+            "digest": "",
+            "details": details,
+        }
+        return JSONResponse({"models": [model]})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(
+            {"status": "ok", "model": self.s.name, "backend": self.model.info.backend}
+        )
+
+    async def prometheus(self, request: Request) -> Response:
+        return PlainTextResponse(
+            self.metrics.render(self.s.name), media_type="text/plain; version=0.0.4"
+        )
+
+
+async def _next(tokens: AsyncIterator[Token]) -> Token | None:
+    try:
+        return await tokens.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _aclose(tokens: AsyncIterator[Token]) -> None:
+    close = getattr(tokens, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def _collect(tokens: AsyncIterator[Token], into: list[Token]) -> None:
+    async for tok in tokens:
+        into.append(tok)
+
+
+async def _until_disconnect(request: Request, work: Awaitable[None]) -> bool:
+    """Run ``work`` unless the client goes first; True if it finished."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+def create_app(model: TextModel, settings: Settings | None = None) -> Starlette:
+    """The Starlette app serving ``model``."""
+    s = settings or Settings()
+    server = _Server(model, s)
+
+    def route(
+        path: str, handler: Callable[[Request], Awaitable[Response]], method: str, api: str
+    ) -> Route:
+        return Route(path, server.guarded(path, handler, api=api), methods=[method])
+
+    app = Starlette(
+        routes=[
+            route("/v1/chat/completions", lambda r: server.openai(r, chat=True), "POST", "openai"),
+            route("/v1/completions", lambda r: server.openai(r, chat=False), "POST", "openai"),
+            route("/v1/models", server.models, "GET", "openai"),
+            route("/api/chat", lambda r: server.ollama(r, chat=True), "POST", "ollama"),
+            route("/api/generate", lambda r: server.ollama(r, chat=False), "POST", "ollama"),
+            route("/api/tags", server.tags, "GET", "ollama"),
+            route("/health", server.health, "GET", "openai"),
+            route("/metrics", server.prometheus, "GET", "openai"),
+        ]
+    )
+    app.state.server = server
+    return app

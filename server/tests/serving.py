@@ -1,0 +1,52 @@
+"""Helpers for the server's tests: a real ``inference serve`` on a loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+from inference_server import Settings, create_app
+
+import inference
+from inference.testing import FakeBackend
+
+
+@dataclass
+class Running:
+    url: str  # http://127.0.0.1:PORT
+    model: inference.TextModel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(model: inference.TextModel, **settings: object) -> Iterator[Running]:
+    """``model`` served by uvicorn in a thread, until the block ends."""
+    port = free_port()
+    app = create_app(model, Settings(**settings))  # type: ignore[arg-type]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="inference-serve-test", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        thread.join(0.01)
+    try:
+        yield Running(f"http://127.0.0.1:{port}", model)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def fake(delay: float = 0.0, reply: str = "Hello from the fake model.") -> inference.TextModel:
+    return FakeBackend(delay=delay, reply=reply).load_model("fake-model")

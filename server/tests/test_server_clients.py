@@ -1,0 +1,137 @@
+"""``inference serve`` judged by clients no one here wrote: the official
+``openai`` and ``ollama`` Python packages, against SmolLM2 on llama.cpp
+behind a real server on a loopback port; and this project's own ``openai``
+backend running the whole conformance suite through it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import ClassVar
+
+import ollama
+import openai
+import pytest
+from serving import Running, running
+
+import inference
+from inference.testing import TextModelConformance
+
+ASK = [{"role": "user", "content": "Name a large animal."}]
+
+
+@pytest.fixture(scope="module")
+def client(served: Running) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_chat(client: openai.OpenAI, smol: inference.TextModel) -> None:
+    reply = client.chat.completions.create(model="smollm2", messages=ASK, max_tokens=16)  # type: ignore[arg-type]
+    text = reply.choices[0].message.content
+    direct = smol.chat(ASK, max_tokens=16).text()
+    assert text == direct and text
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    assert reply.usage.prompt_tokens > 0
+
+
+def test_openai_chat_streamed(client: openai.OpenAI, smol: inference.TextModel) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=ASK,  # type: ignore[arg-type]
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == smol.chat(ASK, max_tokens=16).text()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_openai_completions(client: openai.OpenAI, smol: inference.TextModel) -> None:
+    prompt = "Count: one, two, three,"
+    whole = client.completions.create(model="smollm2", prompt=prompt, max_tokens=8)
+    assert whole.choices[0].text == smol.generate(prompt, max_tokens=8).text()
+    assert whole.usage is not None and whole.usage.completion_tokens == 8
+    streamed = client.completions.create(model="smollm2", prompt=prompt, max_tokens=8, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+
+
+def test_openai_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["smollm2"]
+
+
+def test_openai_structured_output_and_tools(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"animal": {"type": "string", "maxLength": 20}},
+        "required": ["animal"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model="smollm2",
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
+    assert set(json.loads(reply.choices[0].message.content or "")) == {"animal"}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    called = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice="required",
+        max_tokens=40,
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+    assert isinstance(json.loads(calls[0].function.arguments), dict)  # type: ignore[union-attr]
+
+
+def test_ollama_chat_and_generate(served: Running, smol: inference.TextModel) -> None:
+    c = ollama.Client(host=served.url)
+    reply = c.chat(model="smollm2", messages=ASK, options={"num_predict": 16, "temperature": 0})
+    assert reply.message.content == smol.chat(ASK, max_tokens=16).text()
+    assert reply.done and (reply.eval_count or 0) > 0
+    parts = list(c.chat(model="smollm2", messages=ASK, stream=True, options={"num_predict": 16}))
+    assert "".join(p.message.content or "" for p in parts) == reply.message.content
+    assert parts[-1].done
+    made = c.generate(model="smollm2", prompt="Name a large animal.", options={"num_predict": 16})
+    assert made.response == reply.message.content  # rendered through the chat template too
+    raw = c.generate(
+        model="smollm2", prompt="Count: one, two,", raw=True, options={"num_predict": 4}
+    )
+    assert raw.response == smol.generate("Count: one, two,", max_tokens=4).text()
+    assert [m.model for m in c.list().models] == ["smollm2"]
+
+
+class TestConformanceThroughInferenceServe(TextModelConformance):
+    """The whole contract, over HTTP: the openai backend against inference serve."""
+
+    real_token_ids = False
+    supports_logits = False
+    supports_scoring = False
+    supports_tools = True
+    url: ClassVar[str] = ""
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _server(cls, smol: inference.TextModel) -> Iterator[None]:
+        with running(smol, name="smollm2", parallel=1) as r:
+            cls.url = r.url
+            yield
+
+    @classmethod
+    def make_model(cls) -> inference.TextModel:
+        return inference.load_model(f"{cls.url}/v1", context_len=2048)

