@@ -43,6 +43,7 @@ from inference import (
     UnsupportedOptionError,
 )
 
+from . import shapes
 from .metrics import ServerMetrics
 from .requests import BadRequest, Call, ollama_call, openai_call
 
@@ -164,7 +165,9 @@ class _Server:
         stack = contextlib.AsyncExitStack()
         await stack.enter_async_context(self._slot())
         try:
-            stream = self._start(call)
+            # Off the event loop: a first constrained call builds the
+            # constraint engine's view of the vocabulary (about a second).
+            stream = await asyncio.to_thread(self._start, call)
             tokens = stream.__aiter__()
             stack.push_async_callback(_aclose, tokens)
             first = await _next(tokens)
@@ -264,45 +267,32 @@ class _Server:
         return _error(status, message, kind, param, headers)
 
     async def openai(self, request: Request, *, chat: bool) -> Response:
-        body = await self._body(request)
-        call = openai_call(
-            body,
-            chat=chat,
-            max_tokens_cap=self.s.max_tokens_cap,
-            default_max=self.s.default_max_tokens,
-        )
+        call = openai_call(await self._body(request), chat=chat, **self._bounds())
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        from . import shapes
-
-        route = "/v1/chat/completions" if chat else "/v1/completions"
+        name = self.s.name
         return await self.generation(
             request,
             call,
-            route,
-            lambda s, t, f: shapes.openai_events(s, t, f, call, cid, self.s.name, chat),
-            lambda s, toks: shapes.openai_whole(s, toks, call, cid, self.s.name, chat),
+            "/v1/chat/completions" if chat else "/v1/completions",
+            lambda s, t, f: shapes.openai_events(s, t, f, call, cid, name, chat),
+            lambda s, toks: shapes.openai_whole(s, toks, call, cid, name, chat),
             "text/event-stream",
         )
 
     async def ollama(self, request: Request, *, chat: bool) -> Response:
-        body = await self._body(request)
-        call = ollama_call(
-            body,
-            chat=chat,
-            max_tokens_cap=self.s.max_tokens_cap,
-            default_max=self.s.default_max_tokens,
-        )
-        from . import shapes
-
-        route = "/api/chat" if chat else "/api/generate"
+        call = ollama_call(await self._body(request), chat=chat, **self._bounds())
+        name = self.s.name
         return await self.generation(
             request,
             call,
-            route,
-            lambda s, t, f: shapes.ollama_lines(s, t, f, self.s.name, chat),
-            lambda s, toks: shapes.ollama_whole(s, toks, self.s.name, chat),
+            "/api/chat" if chat else "/api/generate",
+            lambda s, t, f: shapes.ollama_lines(s, t, f, name, chat),
+            lambda s, toks: shapes.ollama_whole(s, toks, name, chat),
             "application/x-ndjson",
         )
+
+    def _bounds(self) -> dict[str, int]:
+        return {"max_tokens_cap": self.s.max_tokens_cap, "default_max": self.s.default_max_tokens}
 
     async def models(self, request: Request) -> Response:
         card = {
