@@ -393,6 +393,39 @@ class TextModelConformance:
         assert len(results) == self.threads
         assert all(r == expected for r in results), results
 
+    def test_concurrent_streams_equal_their_sequential_runs(self) -> None:
+        """``threads`` calls at once, each with its own prompt and options
+        (greedy or seeded sampling, stop strings, lengths, chat or raw), give
+        each exactly what it gives alone."""
+        prompts = [self.prompt, self.other_prompt, "Once upon a time", "def add(a, b):"]
+
+        def call(i: int) -> str:
+            options: dict[str, Any] = {"max_tokens": 3 + i % 4}
+            if self.supports_seed and i % 2:
+                options.update(temperature=0.8, seed=100 + i)
+            if i % 3 == 2:
+                options["stop"] = ["\n"]
+            prompt = prompts[i % len(prompts)]
+            if i % 4 == 3:
+                return self.model.chat([Message("user", prompt)], **options).text()
+            return self.model.generate(prompt, **options).text()
+
+        alone = [call(i) for i in range(self.threads)]
+        together: list[str | BaseException] = [""] * self.threads
+
+        def work(i: int) -> None:
+            try:
+                together[i] = call(i)
+            except BaseException as exc:
+                together[i] = exc
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(self.threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert together == alone
+
     # -- errors, metrics, lifecycle ---------------------------------------------
 
     def test_errors_surface(self) -> None:
