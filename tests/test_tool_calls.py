@@ -264,6 +264,7 @@ def test_tool_call_values() -> None:
     result = Message.from_dict({"role": "tool", "content": "18", "tool_call_id": "abc123def"})
     assert result.tool_call_id == "abc123def" and result.to_dict()["tool_call_id"] == "abc123def"
     assert Message.from_dict({"role": "assistant", "content": None, "tool_calls": [wire]}) == msg
+    assert Message.from_dict({"role": "assistant", "tool_calls": [wire]}) == msg
     with pytest.raises(ValueError):
         Message("user", "x", tool_calls=(call,))
     assert Message("user", "hi") == Message("user", "hi", (), "")

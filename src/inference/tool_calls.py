@@ -24,10 +24,9 @@ the visible answer) and parses the call text into :class:`ToolCall` values:
 
 from __future__ import annotations
 
-import ast
 import json
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -145,7 +144,7 @@ def tool_choice(value: object) -> str:
 
 def new_call_id() -> str:
     """A fresh call id: nine letters and digits (what Mistral's templates require)."""
-    return uuid.uuid4().hex[:9]
+    return os.urandom(5).hex()[:9]
 
 
 def _call(name: object, arguments: object, call_id: object = None) -> ToolCall | None:
@@ -243,13 +242,17 @@ def _parse_mistral(text: str) -> list[ToolCall] | None:
     return calls
 
 
-def _literal(node: ast.expr) -> Any:
+def _literal(node: Any) -> Any:
+    import ast
+
     value = ast.literal_eval(node)
     json.dumps(value)  # must be JSON: no sets, bytes or complex numbers
     return value
 
 
 def _parse_pythonic(text: str) -> list[ToolCall] | None:
+    import ast  # imported here: only pythonic replies need it
+
     body = text.replace("<|python_start|>", "").replace("<|python_end|>", "").strip()
     try:
         tree = ast.parse(body, mode="eval").body

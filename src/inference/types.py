@@ -160,11 +160,13 @@ class Message:
         """Build a message from a chat-API dict (OpenAI's ``tool_calls`` and
         ``tool_call_id`` included; a ``None`` content is ``""``); other keys
         are ignored."""
+        calls = data.get("tool_calls") or ()
         try:
-            role, content = data["role"], data["content"]
+            role = data["role"]
+            # An assistant's turn of calls may leave its content out.
+            content: Any = data["content"] if not calls or "content" in data else None
         except KeyError as exc:
             raise ValueError(f"a message dict needs {exc.args[0]!r}") from None
-        calls = data.get("tool_calls") or ()
         if not isinstance(calls, (list, tuple)):
             raise ValueError("a message's tool_calls must be a list")
         return cls(

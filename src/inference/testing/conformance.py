@@ -604,7 +604,8 @@ class TextModelConformance:
             Message("tool", "18 degrees and sunny", tool_call_id=call.id),
         ]
         reply = self.model.chat(history, tools=[weather], tool_choice="none", max_tokens=8)
-        assert reply.text() is not None and reply.tool_calls == ()
+        reply.text()
+        assert reply.finish_reason in ("stop", "length") and reply.tool_calls == ()
 
     def test_close_twice_and_use_after_close(self) -> None:
         model = type(self).make_model()
