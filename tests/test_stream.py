@@ -83,7 +83,7 @@ def model() -> Generator[FakeModel, None, None]:
 
 
 def lock_is_free(model: FakeModel) -> bool:
-    return not model._lock.locked()
+    return model._gate.running == 0
 
 
 # -- finishing ---------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_a_disconnect_cancels_a_whole_answer_too() -> None:
             "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
         )
         deadline = time.monotonic() + 10
-        while model.metrics is None and not model._active and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while model.metrics is None and not model._gate.running and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.01)
         conn.close()  # without reading the answer
         while not isinstance(model.err, inference.Cancelled) and time.monotonic() < deadline:
@@ -278,4 +278,4 @@ def test_binds_to_loopback_by_default() -> None:
 
     parser = cli._parser()
     args = parser.parse_args(["serve", "model.gguf"])
-    assert args.host == "127.0.0.1" and args.port == 8000 and args.parallel == 1
+    assert args.host == "127.0.0.1" and args.port == 8000 and args.parallel == 4

@@ -12,15 +12,22 @@ and, optionally, ``_classify_ids`` and ``_generate_batch`` for real batching,
 ``_memory`` and ``_release``. The base class supplies the rest: options and
 keyword settings, chat templates (sandboxed), stop tokens and stop strings,
 ``max_tokens``, incremental UTF-8, cancellation, deadlines, metrics, ``err``,
-a lock so that concurrent calls never interleave inside the engine, and an
-optional dedicated engine thread for engines whose state is thread-bound.
+a :class:`~inference.gate.Gate` so that concurrent calls never interleave
+inside the engine, and an optional dedicated engine thread for engines whose
+state is thread-bound.
+
+An engine that decodes concurrent streams together (continuous batching)
+passes ``stream_width`` (1 or more): up to that many streams then hold the
+gate at once, each calling ``_generate_ids`` from its reader's thread, and
+the engine shares its decode steps among them. Everything else (``classify``, ``batch_generate``,
+scoring, a stream on an engine that cannot batch) runs alone. Either way a
+caller beyond the width waits in one fair queue, honouring its cancel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -33,10 +40,11 @@ from .constraints import KINDS, Constraint, check_supported, constraint_of
 from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
+from .gate import Gate
 from .metrics import batch_metrics, call_metrics
 from .options import GenerateConfig, Option, generate_config
 from .reply import ReplySplitter, plan_chat, split_reply
-from .stream import HELD, Producer, StreamControl, StreamHolders, TokenStream
+from .stream import Producer, StreamControl, StreamHolders, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -62,6 +70,10 @@ _A = TypeVar("_A")
 _M = TypeVar("_M", bound="ModelState")
 
 _perf = time.perf_counter
+
+#: Seconds ``close()`` waits for the calls it cancelled to end before it
+#: leaves the freeing to the last of them.
+CLOSE_WAIT = 2.0
 _log = logging.getLogger(__name__)
 
 
@@ -261,6 +273,7 @@ class BaseTextModel(ModelState):
         add_bos: bool = False,
         engine_thread: bool = False,
         vocabulary: Collection[str] = (),
+        stream_width: int = 0,
     ) -> None:
         if not chat_template:
             # The model ships none: its family's documented format, chosen by
@@ -275,10 +288,14 @@ class BaseTextModel(ModelState):
         self._bos_token = bos_token
         self._eos_token = eos_token
         self._add_bos = add_bos
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._active: StreamControl | None = None
         self._released = False
+        self._release_asked = False
+        #: Whether the engine batches concurrent streams (``stream_width``
+        #: given): their ``_generate_ids`` then run in the readers' threads,
+        #: and every call takes the gate in its caller's thread, never on the
+        #: engine thread, which only runs the engine's work.
+        self._batches = stream_width > 0
+        self._gate = Gate(stream_width, on_empty=self._release_if_closed)
         self._constraint_kinds: frozenset[str] | None = None
         self._lltokenizer: Any = None  # llguidance's view of the vocabulary, made on first use
         self._engine = (
@@ -452,25 +469,24 @@ class BaseTextModel(ModelState):
     # -- lifecycle -------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the model. Idempotent; a running call is cancelled first."""
+        """Free the model. Idempotent; running calls are cancelled first, and
+        waited for up to :data:`CLOSE_WAIT` seconds; one still running then (a
+        stream nobody reads) frees the model as it ends."""
         if self._closed:
             return
         self._closed = True
-        if self._owner == threading.get_ident():
-            return  # inside our own stream: released when it ends
-        active = self._active
-        if active is not None:
-            active.cancel()
-
-        def release() -> None:
-            with self._lock:
-                self._release_once()
-
-        if self._engine is None:
-            release()
-        else:  # the engine's memory belongs to its thread: free it there
-            self._engine.call(release, held_ok=True)  # the active call is cancelled
-            self._engine.stop()
+        if self._gate.held_here():
+            return  # inside our own stream: released when the last call ends
+        for control in self._gate.controls():
+            control.cancel()
+        # The cancelled calls end within a token if anyone reads them. The
+        # engine is freed now if none runs; else as the last one ends (the
+        # gate's on_empty), so that a stream nobody reads any more does not
+        # hold close() up.
+        self._gate.wait_idle(CLOSE_WAIT)
+        self._gate.if_idle(self._release_if_closed)
+        if self._release_asked and self._engine is not None:
+            self._engine.stop()  # wait for it: it frees its thread's state as it ends
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -483,26 +499,33 @@ class BaseTextModel(ModelState):
             self._released = True
             self._release()
 
+    def _release_if_closed(self) -> None:
+        """Free the engine once the model is closed and no call runs (the
+        gate runs this as its last holder leaves, and ``close()`` when none
+        runs)."""
+        if not self._closed or self._release_asked:
+            return
+        self._release_asked = True
+        engine = self._engine
+        if engine is None:
+            self._release_once()
+        else:  # the engine's memory belongs to its thread: free it there
+            engine.submit(self._release_once)
+            engine.stop(timeout=0)
+
     @contextlib.contextmanager
-    def _hold(self, control: StreamControl) -> Iterator[None]:
-        """Take the model lock, waiting in a way that honours cancellation."""
-        me = threading.get_ident()
-        if self._owner == me:
-            raise GenerationError(HELD)
-        while not self._lock.acquire(timeout=0.05):
-            control.check()
-        self._owner = me
-        self._active = control
+    def _hold(self, control: StreamControl, *, shared: bool = False) -> Iterator[None]:
+        """Hold the gate, alone or (``shared``) beside other batched streams,
+        waiting in a way that honours cancellation."""
         try:
-            if self._closed:
-                raise ModelClosedError("the model is closed")
-            yield
+            with self._gate.hold(control, shared=shared):
+                if self._closed:
+                    raise ModelClosedError("the model is closed")
+                yield
         finally:
-            self._active = None
-            self._owner = None
-            if self._closed:
-                self._release_once()
-            self._lock.release()
+            engine = self._engine
+            if self._release_asked and engine is not None and not engine.is_current():
+                engine.stop()  # the last call out waits for the engine to be freed
 
     def _stream(
         self,
@@ -522,7 +545,11 @@ class BaseTextModel(ModelState):
             gen = self._produce(text, add_bos, cfg, control, markers)
             return gen if splitter is None else split_reply(gen, splitter, control)
 
-        producer: Producer = produce if self._engine is None else self._engine.pump(produce)
+        # A batching engine's streams run in their readers' threads and hand
+        # their sequences to the engine's loop; otherwise an engine thread
+        # runs the whole stream.
+        pumped = self._engine is not None and not self._batches
+        producer: Producer = self._engine.pump(produce) if pumped else produce  # type: ignore[union-attr]
         return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
 
     def _produce(
@@ -533,7 +560,7 @@ class BaseTextModel(ModelState):
         control: StreamControl,
         markers: Mapping[int, bytes] | None = None,
     ) -> Generator[Token, None, FinishReason]:
-        with self._hold(control):
+        with self._hold(control, shared=self._batches):
             start = _perf()
             ids = self._check_prompt(self._encode(text, add_bos))
             return (yield from self._produce_ids(ids, cfg, control, start, markers))
@@ -581,15 +608,24 @@ class BaseTextModel(ModelState):
         return call_metrics(prompt_tokens, generated, start, first, end, memory=self._memory())
 
     def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:
-        """Run a non-streaming call under the lock, recording err and metrics."""
+        """Run a non-streaming call alone on the model, recording err and metrics."""
         control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+        engine = self._engine
 
-        def job() -> _T:
+        def held() -> _T:
             with self._hold(control):
                 return fn(control)
 
+        def run() -> _T:
+            if engine is None:
+                return held()
+            if not self._batches:
+                return engine.call(held)  # the gate is taken on the engine thread
+            with self._hold(control):  # in this thread; the engine thread only works
+                return engine.call(lambda: fn(control))
+
         try:
-            result = self._engine.call(job) if self._engine is not None else job()
+            result = run()
         except InferenceError as exc:
             self._record(exc, control.metrics)
             raise

@@ -78,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     common_load(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--parallel", type=int, default=1, help="requests generated at once")
+    p.add_argument(
+        "--parallel", type=int, default=4, help="requests generated at once, batched (default: 4)"
+    )
     p.add_argument("--api-key", default="", help="require this bearer token")
     p.add_argument("--queue", type=int, default=128, help="requests that may wait (then 429)")
     p.add_argument("--max-tokens-cap", type=int, default=8192, help="the most max_tokens allowed")

@@ -71,6 +71,10 @@ class EngineThread:
                 except Exception as exc:  # nothing the caller could do
                     _log.debug("engine thread exit hook failed: %s", exc)
 
+    def is_current(self) -> bool:
+        """Whether the calling thread is the engine thread."""
+        return threading.current_thread() is self._thread
+
     def call(self, fn: Callable[[], _T], *, held_ok: bool = False) -> _T:
         """Run ``fn`` on the engine thread and return its result (or raise its error).
 
@@ -94,6 +98,11 @@ class EngineThread:
 
         self._jobs.put(job)
         return future.result()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` to run on the engine thread, without waiting for it."""
+        self._ensure()
+        self._jobs.put(fn)
 
     def pump(self, producer: Producer) -> Producer:
         """Wrap a producer so that it runs on the engine thread, its tokens

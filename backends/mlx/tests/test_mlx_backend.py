@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -334,39 +335,34 @@ def test_batch_generate_sampling_is_seeded(model: inference.TextModel) -> None:
 # stopping and lifecycle
 
 
-def test_cancel_during_prefill_then_reuse(
-    model: inference.TextModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib
-
+def test_cancel_during_prefill_then_reuse(model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from inference_mlx import engine
-
-    generation = importlib.import_module("mlx_lm.generate")  # the module, not the function
+    from mlx_lm.generate import BatchGenerator
 
     monkeypatch.setattr(engine, "PREFILL_STEP_SIZE", 4)
     long_prompt = "The history of the old city goes back many centuries. " * 4  # ~44 tokens
     # Cancel once two prefill steps have run; the rest of the prefill must not.
     event = threading.Event()
     seen: list[tuple[int, int]] = []
-    original = generation.generate_step
+    original = BatchGenerator.next
 
-    def watched(*args: Any, prompt_progress_callback: Any, **kwargs: Any) -> Any:
-        def progress(done: int, total: int) -> None:
-            seen.append((done, total))
-            if done >= 8:
+    def watched(self: Any) -> Any:
+        prompts, responses = original(self)
+        for r in prompts:
+            seen.append(r.progress)
+            if r.progress[0] >= 8:
                 event.set()
-            prompt_progress_callback(done, total)
+        return prompts, responses
 
-        return original(*args, prompt_progress_callback=progress, **kwargs)
-
-    monkeypatch.setattr(generation, "generate_step", watched)
-    stream = model.generate(long_prompt, max_tokens=10, cancel=event)
-    assert list(stream) == []
-    assert isinstance(stream.err, Cancelled)
-    done, total = seen[-1]
-    assert 8 <= done < total, f"the prefill ran on after the cancel: {seen}"
-    monkeypatch.undo()
-    assert model.generate(COUNT, max_tokens=2).text() == " four,"
+    monkeypatch.setattr(BatchGenerator, "next", watched)
+    with inference.load_model(model_path, backend="mlx") as model:
+        stream = model.generate(long_prompt, max_tokens=10, cancel=event)
+        assert list(stream) == []
+        assert isinstance(stream.err, Cancelled)
+        done, total = seen[-1]
+        assert 8 <= done < total, f"the prefill ran on after the cancel: {seen}"
+        monkeypatch.undo()
+        assert model.generate(COUNT, max_tokens=2).text() == " four,"
 
 
 def test_cancel_from_another_thread_then_reuse(model: inference.TextModel) -> None:
@@ -415,29 +411,22 @@ def test_close_drops_weights(model_path: str) -> None:
     loaded = mx.get_active_memory()
     assert loaded - gc_before > 50_000_000  # about 100 MB of weights
     # A stream left unread (but still referenced) does not hold close() up,
-    # even with the engine blocked on the reader's full queue.
-    from inference.engine_thread import PUMP_AHEAD
+    # even with the engine paused on the reader's full queue; the weights
+    # go as that stream ends.
+    from inference.batching import AHEAD
 
-    produced = {"n": 0}
-    queue_full = threading.Event()
-    original = m._generate_ids  # type: ignore[attr-defined]
-
-    def counting(*args: Any) -> Any:
-        for tid in original(*args):
-            produced["n"] += 1
-            if produced["n"] >= PUMP_AHEAD + 2:  # one read, the queue full, one in hand
-                queue_full.set()
-            yield tid
-
-    m._generate_ids = counting  # type: ignore[attr-defined]
     unread = m.generate(COUNT, max_tokens=1000)
     next(unread)
-    assert queue_full.wait(120), "the engine did not run ahead of the reader"
+    sched = m._scheduler  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while not (sched._running and sched._running[0].unread >= AHEAD):
+        assert time.monotonic() < deadline, "the engine did not run ahead of the reader"
+        time.sleep(0.01)
     closer = threading.Thread(target=m.close, daemon=True)
     closer.start()
     closer.join(30)
     assert not closer.is_alive(), "close() waited for an unread stream"
-    assert len(list(unread)) <= 8 and unread.finish_reason == "cancelled"
+    assert len(list(unread)) <= AHEAD + 2 and unread.finish_reason == "cancelled"
     m.close()  # idempotent
     assert m._model is None  # type: ignore[attr-defined]
     assert mx.get_active_memory() < loaded - 50_000_000
@@ -496,18 +485,18 @@ def test_convert_command_errors(tmp_path: Path) -> None:
 
 
 def _fed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Records how many prompt tokens each generate_step call is given."""
-    import importlib
+    """Records how many prompt tokens each stream gives mlx-lm's
+    BatchGenerator to prefill (the rest come from a reused cache)."""
+    from mlx_lm.generate import BatchGenerator
 
-    generation = importlib.import_module("mlx_lm.generate")
-    original = generation.generate_step
+    original = BatchGenerator.insert
     lengths: list[int] = []
 
-    def recording(prompt: Any, *args: Any, **kwargs: Any) -> Any:
-        lengths.append(int(prompt.shape[0]))
-        return original(prompt, *args, **kwargs)
+    def recording(self: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        lengths.extend(len(p) for p in prompts)
+        return original(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_step", recording)
+    monkeypatch.setattr(BatchGenerator, "insert", recording)
     return lengths
 
 

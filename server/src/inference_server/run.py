@@ -19,7 +19,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    parallel: int = 1,
+    parallel: int = 4,
     api_key: str = "",
     queue: int = 128,
     max_tokens_cap: int = 8192,

@@ -9,8 +9,11 @@ What the engine adds to :class:`inference.BaseTextModel` (through
 :class:`inference.scoring.ScoringTextModel`, so a model is also a
 :class:`inference.Scorer`):
 
-- prompt-prefix reuse: a call whose prompt starts with the tokens already in
-  the KV cache (the next turn of a chat) prefills only the new tokens;
+- continuous batching (:mod:`inference_llamacpp.batching`): concurrent
+  streams, up to ``parallel_slots``, share one ``llama_decode`` per step;
+- prompt-prefix reuse: a call whose prompt starts with tokens already in a
+  slot's KV cells (the next turn of a chat, a common system prompt)
+  prefills only the new tokens;
 - ``classify`` and ``batch_generate`` put several sequences into one
   ``llama_decode`` call;
 - ``logprobs=k`` reads the logits each token was sampled from (the sampler
@@ -45,16 +48,28 @@ from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
-__all__ = ["DEFAULT_CONTEXT_CAP", "LlamaCppModel"]
+from .batching import Batch, Scheduler, log_softmax
+
+__all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
 
 _log = logging.getLogger("inference.llama_cpp")
 
 #: ``context_len=0`` uses the model's trained length, capped at this.
 DEFAULT_CONTEXT_CAP = 4096
-#: Sequences one context can hold at once (classify and batch_generate).
-DEFAULT_SEQUENCES = 16
-#: Prompts at least this long get the abort callback during prefill.
-_ABORTABLE_PREFILL = 64
+#: Sequences one context holds at once with ``parallel_slots`` 0: concurrent
+#: streams, and the prompts of one classify or batch_generate step. Each
+#: has its own KV cells for the whole context.
+DEFAULT_SEQUENCES = 4
+
+
+def sequences(cfg: LoadConfig) -> int:
+    """The sequences a context is made for: ``parallel_slots``, or
+    :data:`DEFAULT_SEQUENCES`, within what llama.cpp allows."""
+    return min(
+        max(cfg.parallel_slots or DEFAULT_SEQUENCES, 1), int(lc.llama_max_parallel_sequences())
+    )
+
+
 #: Tokens the repeat penalty looks back over.
 _PENALTY_LAST_N = 64
 
@@ -110,44 +125,6 @@ def _rss() -> tuple[int | None, int | None]:
     return current, peak
 
 
-def _log_softmax(logits: Any) -> Any:
-    shifted = logits - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
-
-
-def _top_k(logprobs: Any, k: int) -> list[tuple[int, float]]:
-    """The ``k`` most likely ``(id, log-probability)``, most likely first."""
-    if k <= 0:
-        return []
-    ids = np.argpartition(-logprobs, k - 1)[:k]
-    ids = ids[np.argsort(-logprobs[ids], kind="stable")]
-    return [(int(i), float(logprobs[i])) for i in ids]
-
-
-class _Batch:
-    """A reusable ``llama_batch`` of up to ``capacity`` tokens."""
-
-    def __init__(self, capacity: int, n_seq_max: int) -> None:
-        self.capacity = capacity
-        self.raw = lc.llama_batch_init(capacity, 0, n_seq_max)
-        self.n = 0
-
-    def clear(self) -> None:
-        self.n = 0
-
-    def add(self, token: int, pos: int, seq: int, logits: bool) -> None:
-        b, i = self.raw, self.n
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq
-        b.logits[i] = logits
-        self.n = i + 1
-
-    def free(self) -> None:
-        lc.llama_batch_free(self.raw)
-
-
 class LlamaCppModel(ScoringTextModel):
     """A GGUF model loaded into llama.cpp. Use :meth:`load`."""
 
@@ -170,10 +147,10 @@ class LlamaCppModel(ScoringTextModel):
         self._model: Any = None
         self._ctx: Any = None
         self._adapter: Any = None
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
+        self._scheduler: Scheduler | None = None
         self._abort_cb: Any = None
         self._abort_for: StreamControl | None = None
-        self._raw_logits: Any = None
         try:
             self._open(header, cfg)
         except BaseException:
@@ -195,16 +172,16 @@ class LlamaCppModel(ScoringTextModel):
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         trained = lc.llama_model_n_ctx_train(self._model)
         n_ctx = cfg.context_len or min(trained or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
-        n_seq = min(
-            max(cfg.parallel_slots or DEFAULT_SEQUENCES, 1), lc.llama_max_parallel_sequences()
-        )
+        n_seq = sequences(cfg)
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        # One KV stream per sequence, each of the whole context: a sequence's
+        # cells stay in position order, so its output is what it is alone
+        # (see inference_llamacpp.batching).
+        cparams.n_ctx = n_ctx * n_seq
         cparams.n_batch = min(n_ctx, 512)
         cparams.n_ubatch = min(n_ctx, 512)
-        n_seq = min(n_seq, cparams.n_batch)
         cparams.n_seq_max = n_seq
-        cparams.kv_unified = True  # one sequence may use the whole context
+        cparams.kv_unified = False
         threads = os.cpu_count() or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -231,13 +208,19 @@ class LlamaCppModel(ScoringTextModel):
                     f"{cfg.adapter_path}: the LoRA adapter could not be applied",
                     path=cfg.adapter_path,
                 )
-        self._n_ctx = lc.llama_n_ctx(self._ctx)
+        self._n_ctx = lc.llama_n_ctx_seq(self._ctx)  # per sequence
         self._n_batch = lc.llama_n_batch(self._ctx)
         self._n_seq = n_seq
         self._n_vocab = n_vocab
         self._mem = lc.llama_get_memory(self._ctx)
-        self._batch = _Batch(self._n_batch, n_seq)
-        self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._batch = Batch(self._n_batch, n_seq)
+        self._scheduler = Scheduler(
+            self._ctx,
+            n_ctx=self._n_ctx,
+            n_batch=self._n_batch,
+            n_seq=n_seq,
+            n_vocab=n_vocab,
+        )
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
@@ -265,6 +248,7 @@ class LlamaCppModel(ScoringTextModel):
             bos_token=self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
+            stream_width=n_seq,
         )
 
     def _model_params(self, params: Any, cfg: LoadConfig) -> None:
@@ -326,7 +310,7 @@ class LlamaCppModel(ScoringTextModel):
         add(chain, lc.llama_sampler_init_dist(seed))
         return chain
 
-    def _decode(self, batch: _Batch, control: StreamControl | None) -> None:
+    def _decode(self, batch: Batch, control: StreamControl | None) -> None:
         """Run ``llama_decode``; abortable through ``control`` when given."""
         if control is not None:
             if self._abort_cb is None:
@@ -342,7 +326,7 @@ class LlamaCppModel(ScoringTextModel):
                 self._abort_for = None
         if rc == 0:
             return
-        self._cached = []
+        self._clear_memory()
         if rc == 2 and control is not None:
             control.check()
             raise Cancelled("the call was cancelled during prefill")
@@ -357,81 +341,29 @@ class LlamaCppModel(ScoringTextModel):
         control = self._abort_for
         return control is not None and control.stop_requested()
 
-    def _prefill(self, ids: Sequence[int], seq: int, start: int, control: StreamControl) -> None:
-        """Decode ``ids[start:]`` into sequence ``seq``; logits for the last."""
-        batch = self._batch
-        assert batch is not None
-        abortable = control if len(ids) - start >= _ABORTABLE_PREFILL else None
-        last = len(ids) - 1
-        pos = start
-        while pos <= last:
-            batch.clear()
-            end = min(pos + batch.capacity, last + 1)
-            for p in range(pos, end):
-                batch.add(ids[p], p, seq, p == last)
-            self._decode(batch, abortable)
-            pos = end
-            if pos <= last and control.stop_requested():
-                self._cached = []
-                control.check()
-
     def _generate_ids(
         self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
     ) -> Iterator[int]:
-        mem, ctx, batch = self._mem, self._ctx, self._batch
-        assert batch is not None
-        # Reuse the longest prefix already in the KV cache (keep >= 1 token to decode).
-        cached = self._cached
-        keep = 0
-        limit = min(len(cached), len(ids) - 1)
-        while keep < limit and cached[keep] == ids[keep]:
-            keep += 1
-        if not keep or not lc.llama_memory_seq_rm(mem, 0, keep, -1):
-            keep = 0
-            lc.llama_memory_clear(mem, True)
-        self._cached = []
+        scheduler = self._scheduler
+        assert scheduler is not None
         sampler = self._sampler(cfg)
-        try:
-            if cfg.repeat_penalty != 1.0:
-                for t in ids[-_PENALTY_LAST_N:]:
-                    lc.llama_sampler_accept(sampler, t)
-            self._prefill(ids, 0, keep, control)
-            history = list(ids)
-            self._cached = history
-            pos = len(ids)
-            n_ctx = self._n_ctx
-            sample = lc.llama_sampler_sample
-            decode = lc.llama_decode
-            raw = batch.raw
-            guide = control.guide
-            keep_raw = guide is not None and cfg.logprobs is not None
-            while True:
-                if guide is not None:
-                    # The constraint's mask on the logits the sampler chain
-                    # copies, so penalties and sampling act within it.
-                    logits = self._logits_row(-1)
-                    self._raw_logits = logits.copy() if keep_raw else None
-                    guide.mask(logits)
-                tok = sample(sampler, ctx, -1)
-                if guide is not None:
-                    guide.consume(tok)
-                yield tok
-                if pos >= n_ctx:
-                    return  # the context is full: the base reports "length"
-                raw.token[0] = tok
-                raw.pos[0] = pos
-                raw.n_seq_id[0] = 1
-                raw.seq_id[0][0] = 0
-                raw.logits[0] = 1
-                raw.n_tokens = 1
-                rc = decode(ctx, raw)
-                if rc != 0:
-                    self._cached = []
-                    raise GenerationError(f"llama_decode failed with code {rc}")
-                history.append(tok)
-                pos += 1
-        finally:
-            lc.llama_sampler_free(sampler)
+        if cfg.repeat_penalty != 1.0:
+            for t in ids[-_PENALTY_LAST_N:]:
+                lc.llama_sampler_accept(sampler, t)
+        yield from scheduler.generate(
+            ids,
+            sampler,
+            control,
+            limit=cfg.max_tokens,
+            stop_ids=self._eog_ids | frozenset(cfg.stop_tokens),
+            logprobs=cfg.logprobs,
+        )
+
+    def _clear_memory(self) -> None:
+        """Empty the KV cache (no stream runs: the caller holds the gate alone)."""
+        lc.llama_memory_clear(self._mem, True)
+        if self._scheduler is not None:
+            self._scheduler.forget()
 
     def _guidance_tokenizer(self) -> Any:
         import warnings
@@ -450,8 +382,7 @@ class LlamaCppModel(ScoringTextModel):
     ) -> list[tuple[int, Sequence[float] | None]]:
         out: list[tuple[int, Sequence[float] | None]] = []
         for group in self._groups(batch):
-            lc.llama_memory_clear(self._mem, True)
-            self._cached = []
+            self._clear_memory()
             rows = self._prefill_many([batch[i] for i in group], control)
             sampler = self._sampler(cfg)
             try:
@@ -467,7 +398,7 @@ class LlamaCppModel(ScoringTextModel):
             finally:
                 lc.llama_sampler_free(sampler)
             control.check()
-        lc.llama_memory_clear(self._mem, True)
+        self._clear_memory()
         return out
 
     def _logits_row(self, row: int) -> Any:
@@ -477,12 +408,10 @@ class LlamaCppModel(ScoringTextModel):
         )
 
     def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
-        # The logits the token was sampled from: the sampler chain works on a
-        # copy, so these are the model's own, before penalties and temperature
-        # (and before a constraint's mask, kept aside for this).
-        raw = self._raw_logits
-        logprobs = _log_softmax(raw if raw is not None else self._logits_row(-1))
-        return float(logprobs[token_id]), _top_k(logprobs, k)
+        # Read by the scheduler from the logits the token was sampled from,
+        # before penalties, temperature and a constraint's mask.
+        assert self._scheduler is not None
+        return self._scheduler.last_logprobs()
 
     def _score_ids(
         self, pairs: Sequence[IdPair], control: StreamControl
@@ -494,8 +423,7 @@ class LlamaCppModel(ScoringTextModel):
         out: list[tuple[list[float], bool]] = [([], True) for _ in pairs]
         fed = [ids[:-1] for ids, _ in pairs]
         for group in self._groups(fed):
-            lc.llama_memory_clear(self._mem, True)
-            self._cached = []
+            self._clear_memory()
             # (sequence, position, token, the pair's index, the target or -1)
             items: list[tuple[int, int, int, int, int]] = []
             for s, i in enumerate(group):
@@ -515,25 +443,16 @@ class LlamaCppModel(ScoringTextModel):
                         continue
                     logits = self._logits_row(row)
                     logprobs, greedy = out[i]
-                    logprobs.append(float(_log_softmax(logits)[target]))
+                    logprobs.append(float(log_softmax(logits)[target]))
                     out[i] = (logprobs, greedy and int(logits.argmax()) == target)
                 control.check()
-        lc.llama_memory_clear(self._mem, True)
-        self._cached = []
+        self._clear_memory()
         return out
 
     def _groups(self, batch: Sequence[Sequence[int]]) -> Iterator[list[int]]:
-        """Split prompts into groups that fit the sequences and the context."""
-        group: list[int] = []
-        used = 0
-        for i, ids in enumerate(batch):
-            if group and (len(group) >= self._n_seq or used + len(ids) > self._n_ctx):
-                yield group
-                group, used = [], 0
-            group.append(i)
-            used += len(ids)
-        if group:
-            yield group
+        """Split prompts into groups of at most one per sequence."""
+        for start in range(0, len(batch), self._n_seq):
+            yield list(range(start, min(start + self._n_seq, len(batch))))
 
     def _prefill_many(self, prompts: Sequence[Sequence[int]], control: StreamControl) -> list[int]:
         """Prefill each prompt as its own sequence, packing them into batches.
@@ -593,9 +512,7 @@ class LlamaCppModel(ScoringTextModel):
         control: StreamControl,
         finished: set[int],
     ) -> Iterator[tuple[int, int]]:
-        lc.llama_memory_clear(self._mem, True)
-        self._cached = []
-        budget = self._n_ctx - sum(len(p) for p in prompts)
+        self._clear_memory()
         rows = self._prefill_many(prompts, control)
         samplers = [self._sampler(cfg) for _ in prompts]
         batch = self._batch
@@ -613,14 +530,12 @@ class LlamaCppModel(ScoringTextModel):
                     tok = lc.llama_sampler_sample(samplers[s], self._ctx, rows[s])
                     yield offset + s, tok
                     nxt.append((s, tok))
+                for s in live:
+                    if pos[s] >= self._n_ctx:
+                        finished.add(offset + s)  # its context is full
                 live = [s for s, _ in nxt if offset + s not in finished]
                 if not live:
                     break
-                if budget < len(live):
-                    for s in live:
-                        finished.add(offset + s)  # the shared context is full
-                    break
-                budget -= len(live)
                 batch.clear()
                 for s, tok in nxt:
                     if offset + s in finished:
@@ -633,7 +548,7 @@ class LlamaCppModel(ScoringTextModel):
         finally:
             for smp in samplers:
                 lc.llama_sampler_free(smp)
-            lc.llama_memory_clear(self._mem, True)
+            self._clear_memory()
 
     def _memory(self) -> tuple[int | None, int | None]:
         return _rss()
@@ -642,6 +557,9 @@ class LlamaCppModel(ScoringTextModel):
         self._free()
 
     def _free(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
         if self._batch is not None:
             self._batch.free()
             self._batch = None

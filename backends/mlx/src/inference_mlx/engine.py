@@ -186,6 +186,7 @@ class MlxModel(ScoringTextModel):
         batch_size: int = DEFAULT_BATCH,
         cpu_only: bool = False,
     ) -> None:
+        self._batch_size = max(1, batch_size)
         tokenizer = _unwrap(wrapper)
         bos = getattr(tokenizer, "bos_token", None)
         eos = getattr(tokenizer, "eos_token", None)
@@ -199,6 +200,7 @@ class MlxModel(ScoringTextModel):
             eos_token=eos if isinstance(eos, str) else "",
             add_bos=_adds_bos(tokenizer),
             engine_thread=True,
+            stream_width=self._batch_size,
         )
         self._model: Any = model
         self._wrapper: Any = wrapper
@@ -211,9 +213,13 @@ class MlxModel(ScoringTextModel):
         self._step_logprobs: Any = None  # the log-probabilities of the token just yielded
         self._table = TokenTable(tokenizer)
         self._device = device
-        self._batch_size = max(1, batch_size)
         self._cpu_only = cpu_only
         self._mx_stream: Any = None  # made on first use
+        from .batching import Scheduler
+
+        self._scheduler = Scheduler(
+            self, width=self._batch_size, prefill_step_size=PREFILL_STEP_SIZE
+        )
 
     # -- loading ----------------------------------------------------------
 
@@ -304,12 +310,20 @@ class MlxModel(ScoringTextModel):
         return max(ctx - prompt_len, 0) if ctx else -1
 
     def _sampling(self, cfg: GenerateConfig) -> tuple[Any, list[Any]]:
-        """mlx-lm's sampler and logits processors for ``cfg``."""
+        """mlx-lm's sampler and logits processors for ``cfg``; a seeded
+        sampler draws from its own key (see :func:`.batching.keyed_sampler`)."""
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        from .batching import keyed_sampler
 
         vocab = self._info.vocab_size
         top_k = cfg.top_k if not vocab or cfg.top_k < vocab else 0
-        sampler = make_sampler(temp=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=top_k)
+        if cfg.temperature > 0 and cfg.seed is not None:
+            sampler = keyed_sampler(cfg, top_k)
+        else:
+            sampler = make_sampler(
+                temp=cfg.temperature, top_p=cfg.top_p, min_p=cfg.min_p, top_k=top_k
+            )
         processors = make_logits_processors(
             repetition_penalty=cfg.repeat_penalty if cfg.repeat_penalty != 1.0 else None,
             repetition_context_size=PENALTY_LAST_N,
@@ -325,15 +339,30 @@ class MlxModel(ScoringTextModel):
     def _generate_ids(
         self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
     ) -> Iterator[int]:
+        budget = self._remaining(len(ids))
+        limit = cfg.max_tokens if budget < 0 else min(cfg.max_tokens, budget)
+        if limit <= 0:
+            return
+        if self._on_engine_thread():
+            # A call that already runs on the engine thread (one prompt of
+            # batch_generate): the single-sequence path.
+            yield from self._generate_alone(ids, cfg, control, limit)
+            return
+        stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
+        yield from self._scheduler.generate(ids, cfg, control, limit=limit, stop_ids=stop_ids)
+
+    def _on_engine_thread(self) -> bool:
+        engine = self._engine
+        return engine is not None and engine.is_current()
+
+    def _generate_alone(
+        self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl, limit: int
+    ) -> Iterator[int]:
         import mlx.core as mx
         from mlx_lm.generate import generate_step, wired_limit
 
         model = self._live()
         stream = self._stream_for_engine()
-        budget = self._remaining(len(ids))
-        limit = cfg.max_tokens if budget < 0 else min(cfg.max_tokens, budget)
-        if limit <= 0:
-            return
         sampler, processors = self._sampling(cfg)
         self._seed(cfg)
         raw: deque[Any] = deque()
@@ -389,9 +418,21 @@ class MlxModel(ScoringTextModel):
         )
 
     def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+        if not self._on_engine_thread():
+            return self._scheduler.last_logprobs()  # worked out on the engine thread
+        return self._logprobs_of(token_id, k, None, self._step_logprobs)
+
+    def _logprobs_of(
+        self, token_id: int, k: int, raw: Any, logprobs: Any
+    ) -> tuple[float, list[tuple[int, float]]]:
+        """The log-probability of ``token_id`` and the ``k`` most likely
+        tokens, from the raw logits of its step when kept (``raw``: before
+        the logits processors), else from ``logprobs``."""
         import mlx.core as mx
 
-        logprobs = self._step_logprobs.reshape(-1).astype(mx.float32)
+        if raw is not None:
+            logprobs = _log_softmax(raw)
+        logprobs = logprobs.reshape(-1).astype(mx.float32)
         chosen = float(logprobs[token_id].item())
         if k <= 0:
             return chosen, []
@@ -595,6 +636,7 @@ class MlxModel(ScoringTextModel):
             return None, None
 
     def _release(self) -> None:
+        self._scheduler.close()
         self._prompt_cache, self._cached = None, []
         self._model = None
         self._wrapper = None

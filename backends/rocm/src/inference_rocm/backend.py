@@ -78,12 +78,17 @@ class RocmBackend:
             )
         text = os.fspath(path)
         header = read_header(text)
-        from inference_llamacpp.engine import DEFAULT_CONTEXT_CAP
+        from inference_llamacpp.engine import DEFAULT_CONTEXT_CAP, sequences
 
         context_len = cfg.context_len or min(
             header.context_length or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP
         )
-        need = estimate(header, context_len=context_len, gpu_layers=cfg.gpu_layers)
+        need = estimate(
+            header,
+            context_len=context_len,
+            gpu_layers=cfg.gpu_layers,
+            parallel_slots=sequences(cfg),  # each sequence has KV cells for the whole context
+        )
         check_fits(need, found.chosen, path=text)
         from .engine import RocmModel
 

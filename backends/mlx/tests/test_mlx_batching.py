@@ -1,0 +1,90 @@
+"""Continuous batching on MLX (its CPU build, for real): concurrent streams
+share one mlx-lm BatchGenerator, each gives what it gives alone, and cancel
+and exclusive calls behave. Few tokens: MLX's CPU build is slow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import inference
+from inference import Message
+
+PROMPTS = ["The capital of France is", "Water boils at", "Once upon a time", "def add(a, b):"]
+
+
+@pytest.fixture(scope="module")
+def wide(model_path: str) -> Iterator[Any]:
+    with inference.load_model(model_path, backend="mlx", parallel_slots=4) as m:
+        yield m
+
+
+def together(calls: list[Callable[[], Any]]) -> list[Any]:
+    out: list[Any] = [None] * len(calls)
+
+    def work(i: int) -> None:
+        try:
+            out[i] = calls[i]()
+        except BaseException as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return out
+
+
+def wait_for(cond: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen")
+        time.sleep(0.005)
+
+
+def test_concurrent_streams_share_the_batch_and_equal_their_runs_alone(wide: Any) -> None:
+    calls: list[Callable[[], Any]] = [
+        lambda: wide.generate(PROMPTS[0], max_tokens=6).text(),
+        lambda: wide.generate(PROMPTS[1], max_tokens=5, temperature=0.9, seed=3).text(),
+        lambda: [(t.id, t.logprob) for t in wide.generate(PROMPTS[2], max_tokens=4, logprobs=2)],
+        lambda: wide.chat([Message("user", "Name a colour.")], max_tokens=4).text(),
+    ]
+    alone = [call() for call in calls]
+    sched = wide._scheduler
+    steps = sched.steps
+    sched.widest = 0
+    assert together(calls) == alone
+    assert sched.widest >= 2
+    # 19 tokens one after another take 19 steps and more; together, fewer.
+    assert sched.steps - steps < 19
+
+
+def test_a_cancelled_stream_leaves_the_batch_before_its_reader_returns(wide: Any) -> None:
+    stream = wide.generate(PROMPTS[3], max_tokens=200)
+    next(stream)
+    sched = wide._scheduler
+    assert len(sched._by_uid) == 1
+    stream.cancel()
+    wait_for(lambda: not sched._by_uid, "the sequence leaving the generator")
+    assert list(stream) == []
+    assert stream.finish_reason == "cancelled"
+    assert wide.generate(PROMPTS[0], max_tokens=2).text()
+
+
+def test_exclusive_calls_wait_for_running_streams(wide: Any) -> None:
+    expected = [r.token.id for r in wide.classify(PROMPTS[:2])]
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(wide.classify(PROMPTS[:2])))
+    with wide.generate(PROMPTS[2], max_tokens=100) as stream:
+        next(stream)
+        t.start()
+        wait_for(lambda: wide._gate.waiting == 1, "classify queueing")
+        assert not out and t.is_alive()
+    t.join(120)
+    assert [r.token.id for r in out[0]] == expected
