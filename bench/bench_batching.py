@@ -17,7 +17,10 @@ decode rate). Every round also checks that each stream's text equals its
 run alone.
 
 ``--llama-server``: the same load through llama.cpp's ``llama-server
---parallel 8`` with the same threads, for its own gain.
+--parallel 8`` with the same threads, for its own gain. The binary is
+``$LLAMA_SERVER`` (else as ``tests/openai_server.py`` finds one); for a
+like-for-like figure, build it from the llama.cpp tree vendored in
+llama-cpp-python's sdist with the engine's CMake flags.
 
 ``--serve``: 8 clients streaming ``/v1/completions`` at once from
 ``inference serve --parallel 8``, ``llama-server --parallel 8`` and

@@ -17,7 +17,9 @@ medians:
 - ``classify`` of 64 short prompts against a loop of ``generate(max_tokens=1)``;
 - peak RSS with the model loaded and used, each in a fresh process.
 
-Every contender uses the same context size and thread count.
+Every contender uses the same context size and thread count, and
+``inference`` one sequence (``parallel_slots=1``: the KV cache of
+llama-cpp-python's ``Llama``); ``classify`` uses 16.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 THREADS = os.cpu_count() or 1
 N_CTX = 4096
@@ -55,7 +58,8 @@ def _model_path(arg: str | None) -> str:
 def make_inference(path: str):  # type: ignore[no-untyped-def]
     import inference
 
-    model = inference.load_model(path, backend="llama_cpp", context_len=N_CTX)
+    # One sequence, as llama-cpp-python's Llama holds: the same KV cache.
+    model = inference.load_model(path, backend="llama_cpp", context_len=N_CTX, parallel_slots=1)
 
     def decode(prompt: str, n: int) -> tuple[float, float, int]:
         stream = model.generate(prompt, max_tokens=n)
@@ -176,11 +180,20 @@ def raw_c_api(path: str) -> Callable[[str, int], tuple[float, float, int]]:
 def speed(path: str, rounds: int) -> dict[str, dict[str, float]]:
     model, ours = make_inference(path)
     llm = make_llama(path)
+    engine = model._engine
+
+    def on_engine_thread(fn: Callable[[str, int], tuple[float, float, int]]) -> Any:
+        # Every contender's computation on the one thread that runs
+        # inference's engine: ggml's OpenMP team belongs to the calling
+        # thread, and libgomp throttles its barriers once two threads' teams
+        # exist in a process, which would slow every contender.
+        return lambda prompt, n: engine.call(lambda: fn(prompt, n))
+
     contenders = {
         "inference": ours,
-        "raw C API": raw_c_api(path),
-        "Llama.generate": llama_generate(llm),
-        "create_completion(stream)": llama_completion(llm),
+        "raw C API": on_engine_thread(raw_c_api(path)),
+        "Llama.generate": on_engine_thread(llama_generate(llm)),
+        "create_completion(stream)": on_engine_thread(llama_completion(llm)),
     }
     decode: dict[str, list[float]] = {k: [] for k in contenders}
     prefill: dict[str, list[float]] = {k: [] for k in contenders}
@@ -207,7 +220,7 @@ def classify_speed(path: str, rounds: int) -> dict[str, float]:
     import inference
 
     prompts = [f"Question {i}: is {i} even or odd? Answer:" for i in range(64)]
-    with inference.load_model(path, backend="llama_cpp", context_len=N_CTX) as m:
+    with inference.load_model(path, backend="llama_cpp", context_len=N_CTX, parallel_slots=16) as m:
         m.classify(prompts[:4])
         batched, looped = [], []
         for _ in range(rounds):
@@ -226,7 +239,7 @@ import json, resource, sys
 path, which, n_ctx, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 if which == "inference":
     import inference
-    m = inference.load_model(path, backend="llama_cpp", context_len=n_ctx)
+    m = inference.load_model(path, backend="llama_cpp", context_len=n_ctx, parallel_slots=1)
     m.generate("Count: one, two, three,", max_tokens=32).text()
 else:
     import llama_cpp

@@ -20,8 +20,9 @@ Why a KV stream per slot rather than one unified cache shared by every
 sequence: llama.cpp's attention sums over a sequence's cells in cell order,
 and in a shared cache a sequence's later tokens can land in cells freed
 below its earlier ones; the sums then round differently and greedy output
-can differ from the same prompt run alone (measured: 2 of 8 streams of 16
-tokens, ``bench/bench_batching.py --unified``). In its own stream a
+can differ from the same prompt run alone (measured on 2026-12-02: only 11
+of 24 streams of 64 tokens equalled their runs alone,
+``bench/bench_batching.py --unified``). In its own stream a
 sequence's cells stay in position order, and each stream's greedy output is
 exactly what it is alone.
 
@@ -31,7 +32,7 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import llama_cpp as lc
@@ -133,10 +134,20 @@ def _top_k(logprobs: Any, k: int) -> list[tuple[int, float]]:
 
 
 class Scheduler(batching.Scheduler):
-    """The decode loop of one llama.cpp context, on a thread of its own."""
+    """The decode loop of one llama.cpp context, run by ``start`` (a job on
+    the model's engine thread)."""
 
-    def __init__(self, ctx: Any, *, n_ctx: int, n_batch: int, n_seq: int, n_vocab: int) -> None:
-        super().__init__(name="inference-llama_cpp")
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        n_vocab: int,
+        start: Callable[[Callable[[], None]], None],
+    ) -> None:
+        super().__init__(name="inference-llama_cpp", start=start)
         self._ctx = ctx
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
@@ -198,8 +209,9 @@ class Scheduler(batching.Scheduler):
             n = _common(slot.tokens, prompt, min(slot.cells, limit))
             if n > shared:
                 target, shared = slot, n
-        if target is None:
-            target = next((s for s in free if not s.cells), free[0])
+        if target is None:  # the lowest empty slot (see _step), else the one idle longest
+            empty = [s for s in free if not s.cells]
+            target = min(empty, key=lambda s: s.id) if empty else free[0]
         if not shared or not lc.llama_memory_seq_rm(self._mem, target.id, shared, -1):
             self._free(target)
         else:
@@ -237,6 +249,10 @@ class Scheduler(batching.Scheduler):
     def _step(self, ready: list[batching.Sequence]) -> None:
         """Build the batch, decode, sample."""
         batch = self._batch
+        # In slot order: with a KV stream per sequence, llama.cpp puts only
+        # consecutive seq_ids into one micro-batch, so this keeps a step's
+        # decoding sequences in one graph pass.
+        ready = sorted(ready, key=lambda s: _state(s).slot.id)  # type: ignore[union-attr]
         decoding = [s for s in ready if not _state(s).unfed]
         batch.clear()
         to_sample: list[tuple[batching.Sequence, int]] = []
