@@ -215,6 +215,10 @@ class Scheduler:
                     ready = self._next_step()
                     while ready is None:
                         if self._stopping or not (self._inbox or self._running):
+                            # Decided under the lock a newcomer takes to see
+                            # whether a loop runs: none is stranded.
+                            self._looping = False
+                            self._cond.notify_all()
                             return
                         self._cond.wait(_POLL)
                         ready = self._next_step()
@@ -229,10 +233,11 @@ class Scheduler:
                                 seq.fail(GenerationError(f"the engine failed: {exc}"))
                 self.steps += 1
                 self.widest = max(self.widest, len(ready))
-        finally:
+        except BaseException:
             with self._cond:
                 self._looping = False
                 self._cond.notify_all()
+            raise
 
     # -- with the condition held, on the loop -------------------------------------
 
