@@ -8,11 +8,15 @@ MLX call of a model runs there, one at a time. What it adds:
 - loading: an MLX / Hugging Face model folder through ``mlx_lm.load`` (a
   local path only; nothing is fetched), or a GGUF file through
   :mod:`inference_mlx.gguf_loader` after the core's header check;
-- ``_generate_ids`` on ``mlx_lm.generate.generate_step`` with mlx-lm's own
-  sampler and logits processors, cancellable between prefill chunks and
-  between tokens, reusing the last call's prompt cache: a call whose prompt
-  shares a prefix with the last one (the next turn of a chat) prefills only
-  the rest (not with a repeat penalty, which would see a different history);
+- streams batched together (:mod:`inference_mlx.batching`): each stream's
+  ``_generate_ids`` hands its sequence to one mlx-lm ``BatchGenerator``
+  stepped on the engine thread, with mlx-lm's own sampler and logits
+  processors, cancellable between prefill chunks and between tokens,
+  reusing the last call's prompt cache: a call whose prompt shares a prefix
+  with the last one (the next turn of a chat) prefills only the rest (not
+  with a repeat penalty, which would see a different history); a prompt of
+  ``batch_generate`` that needs the single-sequence path (logprobs, a
+  constraint) runs on ``mlx_lm.generate.generate_step``;
 - ``_classify_ids`` as one batched forward pass over right-padded prompts in
   the model's batched caches (``BatchKVCache``...), the padding masked, as
   mlx-lm's batch generator does;
