@@ -187,6 +187,8 @@ def speed(path: str, rounds: int) -> dict[str, dict[str, float]]:
         # inference's engine: ggml's OpenMP team belongs to the calling
         # thread, and libgomp throttles its barriers once two threads' teams
         # exist in a process, which would slow every contender.
+        if engine is None:
+            return fn
         return lambda prompt, n: engine.call(lambda: fn(prompt, n))
 
     contenders = {

@@ -145,7 +145,7 @@ class Scheduler(batching.Scheduler):
         n_batch: int,
         n_seq: int,
         n_vocab: int,
-        start: Callable[[Callable[[], None]], None],
+        start: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         super().__init__(name="inference-llama_cpp", start=start)
         self._ctx = ctx

@@ -34,7 +34,7 @@ import logging
 import os
 import resource
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import llama_cpp as lc
@@ -220,7 +220,6 @@ class LlamaCppModel(ScoringTextModel):
             n_batch=self._n_batch,
             n_seq=n_seq,
             n_vocab=n_vocab,
-            start=self._start_loop,
         )
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -250,16 +249,7 @@ class LlamaCppModel(ScoringTextModel):
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
             stream_width=n_seq,
-            # Every llama.cpp computation of the model on one thread: ggml's
-            # OpenMP team belongs to the thread that calls it, and libgomp
-            # throttles its barriers (a decode ran 3x slower here) once two
-            # threads' teams exist in the process.
-            engine_thread=True,
         )
-
-    def _start_loop(self, loop: Callable[[], None]) -> None:
-        assert self._engine is not None
-        self._engine.submit(loop)
 
     def _model_params(self, params: Any, cfg: LoadConfig) -> None:
         """Adjust ``llama_model_params`` before loading (device choice)."""
