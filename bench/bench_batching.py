@@ -42,7 +42,6 @@ import contextlib
 import json
 import statistics
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -61,7 +60,7 @@ from openai_server import (  # noqa: E402
 )
 
 import inference  # noqa: E402
-from inference.testing import smollm2_path  # noqa: E402
+from inference.testing import smollm2_path, together  # noqa: E402
 
 STREAMS = 8
 TOKENS = 64
@@ -87,18 +86,13 @@ def prompts(round_no: int) -> list[str]:
     ]
 
 
-def together(calls: list[Callable[[], Any]]) -> list[Any]:
-    out: list[Any] = [None] * len(calls)
-
-    def work(i: int) -> None:
-        out[i] = calls[i]()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
+def at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """``together``, re-raising the first call's error instead of returning it."""
+    results = together(calls, timeout=600.0)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def median(xs: list[float]) -> float:
@@ -159,7 +153,7 @@ def library(rounds: int, *, unified: bool = False) -> dict[str, float]:
                         results.append(one(model, p))
                         decode_rates.append(model.metrics.decode_tokens_per_second)
                 else:
-                    results = together([lambda p=p: one(model, p) for p in tagged])
+                    results = at_once([lambda p=p: one(model, p) for p in tagged])
                 wall = time.perf_counter() - start
                 rate = sum(n for _, n in results) / wall
                 (seq_rates if way == "seq" else conc_rates).append(rate)
@@ -255,7 +249,7 @@ def llama_server_gain(rounds: int) -> float:
                 if way == "seq":
                     results = [complete(server.url, p) for p in tagged]
                 else:
-                    results = together([lambda p=p: complete(server.url, p) for p in tagged])
+                    results = at_once([lambda p=p: complete(server.url, p) for p in tagged])
                 rate = sum(n for _, n in results) / (time.perf_counter() - start)
                 (seq_rates if way == "seq" else conc_rates).append(rate)
     seq, conc = median(seq_rates), median(conc_rates)
@@ -321,7 +315,7 @@ def serve(rounds: int) -> None:
                 url = servers[name].url
                 tagged = [f"{name} {p}" for p in prompts(r)]
                 start = time.perf_counter()
-                results = together([lambda p=p, url=url: stream(url, p) for p in tagged])
+                results = at_once([lambda p=p, url=url: stream(url, p) for p in tagged])
                 wall = time.perf_counter() - start
                 rates[name].append(sum(n for _, n in results) / wall)
                 firsts[name].extend(f for f, _ in results)

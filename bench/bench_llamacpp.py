@@ -181,14 +181,13 @@ def speed(path: str, rounds: int) -> dict[str, dict[str, float]]:
     model, ours = make_inference(path)
     llm = make_llama(path)
     engine = model._engine
+    assert engine is not None
 
     def on_engine_thread(fn: Callable[[str, int], tuple[float, float, int]]) -> Any:
         # Every contender's computation on the one thread that runs
         # inference's engine: ggml's OpenMP team belongs to the calling
         # thread, and libgomp throttles its barriers once two threads' teams
         # exist in a process, which would slow every contender.
-        if engine is None:
-            return fn
         return lambda prompt, n: engine.call(lambda: fn(prompt, n))
 
     contenders = {

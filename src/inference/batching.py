@@ -14,6 +14,9 @@ admitted (:meth:`Scheduler._admit`), one step over the ready sequences
   waits;
 - the loop runs while there is work (on a thread of its own, or as a job on
   the model's engine thread) and lets callers in first come, first served;
+  a stream read on the engine thread itself (inside an exclusive call such
+  as ``batch_generate``, which runs there) runs the steps itself, since a
+  loop queued behind it would never start;
 - a sequence whose reader has :data:`AHEAD` tokens unread may sit out steps
   (where the engine can pause one sequence) until the reader catches up;
 - a cancelled sequence is dropped from the engine at the next step, before
@@ -28,10 +31,11 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from typing import Any
 
+from .engine_thread import EngineThread
 from .errors import GenerationError
 from .stream import StreamControl
 
@@ -127,9 +131,9 @@ class Sequence:
 class Scheduler:
     """The step loop of one model's engine, shared by its streams."""
 
-    def __init__(self, *, name: str, start: Callable[[Callable[[], None]], None] | None = None):
+    def __init__(self, *, name: str, engine: EngineThread | None = None) -> None:
         self._name = name
-        self._start_loop = start or self._thread_start
+        self._engine = engine
         self._cond = threading.Condition()
         self._inbox: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -142,6 +146,26 @@ class Scheduler:
 
     # -- the reader's side ------------------------------------------------------
 
+    def generate(
+        self,
+        prompt: Seq[int],
+        control: StreamControl,
+        *,
+        limit: int,
+        stop_ids: frozenset[int],
+        logprobs: int | None = None,
+        state: Any = None,
+    ) -> Iterator[int]:
+        """The token ids of one stream's sequence (``state``: the engine's
+        part of it, released with it), as the loop samples them."""
+        seq = Sequence(
+            prompt, control, limit=limit, stop_ids=stop_ids, logprobs=logprobs, state=state
+        )
+        engine = self._engine
+        if engine is not None and engine.is_current():
+            return self._stepped_here(seq)
+        return self.stream(seq)
+
     def stream(self, seq: Sequence) -> Iterator[int]:
         """The token ids of ``seq``, as the loop samples them."""
         control = seq.control
@@ -152,7 +176,10 @@ class Scheduler:
             self._inbox.append(seq)
             if not self._looping:
                 self._looping = True
-                self._start_loop(self._loop)
+                if self._engine is not None:
+                    self._engine.submit(self._loop)
+                else:
+                    threading.Thread(target=self._loop, name=self._name, daemon=True).start()
             self._cond.notify_all()
         try:
             get = seq.out.get
@@ -173,6 +200,38 @@ class Scheduler:
                 yield tok
         finally:
             self._leave(seq)
+
+    def _stepped_here(self, seq: Sequence) -> Iterator[int]:
+        """The token ids of ``seq`` for a reader on the engine thread: it
+        holds the model alone (no loop runs, none can start), so it runs the
+        steps itself, one whenever it has read all that the last one gave."""
+        with self._cond:
+            if self._stopping:
+                self._release(seq)
+                raise GenerationError("the model is closed")
+            self._inbox.append(seq)
+        try:
+            while True:
+                try:
+                    item = seq.out.get_nowait()
+                except queue.Empty:
+                    with self._cond:
+                        ready = self._next_step()
+                    if ready is None:
+                        seq.control.check()  # halted by its cancel or deadline
+                        raise GenerationError("the engine could not run the sequence") from None
+                    self._run_step(ready)
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                tok, self._tls.logprobs = item
+                yield tok
+        finally:
+            with self._cond:
+                seq.leaving = True
+                self._drop(seq)
 
     def last_logprobs(self) -> Logprobs:
         """The log-probabilities of the token this thread's stream has just
@@ -205,9 +264,6 @@ class Scheduler:
             while self._looping:
                 self._cond.wait(_POLL)
 
-    def _thread_start(self, loop: Callable[[], None]) -> None:
-        threading.Thread(target=loop, name=self._name, daemon=True).start()
-
     def _loop(self) -> None:
         try:
             while True:
@@ -222,22 +278,25 @@ class Scheduler:
                             return
                         self._cond.wait(_POLL)
                         ready = self._next_step()
-                try:
-                    self._step(ready)
-                except Exception as exc:  # one step's fault must not end the others' loop
-                    _log.debug("batched step failed: %s", exc)
-                    with self._cond:
-                        for seq in ready:
-                            if not seq.halted:
-                                self._halt(seq)
-                                seq.fail(GenerationError(f"the engine failed: {exc}"))
-                self.steps += 1
-                self.widest = max(self.widest, len(ready))
+                self._run_step(ready)
         except BaseException:
             with self._cond:
                 self._looping = False
                 self._cond.notify_all()
             raise
+
+    def _run_step(self, ready: list[Sequence]) -> None:
+        try:
+            self._step(ready)
+        except Exception as exc:  # one step's fault must not end the others' loop
+            _log.debug("batched step failed: %s", exc)
+            with self._cond:
+                for seq in ready:
+                    if not seq.halted:
+                        self._halt(seq)
+                        seq.fail(GenerationError(f"the engine failed: {exc}"))
+        self.steps += 1
+        self.widest = max(self.widest, len(ready))
 
     # -- with the condition held, on the loop -------------------------------------
 

@@ -5,7 +5,6 @@ prefix reuse and exclusive calls behave."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 import inference
 from inference import Message
+from inference.testing import together, wait_for
 
 PROMPTS = [
     "The capital of France is",
@@ -29,33 +29,6 @@ def wide(model_path: str) -> Iterator[Any]:
         model_path, backend="llama_cpp", parallel_slots=4, context_len=1024
     ) as m:
         yield m
-
-
-def together(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run ``calls`` at once, each in its own thread; their results in order."""
-    out: list[Any] = [None] * len(calls)
-
-    def work(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except BaseException as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return out
-
-
-def wait_for(cond: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    """Wait for ``cond`` (an event that must come, not a timing)."""
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen")
-        time.sleep(0.005)
 
 
 def test_concurrent_streams_share_decode_steps_and_equal_their_runs_alone(wide: Any) -> None:

@@ -5,7 +5,6 @@ and exclusive calls behave. Few tokens: MLX's CPU build is slow."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 import inference
 from inference import Message
+from inference.testing import together, wait_for
 
 PROMPTS = ["The capital of France is", "Water boils at", "Once upon a time", "def add(a, b):"]
 
@@ -21,31 +21,6 @@ PROMPTS = ["The capital of France is", "Water boils at", "Once upon a time", "de
 def wide(model_path: str) -> Iterator[Any]:
     with inference.load_model(model_path, backend="mlx", parallel_slots=4) as m:
         yield m
-
-
-def together(calls: list[Callable[[], Any]]) -> list[Any]:
-    out: list[Any] = [None] * len(calls)
-
-    def work(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except BaseException as exc:
-            out[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return out
-
-
-def wait_for(cond: Callable[[], bool], what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen")
-        time.sleep(0.005)
 
 
 def test_concurrent_streams_share_the_batch_and_equal_their_runs_alone(wide: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
 from .models import requantise, smollm2_path
+from .threads import together, wait_for
 
 __all__ = [
     "EOS_ID",
@@ -16,4 +17,6 @@ __all__ = [
     "requantise",
     "run_conformance",
     "smollm2_path",
+    "together",
+    "wait_for",
 ]

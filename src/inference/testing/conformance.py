@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import threading
@@ -42,6 +43,7 @@ from ..options import with_max_tokens, with_stop, with_temperature
 from ..protocols import Scorer, TextModel, Tokenizer
 from ..stream import TokenStream
 from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token, ToolCall
+from .threads import together
 
 __all__ = ["TextModelConformance", "run_conformance"]
 
@@ -244,6 +246,21 @@ class TextModelConformance:
         assert results[0].tokens[0].id == single[0].id
         assert results[0].text == results[2].text
 
+    def test_batch_of_one_or_with_logprobs_equals_generate(self) -> None:
+        """A batch of one prompt, or one asking for log-probabilities, runs
+        its prompts one by one inside the batch call: the same tokens."""
+        alone = [t.text for t in self._greedy(self.prompt)]
+        (one,) = self.model.batch_generate([self.prompt], max_tokens=self.max_tokens)
+        assert one.err is None, one.err
+        assert [t.text for t in one.tokens] == alone
+        if self.supports_logprobs:
+            first, second = self.model.batch_generate(
+                [self.prompt, self.other_prompt], max_tokens=self.max_tokens, logprobs=2
+            )
+            assert first.err is None and second.err is None, (first.err, second.err)
+            assert [t.text for t in first.tokens] == alone
+            assert all(t.logprob is not None and len(t.top_logprobs) == 2 for t in first.tokens)
+
     def test_batch_keeps_errors_per_prompt(self) -> None:
         ctx = self.model.info.context_length
         if not ctx or ctx > 32768:
@@ -374,24 +391,10 @@ class TextModelConformance:
 
     def test_concurrent_calls(self) -> None:
         expected = self.model.generate(self.prompt, max_tokens=4).text()
-        results: list[str | BaseException] = []
-        lock = threading.Lock()
-
-        def work() -> None:
-            try:
-                text = self.model.generate(self.prompt, max_tokens=4).text()
-            except BaseException as exc:
-                text = exc  # type: ignore[assignment]
-            with lock:
-                results.append(text)
-
-        threads = [threading.Thread(target=work) for _ in range(self.threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert len(results) == self.threads
-        assert all(r == expected for r in results), results
+        results = together(
+            [lambda: self.model.generate(self.prompt, max_tokens=4).text()] * self.threads
+        )
+        assert results == [expected] * self.threads, results
 
     def test_concurrent_streams_equal_their_sequential_runs(self) -> None:
         """``threads`` calls at once, each with its own prompt and options
@@ -411,20 +414,8 @@ class TextModelConformance:
             return self.model.generate(prompt, **options).text()
 
         alone = [call(i) for i in range(self.threads)]
-        together: list[str | BaseException] = [""] * self.threads
-
-        def work(i: int) -> None:
-            try:
-                together[i] = call(i)
-            except BaseException as exc:
-                together[i] = exc
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(self.threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert together == alone
+        at_once = together([functools.partial(call, i) for i in range(self.threads)])
+        assert at_once == alone
 
     # -- errors, metrics, lifecycle ---------------------------------------------
 

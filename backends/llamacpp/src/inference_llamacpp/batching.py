@@ -1,5 +1,5 @@
-"""Continuous batching: one scheduler thread decodes every running stream of
-a llama.cpp model in one ``llama_decode`` per step.
+"""Continuous batching: the model's engine thread decodes every running
+stream of a llama.cpp model in one ``llama_decode`` per step.
 
 Each stream is a sequence of the context, in a *slot* (a ``seq_id`` with
 its own KV cells: the context is made with one KV stream per sequence, each
@@ -20,8 +20,8 @@ Why a KV stream per slot rather than one unified cache shared by every
 sequence: llama.cpp's attention sums over a sequence's cells in cell order,
 and in a shared cache a sequence's later tokens can land in cells freed
 below its earlier ones; the sums then round differently and greedy output
-can differ from the same prompt run alone (measured on 2026-12-02: only 11
-of 24 streams of 64 tokens equalled their runs alone,
+can differ from the same prompt run alone (measured on 2026-12-02, in two
+runs: only 11 and 9 of 24 streams of 64 tokens equalled their runs alone,
 ``bench/bench_batching.py --unified``). In its own stream a
 sequence's cells stay in position order, and each stream's greedy output is
 exactly what it is alone.
@@ -32,17 +32,17 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 
 from inference import batching
+from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
-from inference.stream import StreamControl
 
-__all__ = ["ABORTABLE_PREFILL", "PREFILL_CHUNK", "Batch", "Scheduler", "log_softmax"]
+__all__ = ["ABORTABLE_PREFILL", "PREFILL_CHUNK", "Batch", "Scheduler", "SeqState", "log_softmax"]
 
 #: Prompt tokens prefilled per step while other sequences are decoding.
 PREFILL_CHUNK = 64
@@ -89,8 +89,9 @@ class _Slot:
         self.used = 0  # the step it last ran in: idle slots go oldest first
 
 
-class _State:
-    """A sequence's part of the engine: its sampler chain and its slot."""
+class SeqState:
+    """A sequence's part of the engine: its sampler chain (owned: freed
+    with the sequence) and its slot."""
 
     __slots__ = ("fed", "prompt_len", "sampler", "slot")
 
@@ -107,8 +108,8 @@ class _State:
         return max(self.prompt_len - slot.cells, 0) if slot is not None else 0
 
 
-def _state(seq: batching.Sequence) -> _State:
-    state: _State = seq.state
+def _state(seq: batching.Sequence) -> SeqState:
+    state: SeqState = seq.state
     return state
 
 
@@ -145,9 +146,9 @@ class Scheduler(batching.Scheduler):
         n_batch: int,
         n_seq: int,
         n_vocab: int,
-        start: Callable[[Callable[[], None]], None] | None = None,
+        engine: EngineThread,
     ) -> None:
-        super().__init__(name="inference-llama_cpp", start=start)
+        super().__init__(name="inference-llama_cpp", engine=engine)
         self._ctx = ctx
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
@@ -161,27 +162,6 @@ class Scheduler(batching.Scheduler):
         #: prompt tokens one step prefilled beside a decoding sequence.
         self.prefilled = 0
         self.widest_prefill_beside_decode = 0
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        sampler: Any,
-        control: StreamControl,
-        *,
-        limit: int,
-        stop_ids: frozenset[int],
-        logprobs: int | None = None,
-    ) -> Iterator[int]:
-        """The token ids of one sequence; takes ownership of ``sampler``."""
-        seq = batching.Sequence(
-            prompt,
-            control,
-            limit=limit,
-            stop_ids=stop_ids,
-            logprobs=logprobs,
-            state=_State(sampler, len(prompt)),
-        )
-        return self.stream(seq)
 
     def forget(self) -> None:
         """Forget every cached prompt: the caller has cleared the KV cache

@@ -48,7 +48,7 @@ from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
-from .batching import Batch, Scheduler, log_softmax
+from .batching import Batch, Scheduler, SeqState, log_softmax
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
 
@@ -214,13 +214,6 @@ class LlamaCppModel(ScoringTextModel):
         self._n_vocab = n_vocab
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = Batch(self._n_batch, n_seq)
-        self._scheduler = Scheduler(
-            self._ctx,
-            n_ctx=self._n_ctx,
-            n_batch=self._n_batch,
-            n_seq=n_seq,
-            n_vocab=n_vocab,
-        )
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         eog = [t for t in range(n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
@@ -249,6 +242,20 @@ class LlamaCppModel(ScoringTextModel):
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
             stream_width=n_seq,
+            # Every llama.cpp computation of the model on one thread: ggml's
+            # OpenMP team belongs to the thread that calls it, and libgomp
+            # throttles its barriers (a decode ran 3x slower here) once two
+            # threads' teams exist in the process.
+            engine_thread=True,
+        )
+        assert self._engine is not None
+        self._scheduler = Scheduler(
+            self._ctx,
+            n_ctx=self._n_ctx,
+            n_batch=self._n_batch,
+            n_seq=n_seq,
+            n_vocab=n_vocab,
+            engine=self._engine,
         )
 
     def _model_params(self, params: Any, cfg: LoadConfig) -> None:
@@ -352,11 +359,11 @@ class LlamaCppModel(ScoringTextModel):
                 lc.llama_sampler_accept(sampler, t)
         yield from scheduler.generate(
             ids,
-            sampler,
             control,
             limit=cfg.max_tokens,
             stop_ids=self._eog_ids | frozenset(cfg.stop_tokens),
             logprobs=cfg.logprobs,
+            state=SeqState(sampler, len(ids)),
         )
 
     def _clear_memory(self) -> None:

@@ -21,17 +21,16 @@ The hand-over between the loop and the streams' readers is
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from inference import batching
 from inference.options import GenerateConfig
-from inference.stream import StreamControl
 
 if TYPE_CHECKING:
     from .engine import MlxModel
 
-__all__ = ["Scheduler", "keyed_sampler"]
+__all__ = ["Scheduler", "SeqState", "keyed_sampler"]
 
 
 def keyed_sampler(cfg: GenerateConfig, top_k: int) -> Callable[[Any], Any]:
@@ -62,7 +61,10 @@ def keyed_sampler(cfg: GenerateConfig, top_k: int) -> Callable[[Any], Any]:
     return sample
 
 
-class _State:
+class SeqState:
+    """A stream's part of the batch: its options, its uid in the generator
+    and the raw logits its log-probabilities are read from."""
+
     __slots__ = ("cfg", "raw", "removed", "uid")
 
     def __init__(self, cfg: GenerateConfig) -> None:
@@ -72,8 +74,8 @@ class _State:
         self.removed = False  # out of the generator
 
 
-def _state(seq: batching.Sequence) -> _State:
-    return cast("_State", seq.state)
+def _state(seq: batching.Sequence) -> SeqState:
+    return cast("SeqState", seq.state)
 
 
 class Scheduler(batching.Scheduler):
@@ -83,32 +85,12 @@ class Scheduler(batching.Scheduler):
     def __init__(self, model: MlxModel, *, width: int, prefill_step_size: int) -> None:
         engine = model._engine
         assert engine is not None
-        super().__init__(name="inference-mlx", start=engine.submit)
+        super().__init__(name="inference-mlx", engine=engine)
         self._model = model
         self._width = width
         self._prefill_step_size = prefill_step_size
         self._gen: Any = None
         self._by_uid: dict[int, batching.Sequence] = {}
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        cfg: GenerateConfig,
-        control: StreamControl,
-        *,
-        limit: int,
-        stop_ids: frozenset[int],
-    ) -> Iterator[int]:
-        """The token ids of one stream's sequence, from the batch."""
-        seq = batching.Sequence(
-            prompt,
-            control,
-            limit=limit,
-            stop_ids=stop_ids,
-            logprobs=cfg.logprobs,
-            state=_State(cfg),
-        )
-        return self.stream(seq)
 
     def close(self) -> None:
         super().close()

@@ -45,6 +45,7 @@ from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
+from .batching import Scheduler, SeqState, keyed_sampler
 from .detect import INSTALL_HINT, MlxDevice, detect
 from .tokens import TokenTable, _unwrap
 
@@ -219,8 +220,6 @@ class MlxModel(ScoringTextModel):
         self._device = device
         self._cpu_only = cpu_only
         self._mx_stream: Any = None  # made on first use
-        from .batching import Scheduler
-
         self._scheduler = Scheduler(
             self, width=self._batch_size, prefill_step_size=PREFILL_STEP_SIZE
         )
@@ -318,8 +317,6 @@ class MlxModel(ScoringTextModel):
         sampler draws from its own key (see :func:`.batching.keyed_sampler`)."""
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-        from .batching import keyed_sampler
-
         vocab = self._info.vocab_size
         top_k = cfg.top_k if not vocab or cfg.top_k < vocab else 0
         if cfg.temperature > 0 and cfg.seed is not None:
@@ -353,7 +350,9 @@ class MlxModel(ScoringTextModel):
             yield from self._generate_alone(ids, cfg, control, limit)
             return
         stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
-        yield from self._scheduler.generate(ids, cfg, control, limit=limit, stop_ids=stop_ids)
+        yield from self._scheduler.generate(
+            ids, control, limit=limit, stop_ids=stop_ids, logprobs=cfg.logprobs, state=SeqState(cfg)
+        )
 
     def _on_engine_thread(self) -> bool:
         engine = self._engine
