@@ -162,20 +162,19 @@ class Scheduler:
             prompt, control, limit=limit, stop_ids=stop_ids, logprobs=logprobs, state=state
         )
         engine = self._engine
-        return self.stream(seq, here=engine is not None and engine.is_current())
+        if engine is not None and engine.is_current():
+            return self._stepped_here(seq)
+        return self.stream(seq)
 
-    def stream(self, seq: Sequence, *, here: bool = False) -> Iterator[int]:
-        """The token ids of ``seq``, as the loop samples them. ``here``: the
-        reader is the thread the loop would run on (it holds the model alone
-        on the engine thread, so no loop runs and none could start): it runs
-        the steps itself, one whenever it has read all the last one gave."""
+    def stream(self, seq: Sequence) -> Iterator[int]:
+        """The token ids of ``seq``, as the loop samples them."""
         control = seq.control
         with self._cond:
             if self._stopping:
                 self._release(seq)
                 raise GenerationError("the model is closed")
             self._inbox.append(seq)
-            if not here and not self._looping:
+            if not self._looping:
                 self._looping = True
                 if self._engine is not None:
                     self._engine.submit(self._loop)
@@ -183,15 +182,12 @@ class Scheduler:
                     threading.Thread(target=self._loop, name=self._name, daemon=True).start()
             self._cond.notify_all()
         try:
-            out = seq.out
+            get = seq.out.get
             while True:
                 try:
-                    item = out.get_nowait() if here else out.get(timeout=_POLL)
+                    item = get(timeout=_POLL)
                 except queue.Empty:
-                    if here:
-                        self._step_here(control)
-                    else:
-                        control.check()
+                    control.check()
                     continue
                 if seq.unread == AHEAD - 1:
                     with self._cond:  # it may have sat out a step: wake the loop
@@ -205,13 +201,37 @@ class Scheduler:
         finally:
             self._leave(seq)
 
-    def _step_here(self, control: StreamControl) -> None:
+    def _stepped_here(self, seq: Sequence) -> Iterator[int]:
+        """The token ids of ``seq`` for a reader on the engine thread: it
+        holds the model alone (no loop runs, none can start), so it runs the
+        steps itself, one whenever it has read all that the last one gave."""
         with self._cond:
-            ready = self._next_step()
-        if ready is None:
-            control.check()  # halted by its cancel or deadline
-            raise GenerationError("the engine could not run the sequence")
-        self._run_step(ready)
+            if self._stopping:
+                self._release(seq)
+                raise GenerationError("the model is closed")
+            self._inbox.append(seq)
+        try:
+            while True:
+                try:
+                    item = seq.out.get_nowait()
+                except queue.Empty:
+                    with self._cond:
+                        ready = self._next_step()
+                    if ready is None:
+                        seq.control.check()  # halted by its cancel or deadline
+                        raise GenerationError("the engine could not run the sequence") from None
+                    self._run_step(ready)
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                tok, self._tls.logprobs = item
+                yield tok
+        finally:
+            with self._cond:
+                seq.leaving = True
+                self._drop(seq)
 
     def last_logprobs(self) -> Logprobs:
         """The log-probabilities of the token this thread's stream has just
