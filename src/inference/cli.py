@@ -1,6 +1,10 @@
 """The ``inference`` command: list backends, find, inspect, run and time models.
 
-Errors print one line to stderr and exit 1 (2 for bad usage), with no
+The generation flags are derived from :class:`~inference.GenerateConfig`'s
+fields (a flag per option whose value fits on a command line, its help the
+option's builder's, its default the config's), and ``-o KEY=VALUE`` takes
+any option, the value read as JSON where it parses; the config checks them
+all. Errors print one line to stderr and exit 1 (2 for bad usage), with no
 traceback; ``INFERENCE_LOG=debug`` shows more.
 """
 
@@ -9,20 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from typing import Any, TextIO
 
-from . import env
+from . import __version__, env, options
 from .discovery import discover
 from .errors import InferenceError
 from .options import GenerateConfig, generate_config
 from .registry import backend_status, candidates, install_command, load_model
 from .types import GenerateMetrics, Message
 
-__all__ = ["main"]
+__all__ = ["CHAT_COMMANDS", "main"]
 
 DEFAULT_BENCH_PROMPT = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle. "
@@ -35,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="inference",
         description="Run language models on whatever hardware is here.",
     )
+    parser.add_argument("--version", action="version", version=f"inference {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common_load(p: argparse.ArgumentParser) -> None:
@@ -43,13 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--context-len", type=int, default=0, help="context window in tokens")
         p.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload (-1: all)")
 
-    def common_gen(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:
-        p.add_argument("--max-tokens", type=int, default=max_tokens)
-        p.add_argument("--temperature", type=float, default=0.0)
-        p.add_argument("--top-k", type=int, default=0)
-        p.add_argument("--top-p", type=float, default=0.0)
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    def common_gen(p: argparse.ArgumentParser, **defaults: Any) -> None:
+        _generate_flags(p.add_argument_group("generation options"), defaults)
 
     p = sub.add_parser("backends", help="list backends, whether they can run here and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     common_gen(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
-    p = sub.add_parser("chat", help="chat with a model (type /exit to leave)")
+    p = sub.add_parser("chat", help="chat with a model (/help inside lists the commands)")
     common_load(p)
-    common_gen(p, max_tokens=512)
+    common_gen(p)
     p.add_argument("--system", default="", help="system message")
     p.add_argument("--json", action="store_true", help="one JSON object per reply")
 
@@ -95,15 +96,99 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _gen_config(args: argparse.Namespace) -> GenerateConfig:
-    return generate_config(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=tuple(args.stop),
+#: Options that no command-line flag carries: a threading.Event, and values
+#: with structure (given with ``-o KEY=JSON``).
+_NO_FLAG = frozenset({"cancel", "tools", "template_vars"})
+#: How a flag reads the value of an option of each type (as the config
+#: annotates it); lists are repeatable flags.
+_FLAG_TYPES: dict[str, Any] = {
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": float,
+    "str": str,
+    "str | None": str,
+    "bool | None": lambda text: _yes_no(text),
+    "Mapping[str, Any] | None": str,  # JSON text, which the option reads
+    "tuple[str, ...]": str,
+    "tuple[int, ...]": int,
+}
+
+
+def _yes_no(text: str) -> bool:
+    value = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value[text.lower()]
+
+
+def _option_help(name: str, default: Any) -> str:
+    """The first sentence of the option's builder's docstring, as plain text,
+    and its default."""
+    builder = getattr(options, f"with_{options._builder_suffix(name)}", None)
+    doc = (builder.__doc__ or "") if builder is not None else ""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    text = re.sub(r":\w+:`~?([^`]+)`|``([^`]+)``", lambda m: m[1] or m[2], paragraph)
+    text = text.split(". ")[0].rstrip(".") or name.replace("_", " ")
+    if default is None or default == () or default is False:
+        return text
+    return f"{text} (default: {default})"
+
+
+def _generate_flags(group: Any, defaults: dict[str, Any]) -> None:
+    """A flag for each generation option a command line can carry, and
+    ``-o KEY=VALUE`` for every option."""
+    for f in fields(GenerateConfig):
+        if f.name in _NO_FLAG:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        kind = str(f.type)
+        if kind == "bool":
+            group.add_argument(
+                flag,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=_option_help(f.name, None),
+            )
+            continue
+        reader = _FLAG_TYPES[kind]
+        many = kind.startswith("tuple")
+        group.add_argument(
+            flag,
+            type=reader,
+            action="append" if many else "store",
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=_option_help(f.name, default) + ("; repeatable" if many else ""),
+        )
+    group.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any generation option (tools=, json_schema=...), VALUE read as JSON where it parses",
     )
+    group.set_defaults(gen_defaults=defaults)
+
+
+def _gen_config(args: argparse.Namespace) -> GenerateConfig:
+    """The generation options the command line gave, checked by the config."""
+    values: dict[str, Any] = dict(getattr(args, "gen_defaults", {}))
+    names = {f.name for f in fields(GenerateConfig)} - _NO_FLAG
+    for name in names:
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    for item in args.option:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"-o takes KEY=VALUE; got {item!r}")
+        try:
+            values[key.strip()] = json.loads(text)
+        except ValueError:
+            values[key.strip()] = text
+    return generate_config(**values)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -147,7 +232,9 @@ def _cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     for m in found:
         quant = "-"
-        if m.quant_bits:
+        if m.quant_type:
+            quant = f"{m.quant_type} ({m.bits_per_weight:.2f} bits/weight)"
+        elif m.quant_bits:
             group = f" g{m.quant_group_size}" if m.quant_group_size else ""
             quant = f"{m.quant_bits}-bit{group}"
         error = dict(m.extra).get("error")
@@ -175,7 +262,9 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
         out.flush()
     with _load(args) as model:
         info = asdict(model.info)
+        caps = model.capabilities.as_dict()
         if args.json:
+            info["capabilities"] = caps
             if chain:
                 info["selection"] = [asdict(c) for c in chain]
             json.dump(info, out, indent=2)
@@ -183,6 +272,10 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
         else:
             for key, value in info.items():
                 out.write(f"{key:<17} {value}\n")
+            out.write("capabilities:\n")
+            for key, value in caps.items():
+                shown = (", ".join(value) or "none") if isinstance(value, list) else value
+                out.write(f"  {key:<17} {shown}\n")
     return 0
 
 
@@ -217,10 +310,23 @@ def _cmd_generate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+#: What ``inference chat`` does with a line that is one of these.
+CHAT_COMMANDS = {
+    "/help": "show these commands",
+    "/reset": "forget the conversation (the system message stays)",
+    "/exit": "leave (so does /quit, or Ctrl-D)",
+}
+
+
 def _cmd_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
     cfg = _gen_config(args)
     interactive = inp.isatty() and not args.json
     with _load(args) as model:
+        if interactive:
+            out.write(
+                f"{model.info.path or args.model} on {model.info.backend}; "
+                "/help for the commands, /exit or Ctrl-D to leave\n"
+            )
         history: list[Message] = []
         if args.system:
             history.append(Message("system", args.system))
@@ -236,6 +342,16 @@ def _cmd_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
                 break
             if text == "/reset":
                 history = history[:1] if args.system else []
+                if interactive:
+                    out.write("(the conversation is forgotten)\n")
+                continue
+            if text == "/help" or (text.startswith("/") and " " not in text and len(text) > 1):
+                if text != "/help":
+                    out.write(f"unknown command {text}; ")
+                out.write("commands:\n")
+                for name, what in CHAT_COMMANDS.items():
+                    out.write(f"  {name:<8} {what}\n")
+                out.flush()
                 continue
             if not text:
                 continue
@@ -262,6 +378,8 @@ def _cmd_chat(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
                     },
                     out,
                 )
+            elif stream.finish_reason == "length":
+                out.write(f"\n[cut at {cfg.max_tokens} tokens: --max-tokens]")
             out.write("\n")
             out.flush()
     return 0

@@ -4,8 +4,9 @@ The five options (``json_schema``, ``json_object``, ``regex``, ``choice``,
 ``grammar``; :data:`KINDS`) are fields of
 :class:`~inference.GenerateConfig`; :func:`constraint_of` folds the one that
 is set into a :class:`Constraint`. A model lists the kinds it can enforce in
-its ``constraints`` attribute, before any call; :func:`check_supported`
-refuses a call that asks for another, naming the option and the backend.
+``capabilities.constraints``, and the front door
+(:func:`inference.capabilities.refuse_unsupported`) refuses a call that asks
+for another, naming the option and the backend.
 
 In-process backends enforce a constraint with a token mask at every step
 (:mod:`inference.guidance`, on llguidance); the remote backend translates it
@@ -14,14 +15,12 @@ to the server's own field.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnsupportedOptionError
 from .options import CONSTRAINT_OPTIONS, GenerateConfig
 
-__all__ = ["JSON_LAYOUT", "KINDS", "Constraint", "check_supported", "constraint_of"]
+__all__ = ["JSON_LAYOUT", "KINDS", "Constraint", "constraint_of"]
 
 #: Every constraint kind, by the name of its option.
 KINDS: tuple[str, ...] = CONSTRAINT_OPTIONS
@@ -57,19 +56,3 @@ def constraint_of(cfg: GenerateConfig) -> Constraint | None:
         if value:
             return Constraint(kind, value)
     return None
-
-
-def check_supported(
-    cfg: GenerateConfig, accepted: Collection[str], backend: str, *, label: str = ""
-) -> None:
-    """UnsupportedOptionError if ``cfg`` asks for a constraint not in
-    ``accepted``; ``backend`` is the backend or server kind the error
-    names, ``label`` how the message names it (default: ``backend``)."""
-    wanted = constraint_of(cfg)
-    if wanted is not None and wanted.kind not in accepted:
-        have = ", ".join(k for k in KINDS if k in accepted) or "none"
-        raise UnsupportedOptionError(
-            f"{label or backend} cannot enforce {wanted.kind}= (it accepts: {have})",
-            option=wanted.kind,
-            backend=backend,
-        )

@@ -8,13 +8,12 @@ and safetensors model directories) with the facts their headers and
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 from .errors import ModelLoadError
 from .gguf import is_gguf, read_header
+from .hf_config import config_facts, read_config
 from .types import DiscoveredModel
 
 __all__ = ["detect_format", "discover"]
@@ -159,13 +158,15 @@ def _gguf_model(path: str) -> DiscoveredModel:
             name=stem,
             extra=(("error", str(exc)),),
         )
-    _, bits, group = header.quantisation
+    quant_type, bits, group = header.quantisation
     return DiscoveredModel(
         path=path,
         format="gguf",
         architecture=header.architecture,
         quant_bits=bits,
         quant_group_size=group,
+        quant_type=quant_type,
+        bits_per_weight=round(header.bits_per_weight, 2),
         context_length=header.context_length,
         file_count=1,
         size_bytes=header.file_size,
@@ -173,67 +174,12 @@ def _gguf_model(path: str) -> DiscoveredModel:
     )
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return 0
-
-
-def _load_config(directory: str) -> Mapping[str, Any]:
-    config_path = os.path.join(directory, "config.json")
-    try:
-        with open(config_path, encoding="utf-8") as file:
-            config = json.load(file)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ModelLoadError(f"{config_path}: cannot read ({reason})", path=config_path) from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ModelLoadError(f"{config_path}: not valid JSON ({exc})", path=config_path) from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(
-            f"{config_path}: expected a JSON object, found {type(config).__name__}",
-            path=config_path,
-        )
-    return config
-
-
-def _architecture(config: Mapping[str, Any]) -> str:
-    model_type = config.get("model_type")
-    if isinstance(model_type, str) and model_type:
-        return model_type
-    architectures = config.get("architectures")
-    if isinstance(architectures, list) and architectures:
-        first = architectures[0]
-        if isinstance(first, str):
-            return first
-    return ""
-
-
-def _quantisation(config: Mapping[str, Any]) -> tuple[int, int]:
-    for key in ("quantization", "quantization_config"):
-        section = config.get(key)
-        if isinstance(section, dict):
-            bits = _positive_int(section.get("bits"))
-            if bits:
-                return bits, _positive_int(section.get("group_size"))
-    return 0, 0
-
-
-def _context_length(config: Mapping[str, Any]) -> int:
-    length = _positive_int(config.get("max_position_embeddings"))
-    if not length:  # multimodal configs keep it with the language model
-        text_config = config.get("text_config")
-        if isinstance(text_config, dict):
-            length = _positive_int(text_config.get("max_position_embeddings"))
-    return length
-
-
 def _safetensors_model(directory: str) -> DiscoveredModel:
     files = _safetensors_files(directory)
     size = sum(_file_size(file) for file in files)
     name = os.path.basename(os.path.abspath(directory))
     try:
-        config = _load_config(directory)
+        config = read_config(directory)
     except ModelLoadError as exc:
         return DiscoveredModel(
             path=directory,
@@ -243,14 +189,14 @@ def _safetensors_model(directory: str) -> DiscoveredModel:
             name=name,
             extra=(("error", str(exc)),),
         )
-    bits, group = _quantisation(config)
+    facts = config_facts(config)
     return DiscoveredModel(
         path=directory,
         format="safetensors",
-        architecture=_architecture(config),
-        quant_bits=bits,
-        quant_group_size=group,
-        context_length=_context_length(config),
+        architecture=facts.architecture,
+        quant_bits=facts.quant_bits,
+        quant_group_size=facts.quant_group_size,
+        context_length=facts.context_length,
         file_count=len(files),
         size_bytes=size,
         name=name,

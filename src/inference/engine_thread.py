@@ -1,15 +1,13 @@
 """EngineThread: one worker thread that runs every engine call of a model.
 
 For engines whose state belongs to the thread that made it (MLX streams are
-thread-local since mlx 0.31.2): calls run there in order, results and
-exceptions come back in a :class:`concurrent.futures.Future`, and a stream's
-tokens are pumped through a bounded queue, so that the consumer's thread
-never touches the engine and the engine runs at most a few tokens ahead.
-
-The calls are serialised on one thread, so a consumer thread that still
-holds an unfinished stream of this model and asks for another call would
-wait forever behind itself. It gets a :class:`~inference.GenerationError`
-instead, as it does without an engine thread.
+thread-local since mlx 0.31.2), and for llama.cpp, whose OpenMP team
+belongs to the thread that calls it: calls run there in order, results and
+exceptions come back in a :class:`concurrent.futures.Future`. Streams never
+run there: their readers hand sequences to the engine's step loop
+(:mod:`inference.batching`), which is a job on this thread; the model's gate
+(taken in the caller's thread) keeps a thread that holds an unfinished
+stream from waiting behind itself.
 
 The worker is a daemon thread of our own, not a ``ThreadPoolExecutor``:
 the executor joins its workers at interpreter exit, and a stream that its
@@ -21,22 +19,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from .stream import Producer, StreamControl, StreamHolders
-from .types import FinishReason, Token
-
-__all__ = ["PUMP_AHEAD", "EngineThread"]
+__all__ = ["EngineThread"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
-
-#: Tokens an engine thread may generate ahead of the stream's reader.
-PUMP_AHEAD = 8
-#: Seconds between checks of a stream's cancel while it waits.
-_POLL = 0.05
 
 
 class EngineThread:
@@ -48,8 +38,6 @@ class EngineThread:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: Reader threads that hold an unfinished stream of this engine.
-        self._readers = StreamHolders()
 
     def _ensure(self) -> None:
         with self._lock:
@@ -75,16 +63,10 @@ class EngineThread:
         """Whether the calling thread is the engine thread."""
         return threading.current_thread() is self._thread
 
-    def call(self, fn: Callable[[], _T], *, held_ok: bool = False) -> _T:
-        """Run ``fn`` on the engine thread and return its result (or raise its error).
-
-        ``held_ok`` lets a thread that holds an unfinished stream wait anyway:
-        only for a caller that has cancelled that stream first (``close()``).
-        """
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the engine thread and return its result (or raise its error)."""
         if threading.current_thread() is self._thread:
             return fn()
-        if not held_ok:
-            self._readers.refuse_if_held()
         self._ensure()
         future: Future[_T] = Future()
 
@@ -103,72 +85,6 @@ class EngineThread:
         """Queue ``fn`` to run on the engine thread, without waiting for it."""
         self._ensure()
         self._jobs.put(fn)
-
-    def pump(self, producer: Producer) -> Producer:
-        """Wrap a producer so that it runs on the engine thread, its tokens
-        handed to the stream's reader through a queue of :data:`PUMP_AHEAD`."""
-
-        def pumped(control: StreamControl) -> Generator[Token, None, FinishReason]:
-            with self._readers.holding():
-                return (yield from self._pumped(producer, control))
-
-        return pumped
-
-    def _pumped(
-        self, producer: Producer, control: StreamControl
-    ) -> Generator[Token, None, FinishReason]:
-        self._ensure()
-        out: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=PUMP_AHEAD)
-        reader_gone = threading.Event()
-
-        def put(item: tuple[int, Any]) -> bool:
-            while not reader_gone.is_set():
-                try:
-                    out.put(item, timeout=_POLL)
-                    return True
-                except queue.Full:
-                    # Nobody reads and the call is cancelled: end it here.
-                    # The queue is full, so a returning reader meets a
-                    # token first, sees the cancel and stops there.
-                    if control.stop_requested():
-                        return False
-            return False
-
-        def job() -> None:
-            if reader_gone.is_set():
-                return  # cancelled while it waited for the thread
-            gen = producer(control)
-            try:
-                while put((0, next(gen))):
-                    pass
-            except StopIteration as stop:
-                put((1, stop.value))
-            except BaseException as exc:
-                put((2, exc))
-            finally:
-                gen.close()
-
-        self._jobs.put(job)
-        try:
-            while True:
-                try:
-                    kind, value = out.get(timeout=_POLL)
-                except queue.Empty:
-                    # Waiting for the engine (a prefill, or calls queued
-                    # ahead of this one): a cancel or a deadline still counts.
-                    control.check()
-                    continue
-                if kind == 0:
-                    if control.stop_requested():
-                        control.check()
-                    yield value
-                elif kind == 1:
-                    return value  # type: ignore[no-any-return]
-                else:
-                    raise value
-        finally:
-            reader_gone.set()
-            control.cancel()
 
     def stop(self, timeout: float | None = 60.0) -> None:
         """End the thread once its queued calls have run, and wait for it."""

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from .errors import ModelLoadError
+from .values import is_int
 
 __all__ = [
+    "FILE_TYPES",
     "GGML_TYPES",
     "GGUF_MAGIC",
     "GGMLType",
@@ -129,6 +131,50 @@ def _types() -> dict[int, GGMLType]:
 #: GGML tensor type id -> its block layout (from ggml's type traits).
 GGML_TYPES: Final[Mapping[int, GGMLType]] = types.MappingProxyType(_types())
 
+#: ``general.file_type`` -> the file type as llama.cpp's quantiser names it,
+#: and the nominal bits per weight it is named for (``llama_ftype`` in
+#: llama.h; the gaps are types llama.cpp has removed).
+FILE_TYPES: Final[Mapping[int, tuple[str, int]]] = types.MappingProxyType(
+    {
+        0: ("F32", 32),
+        1: ("F16", 16),
+        2: ("Q4_0", 4),
+        3: ("Q4_1", 4),
+        7: ("Q8_0", 8),
+        8: ("Q5_0", 5),
+        9: ("Q5_1", 5),
+        10: ("Q2_K", 2),
+        11: ("Q3_K_S", 3),
+        12: ("Q3_K_M", 3),
+        13: ("Q3_K_L", 3),
+        14: ("Q4_K_S", 4),
+        15: ("Q4_K_M", 4),
+        16: ("Q5_K_S", 5),
+        17: ("Q5_K_M", 5),
+        18: ("Q6_K", 6),
+        19: ("IQ2_XXS", 2),
+        20: ("IQ2_XS", 2),
+        21: ("Q2_K_S", 2),
+        22: ("IQ3_XS", 3),
+        23: ("IQ3_XXS", 3),
+        24: ("IQ1_S", 1),
+        25: ("IQ4_NL", 4),
+        26: ("IQ3_S", 3),
+        27: ("IQ3_M", 3),
+        28: ("IQ2_S", 2),
+        29: ("IQ2_M", 2),
+        30: ("IQ4_XS", 4),
+        31: ("IQ1_M", 1),
+        32: ("BF16", 16),
+        36: ("TQ1_0", 1),
+        37: ("TQ2_0", 2),
+        38: ("MXFP4_MOE", 4),
+        39: ("NVFP4", 4),
+        40: ("Q1_0", 1),
+        41: ("Q2_0", 2),
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SkippedArray:
@@ -184,9 +230,7 @@ class TensorInfo:
 
 def _as_int(value: Any) -> int:
     """``value`` if it is a plain integer (not a bool), else 0."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return 0
+    return value if is_int(value) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,15 +340,39 @@ class GGUFHeader:
 
     @property
     def quantisation(self) -> tuple[str, int, int]:
-        """``(type name, bits, group size)`` of the dominant weight type.
+        """``(file type, bits, group size)``: the file's quantisation.
 
-        The dominant type is the one holding the most bytes among the weight
-        matrices (tensors of two or more dimensions, so that the 3-D expert
-        tensors of mixture-of-experts models count too); if there are none,
-        among all tensors. The group size is the block size of block-quantised
-        types (32 for ``Q4_0``, 256 for K-quants) and 0 for plain types.
-        ``("", 0, 0)`` when no tensor has a known type.
+        The file type is ``general.file_type`` as llama.cpp's quantiser names
+        it (``Q4_K_M``), with the nominal bits it is named for (4); a file
+        that does not say (or says what llama.cpp does not know) gets its
+        dominant weight type's name and bits instead. The group size is the
+        block size of the dominant weight type (32 for ``Q4_0``, 256 for
+        K-quants; 0 for plain types). ``("", 0, 0)`` when nothing is known.
+        How many bits a weight really costs, over every tensor, is
+        :attr:`bits_per_weight`.
         """
+        name, bits, group = self._dominant_type()
+        file_type = self.metadata.get("general.file_type")
+        if is_int(file_type):
+            known = FILE_TYPES.get(file_type)
+            if known is not None:
+                name, bits = known
+        return (name, bits, group)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """The bits the file spends per weight, over every tensor of a known
+        type (0.0 when none)."""
+        known = [t for t in self.tensors if t.ggml_type in GGML_TYPES]
+        weights = sum(t.n_elements for t in known)
+        return 8 * sum(t.n_bytes for t in known) / weights if weights else 0.0
+
+    def _dominant_type(self) -> tuple[str, int, int]:
+        """``(type name, bits, group size)`` of the dominant weight type: the
+        one holding the most bytes among the weight matrices (tensors of two
+        or more dimensions, so that the 3-D expert tensors of
+        mixture-of-experts models count too); if there are none, among all
+        tensors."""
         totals: dict[int, int] = {}
         for tensor in self.tensors:
             if len(tensor.shape) >= 2 and tensor.ggml_type in GGML_TYPES:
@@ -622,7 +690,7 @@ def _parse(r: _Reader, path: str, load_arrays: bool, max_items: int) -> GGUFHead
     alignment = GGUF_DEFAULT_ALIGNMENT
     if "general.alignment" in metadata:
         value = metadata["general.alignment"]
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             raise _Bad(f"general.alignment must be an integer, not {value!r}")
         if value <= 0 or value & (value - 1):
             raise _Bad(f"general.alignment {value} is not a power of two")

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .tool_calls import Tool, to_tool, tool_choice
+from .values import is_int, is_number
 
 __all__ = [
     "GENERATE_OPTIONS",
@@ -75,7 +76,7 @@ def _fail(option: str, value: object, must: str) -> ValueError:
 
 
 def _int(option: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise _fail(option, value, "an int")
     if value < minimum:
         raise _fail(option, value, f">= {minimum}")
@@ -83,7 +84,7 @@ def _int(option: str, value: object, *, minimum: int) -> int:
 
 
 def _float(option: str, value: object, *, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise _fail(option, value, "a number")
     number = float(value)
     if math.isnan(number) or number < low or number > high:

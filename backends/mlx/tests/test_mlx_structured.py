@@ -20,7 +20,7 @@ from inference.testing.structured import (
 
 
 def test_sampled_generations_validate(model: TextModel) -> None:
-    assert model.constraints == frozenset(KINDS)  # type: ignore[attr-defined]
+    assert model.capabilities.constraints == frozenset(KINDS)
     for result in (
         schema_validity(model, 5),
         regex_validity(model, 3),

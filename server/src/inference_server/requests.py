@@ -15,6 +15,7 @@ from typing import Any
 
 from inference import Message
 from inference.options import generate_config
+from inference.values import is_number
 
 __all__ = ["BadRequest", "Call", "ollama_call", "openai_call"]
 
@@ -93,7 +94,7 @@ def _unknown(body: Mapping[str, Any], known: set[str]) -> None:
 
 def _number(body: Mapping[str, Any], key: str) -> Any:
     value = body.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if value is not None and not is_number(value):
         raise BadRequest(f"{key} must be a number", key)
     return value
 

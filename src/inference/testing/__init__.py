@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
-from .models import requantise, smollm2_path
+from .models import backend_fixtures, requantise, requires, smollm2_path
 from .threads import together, wait_for
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "FakeBackend",
     "FakeModel",
     "TextModelConformance",
+    "backend_fixtures",
     "requantise",
+    "requires",
     "run_conformance",
     "smollm2_path",
     "together",

@@ -16,7 +16,10 @@ Or run every check with one call, from any test runner::
 
 One model is loaded per class and closed at the end (the close checks load a
 fresh one). The checks ask for few tokens, so a slow engine on a CPU still
-runs them in seconds. Class attributes tune them for your backend.
+runs them in seconds. What each check expects comes from the model's own
+``capabilities``: what it states it does must work, and what it does not
+must be refused with :class:`~inference.UnsupportedOptionError` before the
+first token. Class attributes tune only the prompts, lengths and tolerances.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..capabilities import Capabilities
 from ..constraints import KINDS
 from ..errors import (
     Cancelled,
@@ -59,26 +63,9 @@ class TextModelConformance:
     max_tokens: ClassVar[int] = 6
     #: Threads in the concurrency check.
     threads: ClassVar[int] = 8
-    #: Whether classify(return_logits=True) must give logits.
-    supports_logits: ClassVar[bool] = True
-    #: Whether a seed makes sampling at temperature > 0 repeatable.
-    supports_seed: ClassVar[bool] = True
-    #: Whether Token.id is a real id (remote backends may report -1).
-    real_token_ids: ClassVar[bool] = True
-    #: Whether streamed tokens carry log-probabilities under ``logprobs=k``
-    #: (when False, asking must fail before the first token).
-    supports_logprobs: ClassVar[bool] = True
-    #: Whether a model that is a Scorer can score here (when False, scoring
-    #: must be refused with InferenceError, and leave the model usable).
-    supports_scoring: ClassVar[bool] = True
     #: How far ``score()`` may be from the streamed log-probabilities of the
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
-    #: Whether ``chat(tools=..., tool_choice="required")`` must give a call
-    #: (True wherever the model accepts a ``grammar`` constraint, or the
-    #: remote server takes tools).
-    supports_tools: ClassVar[bool] = False
-
     _model: ClassVar[TextModel | None] = None
 
     @classmethod
@@ -103,6 +90,22 @@ class TextModelConformance:
             cls._model = cls.make_model()
         return cls._model
 
+    @property
+    def caps(self) -> Capabilities:
+        return self.model.capabilities
+
+    def _refused(self, option: str, call: Callable[[], object]) -> None:
+        """``call`` must raise UnsupportedOptionError naming ``option``
+        before any token, and leave the model usable."""
+        try:
+            call()
+        except UnsupportedOptionError as exc:
+            assert exc.option == option, (exc.option, option)
+            assert exc.backend, "the refusal names no backend"
+        else:
+            raise AssertionError(f"{option}= is not in the capabilities, so it must be refused")
+        assert self._greedy(self.prompt, 1)  # still usable
+
     def _greedy(self, prompt: str | None = None, n: int | None = None) -> list[Token]:
         stream = self.model.generate(prompt or self.prompt, max_tokens=n or self.max_tokens)
         return list(stream)
@@ -122,7 +125,7 @@ class TextModelConformance:
         for tok in tokens:
             assert isinstance(tok, Token)
             assert isinstance(tok.id, int) and isinstance(tok.text, str)
-            if self.real_token_ids:
+            if self.caps.token_ids:
                 assert tok.id >= 0
         assert "".join(t.text for t in tokens).strip(), "the stream produced no text"
         assert stream.finish_reason in ("stop", "length")
@@ -161,8 +164,22 @@ class TextModelConformance:
                 assert stream.metrics is not None
                 assert stream.metrics.generated_tokens == n
 
+    def test_capabilities_are_data(self) -> None:
+        caps = self.caps
+        assert isinstance(caps, Capabilities)
+        assert caps is self.model.capabilities  # fixed at load
+        assert caps.generate
+        assert caps.constraints <= set(KINDS)
+        assert caps.parallel_streams >= 1
+        assert caps.context_length == self.model.info.context_length
+        assert caps.top_logprobs >= (1 if caps.logprobs else 0)
+        assert isinstance(self.model, Scorer) == caps.scoring
+        assert json.loads(json.dumps(caps.as_dict()))["constraints"] == [
+            k for k in KINDS if k in caps.constraints
+        ]
+
     def test_seed_repeats_sampling(self) -> None:
-        if not self.supports_seed:
+        if not self.caps.seeded_sampling:
             return
         a = self.model.generate(
             self.prompt, max_tokens=self.max_tokens, temperature=1.0, seed=7
@@ -220,10 +237,13 @@ class TextModelConformance:
             first = self._greedy(prompt, 1)
             if first:
                 assert res.token.id == first[0].id
-                assert res.token.text == first[0].text or not self.real_token_ids
+                assert res.token.text == first[0].text or not self.caps.token_ids
 
     def test_classify_logits(self) -> None:
-        if not self.supports_logits:
+        if not self.caps.logits:
+            self._refused(
+                "return_logits", lambda: self.model.classify([self.prompt], return_logits=True)
+            )
             return
         (res,) = self.model.classify([self.prompt], return_logits=True)
         assert res.logits is not None
@@ -247,13 +267,13 @@ class TextModelConformance:
         assert results[0].text == results[2].text
 
     def test_batch_of_one_or_with_logprobs_equals_generate(self) -> None:
-        """A batch of one prompt, or one asking for log-probabilities, runs
-        its prompts one by one inside the batch call: the same tokens."""
+        """A batch of one prompt, or one asking for log-probabilities, gives
+        each prompt what a stream of it gives."""
         alone = [t.text for t in self._greedy(self.prompt)]
         (one,) = self.model.batch_generate([self.prompt], max_tokens=self.max_tokens)
         assert one.err is None, one.err
         assert [t.text for t in one.tokens] == alone
-        if self.supports_logprobs:
+        if self.caps.logprobs:
             first, second = self.model.batch_generate(
                 [self.prompt, self.other_prompt], max_tokens=self.max_tokens, logprobs=2
             )
@@ -404,7 +424,7 @@ class TextModelConformance:
 
         def call(i: int) -> str:
             options: dict[str, Any] = {"max_tokens": 3 + i % 4}
-            if self.supports_seed and i % 2:
+            if self.caps.seeded_sampling and i % 2:
                 options.update(temperature=0.8, seed=100 + i)
             if i % 3 == 2:
                 options["stop"] = ["\n"]
@@ -467,13 +487,13 @@ class TextModelConformance:
             assert tok == Token(tok.id, tok.text)
 
     def test_logprobs_option(self) -> None:
-        if not self.supports_logprobs:
-            try:
-                stream = self.model.generate(self.prompt, max_tokens=2, logprobs=2)
-                list(stream)
-            except InferenceError:
-                return
-            raise AssertionError("logprobs= must fail before the first token where unsupported")
+        if not self.caps.logprobs:
+            self._refused("logprobs", lambda: self.model.generate(self.prompt, logprobs=2))
+            self._refused("logprobs", lambda: self.model.batch_generate([self.prompt], logprobs=0))
+            return
+        if self.caps.top_logprobs < 20:
+            too_many = self.caps.top_logprobs + 1
+            self._refused("logprobs", lambda: self.model.generate(self.prompt, logprobs=too_many))
         tokens = list(self.model.generate(self.prompt, max_tokens=self.max_tokens, logprobs=3))
         assert tokens
         greedy = self._greedy(self.prompt)
@@ -485,34 +505,22 @@ class TextModelConformance:
             assert values == sorted(values, reverse=True)
             # Greedy picks the most likely token, which is the first alternative.
             assert abs(values[0] - tok.logprob) <= self.logprob_tolerance
-            if self.real_token_ids:
+            if self.caps.token_ids:
                 assert tok.top_logprobs[0].id == tok.id
         (zero,) = list(self.model.generate(self.prompt, max_tokens=1, logprobs=0))
         assert zero.logprob is not None and zero.top_logprobs == ()
 
     def test_scorer_capability(self) -> None:
         model = self.model
+        assert isinstance(model, Scorer) == self.caps.scoring
         if not isinstance(model, Scorer):
-            return
-        if not self.supports_scoring:
-            for call in (
-                lambda: model.score(self.prompt, " four"),
-                lambda: model.score_batch([(self.prompt, " four")]),
-                lambda: model.score_rolling(self.prompt),
-            ):
-                try:
-                    call()
-                except InferenceError:
-                    continue
-                raise AssertionError("scoring must be refused where unsupported")
-            assert self._greedy(self.prompt, 1)  # still usable
             return
         tokens = list(self.model.generate(self.prompt, max_tokens=self.max_tokens, logprobs=0))
         text = "".join(t.text for t in tokens)
         result = model.score(self.prompt, text)
         assert result.is_greedy
         assert abs(result.total - sum(r for r in result.logprobs)) < 1e-9
-        if self.supports_logprobs and len(result.logprobs) == len(tokens):
+        if self.caps.logprobs and len(result.logprobs) == len(tokens):
             streamed = sum(t.logprob or 0.0 for t in tokens)
             assert abs(result.total - streamed) <= self.logprob_tolerance * len(tokens)
         wrong = model.score(self.prompt, " zebra zebra")
@@ -540,18 +548,12 @@ class TextModelConformance:
     }
 
     def test_constraints_capability(self) -> None:
-        accepted: frozenset[str] = getattr(self.model, "constraints", frozenset())
-        assert isinstance(accepted, frozenset) and accepted <= set(KINDS)
+        accepted = self.caps.constraints
         messages = [Message("user", "Answer with three digits, or yes or no, or JSON.")]
         for kind, (value, pattern) in self._CONSTRAINTS.items():
             if kind not in accepted:
-                got: list[Token] = []
-                try:
-                    got.extend(self.model.chat(messages, max_tokens=4, **{kind: value}))
-                except UnsupportedOptionError as exc:
-                    assert exc.option == kind and not got
-                    continue
-                raise AssertionError(f"{kind}= is not accepted, so the call must be refused")
+                self._refused(kind, functools.partial(self.model.chat, messages, **{kind: value}))
+                continue
             max_tokens = 48 if kind.startswith("json") else 8
             stream = self.model.chat(messages, max_tokens=max_tokens, **{kind: value})
             text = stream.text()
@@ -575,15 +577,19 @@ class TextModelConformance:
             },
         }
         ask = [Message("user", "What is the weather in Paris?")]
+        if not self.caps.tools:
+            self._refused(
+                "tool_choice",
+                lambda: self.model.chat(ask, tools=[weather], tool_choice="required"),
+            )
+            stream = self.model.chat(ask, tools=[weather], max_tokens=8)  # offered, not held
+            stream.text()
+            assert all(isinstance(c, ToolCall) for c in stream.tool_calls)
+            return
         stream = self.model.chat(ask, tools=[weather], tool_choice="required", max_tokens=48)
         assert stream.tool_calls == ()  # not before the end
         text = stream.text()
         calls: tuple[ToolCall, ...] = stream.tool_calls
-        accepted: frozenset[str] = getattr(self.model, "constraints", frozenset())
-        must = self.supports_tools or "grammar" in accepted
-        if not must:
-            assert all(isinstance(c, ToolCall) for c in calls)
-            return
         assert calls, f"tool_choice='required' gave no call (text {text!r})"
         call = calls[0]
         assert isinstance(call, ToolCall) and call.name == "get_weather" and call.id

@@ -37,7 +37,7 @@ from ..types import ModelInfo
 if TYPE_CHECKING:
     from ..gguf import GGUFHeader
 
-__all__ = ["EOS_ID", "FakeBackend", "FakeModel"]
+__all__ = ["EOS_ID", "ByteTokens", "FakeBackend", "FakeModel"]
 
 EOS_ID = 256
 VOCAB = 257
@@ -46,7 +46,21 @@ _LOG_Z = math.log(math.exp(_HIGH) + VOCAB - 1)
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog. Naïve café, 日本語. "
 
 
-class FakeModel(ScoringTextModel):
+class ByteTokens:
+    """A byte-level vocabulary for test models built on
+    :class:`~inference.BaseTextModel` (mix it in first): token id = byte
+    value; ids from 256 up have no text."""
+
+    def _encode(self, text: str, add_bos: bool) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        if 0 <= token_id < 256:
+            return bytes((token_id,))
+        return b""
+
+
+class FakeModel(ByteTokens, ScoringTextModel):
     """The fake backend's model. See the module docstring."""
 
     backend_name = "fake"
@@ -80,14 +94,6 @@ class FakeModel(ScoringTextModel):
         self.calls = 0
         self.released = False
         self._expected = EOS_ID  # the most likely token at the step just yielded
-
-    def _encode(self, text: str, add_bos: bool) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def _token_bytes(self, token_id: int) -> bytes:
-        if 0 <= token_id < 256:
-            return bytes((token_id,))
-        return b""
 
     def _reply_bytes(self, ids: Sequence[int]) -> bytes:
         reply = self._reply
@@ -160,21 +166,6 @@ class FakeModel(ScoringTextModel):
                 logits[tid] = 10.0
             out.append((tid, logits))
         return out
-
-    def _generate_batch(
-        self,
-        batch: Sequence[Sequence[int]],
-        cfg: GenerateConfig,
-        control: StreamControl,
-        finished: set[int],
-    ) -> Iterator[tuple[int, int]]:
-        engines = [self._generate_ids(ids, cfg, control) for ids in batch]
-        while len(finished) < len(engines):
-            for i, engine in enumerate(engines):
-                if i in finished:
-                    continue
-                tid = next(engine, EOS_ID)
-                yield i, tid
 
     def _memory(self) -> tuple[int | None, int | None]:
         return 1024, 2048

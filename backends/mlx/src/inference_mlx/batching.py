@@ -22,43 +22,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from inference import batching
+from inference.engine_thread import EngineThread
 from inference.options import GenerateConfig
 
-if TYPE_CHECKING:
-    from .engine import MlxModel
+from .prompt_cache import PromptCache
+from .sampling import logprobs_of, masker, sampling
 
-__all__ = ["Scheduler", "SeqState", "keyed_sampler"]
-
-
-def keyed_sampler(cfg: GenerateConfig, top_k: int) -> Callable[[Any], Any]:
-    """mlx-lm's sampling chain for ``cfg`` (top-p, min-p, top-k, then a
-    draw at the temperature), drawing from its own key seeded with
-    ``cfg.seed``, so that a seeded sequence draws the same tokens alone and
-    in a batch."""
-    import mlx.core as mx
-    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
-
-    filters: list[Callable[[Any], Any]] = []
-    if 0 < cfg.top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, cfg.top_p))
-    if cfg.min_p != 0.0:
-        filters.append(lambda x: apply_min_p(x, cfg.min_p, 1))
-    if top_k > 0:
-        filters.append(lambda x: apply_top_k(x, top_k))
-    key = [mx.random.key(cfg.seed or 0)]
-    scale = 1.0 / cfg.temperature
-
-    def sample(logprobs: Any) -> Any:
-        for f in filters:
-            logprobs = f(logprobs)
-        keys = mx.random.split(key[0])
-        key[0] = keys[0]
-        return mx.random.categorical(logprobs * scale, key=keys[1])
-
-    return sample
+__all__ = ["Scheduler", "SeqState"]
 
 
 class SeqState:
@@ -79,14 +52,27 @@ def _state(seq: batching.Sequence) -> SeqState:
 
 
 class Scheduler(batching.Scheduler):
-    """The streams of one :class:`~inference_mlx.engine.MlxModel`, in one
-    ``BatchGenerator`` run on its engine thread."""
+    """The streams of one MLX model, in one ``BatchGenerator`` run on its
+    engine thread. Its collaborators: ``model`` gives the live ``nn.Module``
+    (raising once the model is closed), ``stream`` the MLX stream to run on,
+    ``cache`` the prompt cache that finished sequences leave behind."""
 
-    def __init__(self, model: MlxModel, *, width: int, prefill_step_size: int) -> None:
-        engine = model._engine
-        assert engine is not None
+    def __init__(
+        self,
+        *,
+        engine: EngineThread,
+        model: Callable[[], Any],
+        stream: Callable[[], Any],
+        cache: PromptCache,
+        vocab_size: int,
+        width: int,
+        prefill_step_size: int,
+    ) -> None:
         super().__init__(name="inference-mlx", engine=engine)
         self._model = model
+        self._stream = stream
+        self._cache = cache
+        self._vocab_size = vocab_size
         self._width = width
         self._prefill_step_size = prefill_step_size
         self._gen: Any = None
@@ -103,11 +89,11 @@ class Scheduler(batching.Scheduler):
             from mlx_lm.generate import BatchGenerator
 
             self._gen = BatchGenerator(
-                self._model._live(),
+                self._model(),
                 completion_batch_size=self._width,
                 prefill_batch_size=self._width,
                 prefill_step_size=self._prefill_step_size,
-                stream=self._model._stream_for_engine(),
+                stream=self._stream(),
             )
         return self._gen
 
@@ -119,12 +105,9 @@ class Scheduler(batching.Scheduler):
         if len(self._running) >= self._width:
             return False
         state = _state(seq)
-        model = self._model
-        sampler, processors = model._sampling(state.cfg)
+        sampler, processors = sampling(state.cfg, self._vocab_size)
         if seq.control.guide is not None:
-            from .engine import _masker
-
-            processors = [*processors, _masker(seq.control.guide)]
+            processors = [*processors, masker(seq.control.guide)]
         if seq.logprobs is not None and processors:
             raw = state.raw
 
@@ -133,7 +116,7 @@ class Scheduler(batching.Scheduler):
                 return logits
 
             processors = [capture, *processors]
-        cache, reused = model._reuse_cache(model._live(), seq.prompt, state.cfg)
+        cache, reused = self._cache.take(self._model(), seq.prompt, state.cfg)
         gen = self._generator()
         (state.uid,) = gen.insert(
             [seq.prompt[reused:]],
@@ -158,13 +141,13 @@ class Scheduler(batching.Scheduler):
             if r.finish_reason is not None:
                 state.removed = True
                 del self._by_uid[r.uid]
-                self._model._keep_cache(r.prompt_cache, list(r.all_tokens))
+                self._cache.keep(r.prompt_cache, list(r.all_tokens))
             if seq.halted:
                 continue
             lp = None
             if seq.logprobs is not None:
                 logits = state.raw.popleft() if state.raw else None
-                lp = self._model._logprobs_of(int(r.token), seq.logprobs, logits, r.logprobs)
+                lp = logprobs_of(int(r.token), seq.logprobs, logits, r.logprobs)
             if not seq.give(int(r.token), lp) and r.finish_reason is not None:
                 seq.end()
 
@@ -177,7 +160,7 @@ class Scheduler(batching.Scheduler):
         caches = self._gen.remove([state.uid], return_prompt_caches=keep)
         if keep and state.uid in caches:
             cache, tokens = caches[state.uid]
-            self._model._keep_cache(cache, list(tokens))
+            self._cache.keep(cache, list(tokens))
 
     def _cancelled(self, seq: batching.Sequence) -> None:
         self._remove(seq, keep=False)

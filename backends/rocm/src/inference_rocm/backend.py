@@ -92,4 +92,4 @@ class RocmBackend:
         check_fits(need, found.chosen, path=text)
         from .engine import RocmModel
 
-        return RocmModel.open(text, cfg, header=header, detection=found, sys_root=self._sys_root)
+        return RocmModel(text, cfg, header=header, detection=found, sys_root=self._sys_root)

@@ -6,9 +6,8 @@ this adds the device choice and VRAM figures from sysfs for ``metrics``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import llama_cpp as lc
 from inference_llamacpp.engine import LlamaCppModel
 
 from inference.gguf import GGUFHeader
@@ -24,35 +23,21 @@ class RocmModel(LlamaCppModel):
 
     backend_name: ClassVar[str] = "rocm"
 
-    @classmethod
-    def open(
-        cls,
+    def __init__(
+        self,
         path: str,
         cfg: LoadConfig,
         *,
         header: GGUFHeader,
         detection: Detection,
         sys_root: str = "/sys",
-    ) -> RocmModel:
-        model = cls.__new__(cls)
-        model._gpu = detection.chosen
-        model._main_gpu = detection.main_gpu
-        model._sys_root = sys_root
-        model._peak_vram = 0
-        LlamaCppModel.__init__(model, path, header, cfg)
-        return model
-
-    _gpu: AmdGpu | None
-    _main_gpu: int | None
-    _sys_root: str
-    _peak_vram: int
-
-    def _model_params(self, params: Any, cfg: LoadConfig) -> None:
-        # No visibility variable set: put the whole model on the chosen GPU
-        # (an APU's iGPU may enumerate first). Set: leave the user's choice.
-        if self._main_gpu is not None and lc.llama_supports_gpu_offload():
-            params.split_mode = lc.LLAMA_SPLIT_MODE_NONE
-            params.main_gpu = self._main_gpu
+    ) -> None:
+        self._gpu: AmdGpu | None = detection.chosen
+        self._sys_root = sys_root
+        self._peak_vram = 0
+        # No visibility variable set: the whole model on the chosen GPU (an
+        # APU's iGPU may enumerate first). Set: the user's choice stands.
+        super().__init__(path, header, cfg, main_gpu=detection.main_gpu)
 
     def _memory(self) -> tuple[int | None, int | None]:
         """Active and peak VRAM of the GPU, from sysfs."""

@@ -55,10 +55,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from inference.errors import ModelLoadError
+from inference.values import whole_number
 
 from .detect import AmdGpu
 
@@ -142,16 +143,6 @@ class MemoryEstimate:
     """Kept so :func:`check_fits` can work out settings that fit."""
 
 
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class _Model:
     """The numbers of a header that the estimate needs, extracted once."""
@@ -192,11 +183,11 @@ class _Model:
                 vocab_from_shape = vocab_from_shape or _last_dim(t)
         if output_weight is None:
             output += token_embd  # tied embeddings: llama.cpp duplicates token_embd
-        n_layer = _as_int(header.block_count) or (max(by_block) + 1 if by_block else 0)
+        n_layer = whole_number(header.block_count) or (max(by_block) + 1 if by_block else 0)
         blocks = tuple(by_block.get(i, 0) for i in range(n_layer))
 
-        embedding = _as_int(header.embedding_length) or 0
-        heads = _as_int(header.head_count) or 0
+        embedding = whole_number(header.embedding_length) or 0
+        heads = whole_number(header.head_count) or 0
         if n_layer <= 0 or embedding <= 0 or heads <= 0:
             raise ValueError(
                 "the GGUF header lacks block_count, embedding_length or head_count; "
@@ -209,22 +200,22 @@ class _Model:
         kv_heads = _per_layer(
             meta.get(f"{arch}.attention.head_count_kv"),
             n_layer,
-            _as_int(header.head_count_kv) or heads,
+            whole_number(header.head_count_kv) or heads,
         )
         head_dim = embedding // heads
-        key_length = _as_int(meta.get(f"{arch}.attention.key_length")) or head_dim
-        value_length = _as_int(meta.get(f"{arch}.attention.value_length")) or head_dim
+        key_length = whole_number(meta.get(f"{arch}.attention.key_length")) or head_dim
+        value_length = whole_number(meta.get(f"{arch}.attention.value_length")) or head_dim
         return cls(
             blocks=blocks,
             output=output,
             total=sum(t.n_bytes for t in tensors),
-            trained_context=_as_int(header.context_length) or 0,
+            trained_context=whole_number(header.context_length) or 0,
             embedding=embedding,
             heads=heads,
             kv_heads=kv_heads,
             key_length=key_length,
             value_length=value_length,
-            vocab=_as_int(header.vocab_size) or vocab_from_shape,
+            vocab=whole_number(header.vocab_size) or vocab_from_shape,
         )
 
     @property
@@ -284,11 +275,11 @@ def _last_dim(tensor: TensorLike) -> int:
 
 def _per_layer(value: object, n_layer: int, default: int) -> tuple[int, ...]:
     """``head_count_kv`` as one value per block (some models give an array)."""
-    single = _as_int(value)
+    single = whole_number(value)
     if single is not None:
         return (single or default,) * n_layer
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        values = [_as_int(v) for v in value]
+        values = [whole_number(v) for v in value]
         if len(values) == n_layer and all(v is not None for v in values):
             return tuple(v or 0 for v in values)
     return (default,) * n_layer
@@ -323,23 +314,7 @@ def estimate(
     if context <= 0:
         raise ValueError("the model does not state its context_length; pass context_len")
     est = model.estimate(context, gpu_layers, parallel_slots, kv_bytes_per_element)
-    return _with_header(est, header)
-
-
-def _with_header(est: MemoryEstimate, header: HeaderLike) -> MemoryEstimate:
-    return MemoryEstimate(
-        weights_bytes=est.weights_bytes,
-        offloaded_weights_bytes=est.offloaded_weights_bytes,
-        kv_cache_bytes=est.kv_cache_bytes,
-        compute_bytes=est.compute_bytes,
-        total_bytes=est.total_bytes,
-        layers=est.layers,
-        offloaded_layers=est.offloaded_layers,
-        context_len=est.context_len,
-        parallel_slots=est.parallel_slots,
-        kv_bytes_per_element=est.kv_bytes_per_element,
-        header=header,
-    )
+    return replace(est, header=header)
 
 
 def _fitting_context(model: _Model, est: MemoryEstimate, free: int) -> int | None:

@@ -47,14 +47,28 @@ its fragment settings), ``dialects`` (what each kind of server understands),
 ``transport`` (the keep-alive pool, the watchdog, HTTP failures),
 ``retries`` (when to try again, and how long to wait), ``sse`` and ``wire``
 (the event stream and the completion chunks in it), ``model`` (the
-TextModel) and ``backend`` (the backend object, connecting, choosing the
-model).
+TextModel), ``connect`` (connecting, choosing the model) and ``backend``
+(the backend object, cheap to import).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .backend import OpenAIBackend
 from .dialects import SERVER_KINDS
-from .model import OpenAIModel
+
+if TYPE_CHECKING:
+    from .model import OpenAIModel
 
 __all__ = ["SERVER_KINDS", "OpenAIBackend", "OpenAIModel"]
+
+
+def __getattr__(name: str) -> Any:
+    # The model (and the HTTP client under it) is imported when first used,
+    # so that listing backends imports only the backend object.
+    if name == "OpenAIModel":
+        from .model import OpenAIModel
+
+        return OpenAIModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

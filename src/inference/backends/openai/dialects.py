@@ -7,9 +7,12 @@ ids. :data:`SERVER_ALIASES` maps what ``server=`` may say to a dialect.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ...options import GenerateConfig
 
 __all__ = ["DIALECTS", "SERVER_ALIASES", "SERVER_KINDS", "Dialect", "StopIds", "TokenIds"]
 
@@ -64,6 +67,68 @@ class Dialect:
     #: Whether the server passes ``chat_template_kwargs`` to the template
     #: (``enable_thinking`` and ``template_vars``).
     template_kwargs: bool = False
+
+    def request_fields(
+        self, cfg: GenerateConfig, *, chat: bool, ignored: Callable[[str], None]
+    ) -> dict[str, Any]:
+        """The fields of a streamed request for ``cfg``, named as this server
+        wants them; ``ignored(option)`` is told of each option set that the
+        server would ignore. What the server cannot honour at all was refused
+        before (the model's capabilities)."""
+        from ...constraints import constraint_of
+        from .structured import constraint_fields
+
+        body: dict[str, Any] = {
+            "stream": True,
+            "max_tokens": cfg.max_tokens,
+            "temperature": cfg.temperature,
+        }
+        if 0.0 < cfg.top_p < 1.0:
+            body["top_p"] = cfg.top_p
+        elif self.top_p_off is not None:
+            body["top_p"] = self.top_p_off
+        if self.top_k is not None:
+            field, off = self.top_k
+            if cfg.top_k > 0:
+                body[field] = cfg.top_k
+            elif self.send_off:
+                body[field] = off
+        elif cfg.top_k > 0:
+            ignored("top_k")
+        if self.min_p:
+            if cfg.min_p > 0.0 or self.send_off:
+                body["min_p"] = cfg.min_p
+        elif cfg.min_p > 0.0:
+            ignored("min_p")
+        names = self.repeat_penalty if (self.repeat_on_chat or not chat) else ()
+        if names:
+            if cfg.repeat_penalty != 1.0 or self.send_off:
+                for name in names:
+                    body[name] = cfg.repeat_penalty
+        elif cfg.repeat_penalty != 1.0:
+            ignored("repeat_penalty")
+        if cfg.seed is not None:
+            body["seed"] = cfg.seed
+        if cfg.stop:
+            body["stop"] = list(cfg.stop[: self.max_stop] if self.max_stop else cfg.stop)
+        if cfg.stop_tokens and self.stop_ids == "native":
+            body["stop_token_ids"] = list(cfg.stop_tokens)
+        if self.token_ids == "n_probs":
+            # llama-server takes n_probs over logprobs when both are sent.
+            body["n_probs"] = max(1, cfg.logprobs or 0)
+        elif self.token_ids == "token_ids":
+            body["return_token_ids"] = True
+        if cfg.logprobs is not None:
+            if chat:
+                body["logprobs"] = True
+                body["top_logprobs"] = cfg.logprobs
+            else:
+                body["logprobs"] = cfg.logprobs
+        constraint = constraint_of(cfg)
+        if constraint is not None:
+            body.update(constraint_fields(self, constraint))
+        body["stream_options"] = {"include_usage": True}
+        return body
 
 
 _VLLM = Dialect(

@@ -13,22 +13,22 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    import http.client
+    pass
 
-from ...base import drain
-from ...constraints import check_supported, constraint_of
+from ...base import ModelState, drain_many, map_concurrently
+from ...capabilities import Capabilities
 from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
-from ...options import GenerateConfig
+from ...options import MAX_TOP_LOGPROBS, GenerateConfig
 from ...reply import ReplySplitter, plan_chat, split_reply
 from ...scoring import ScoringState
-from ...stream import StreamControl, TokenStream
+from ...stream import Producer, StreamControl, TokenStream
 from ...tool_calls import ANY_FORMAT, FORMATS
 from ...types import (
     BatchResult,
@@ -41,8 +41,9 @@ from ...types import (
     Token,
     TokenLogprob,
 )
+from ...values import is_int
 from .dialects import Dialect
-from .retries import backoff, pause
+from .retries import Retry
 from .scoring import echo_body, echo_tokens, rolling_from_echo, score_from_echo, split_context
 from .sse import SSEError, SSEParser
 from .structured import (
@@ -52,10 +53,10 @@ from .structured import (
     generic_call_constraint,
     tool_choice_field,
 )
-from .transport import MAX_JSON_BODY, READ_SIZE, WATCHDOG, Client, Failure, error_text
-from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text, is_int
+from .transport import MAX_JSON_BODY, READ_SIZE, Client, Failure, Response, error_text
+from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text
 
-__all__ = ["OpenAIModel"]
+__all__ = ["OpenAIModel", "ScoringOpenAIModel"]
 
 _log = logging.getLogger(__name__)
 _perf = time.perf_counter
@@ -63,11 +64,12 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class OpenAIModel(ScoringState):
+class OpenAIModel(ModelState):
     """A model served by a remote OpenAI-compatible server.
 
-    Implements :class:`~inference.TextModel` and :class:`~inference.Scorer`
-    (scoring only where the server can: :mod:`.scoring`). Calls from many threads are
+    Implements :class:`~inference.TextModel`; where the server can score
+    (:mod:`.scoring`), the model is a :class:`ScoringOpenAIModel`, also a
+    :class:`~inference.Scorer`. Calls from many threads are
     safe and run concurrently: each uses its own connection, and the server
     schedules them. ``batch_generate`` and ``classify`` send up to
     ``parallel_slots`` requests at once.
@@ -115,14 +117,28 @@ class OpenAIModel(ScoringState):
         """Requests that ``batch_generate`` and ``classify`` send at once."""
         return self._slots
 
-    @property
-    def constraints(self) -> frozenset[str]:
-        """The structured-output options this server can enforce (by its kind)."""
-        return ACCEPTS.get(self._dialect.structured, frozenset())
-
-    def _check_options(self, cfg: GenerateConfig) -> None:
+    def _capabilities(self) -> Capabilities:
+        """What this kind of server does on its OpenAI endpoints."""
         d = self._dialect
-        check_supported(cfg, self.constraints, d.name, label=f"{self._url} ({d.label})")
+        kinds = ACCEPTS.get(d.structured, frozenset())
+        return Capabilities(
+            logprobs=d.logprobs,
+            top_logprobs=MAX_TOP_LOGPROBS if d.logprobs else 0,
+            scoring=not d.no_scoring,
+            constraints=kinds,
+            # Tools go natively, or in the generic format held to a call by
+            # the server's JSON-schema field.
+            tools=self._native_tools or "json_schema" in kinds,
+            reasoning=d.template_kwargs,
+            seeded_sampling=True,
+            token_ids=bool(d.token_ids),
+            stop_tokens=bool(d.stop_ids),
+            parallel_streams=self._slots,
+            context_length=self._info.context_length,
+        )
+
+    def _refusal_names(self) -> tuple[str, str]:
+        return self._dialect.name, f"{self._url} ({self._dialect.label})"
 
     # -- the seams behind ModelState's front door ---------------------------------
 
@@ -162,11 +178,6 @@ class OpenAIModel(ScoringState):
         return self._stream("/chat/completions", body, cfg, None, splitter)
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
-        if cfg.return_logits:
-            raise GenerationError(
-                f"{self._url}: the openai backend cannot return logits: "
-                "OpenAI-compatible servers report at most a few log-probabilities per token"
-            )
         one = replace(cfg, max_tokens=1)
         results = self._many(prompts, one)
         for i, res in enumerate(results):
@@ -224,71 +235,9 @@ class OpenAIModel(ScoringState):
             )
 
     def _body(self, cfg: GenerateConfig, *, chat: bool) -> dict[str, Any]:
-        """The sampling fields of a request, named as this server wants them."""
-        d = self._dialect
-        if cfg.logprobs is not None and not d.logprobs:
-            raise GenerationError(
-                f"{self._url}: {d.label} does not report log-probabilities on its "
-                "OpenAI endpoints, so logprobs= cannot be honoured"
-            )
-        body: dict[str, Any] = {
-            "model": self._name,
-            "stream": True,
-            "max_tokens": cfg.max_tokens,
-            "temperature": cfg.temperature,
-        }
-        if 0.0 < cfg.top_p < 1.0:
-            body["top_p"] = cfg.top_p
-        elif d.top_p_off is not None:
-            body["top_p"] = d.top_p_off
-        if d.top_k is not None:
-            field, off = d.top_k
-            if cfg.top_k > 0:
-                body[field] = cfg.top_k
-            elif d.send_off:
-                body[field] = off
-        elif cfg.top_k > 0:
-            self._ignored("top_k")
-        if d.min_p:
-            if cfg.min_p > 0.0 or d.send_off:
-                body["min_p"] = cfg.min_p
-        elif cfg.min_p > 0.0:
-            self._ignored("min_p")
-        names = d.repeat_penalty if (d.repeat_on_chat or not chat) else ()
-        if names:
-            if cfg.repeat_penalty != 1.0 or d.send_off:
-                for name in names:
-                    body[name] = cfg.repeat_penalty
-        elif cfg.repeat_penalty != 1.0:
-            self._ignored("repeat_penalty")
-        if cfg.seed is not None:
-            body["seed"] = cfg.seed
-        if cfg.stop:
-            body["stop"] = list(cfg.stop[: d.max_stop] if d.max_stop else cfg.stop)
-        if cfg.stop_tokens:
-            if d.stop_ids == "native":
-                body["stop_token_ids"] = list(cfg.stop_tokens)
-            elif d.stop_ids != "client":
-                raise GenerationError(
-                    f"{self._url}: {d.label} can neither stop on token ids nor report them, "
-                    "so stop_tokens cannot be honoured; use stop strings (with_stop) instead"
-                )
-        if d.token_ids == "n_probs":
-            # llama-server takes n_probs over logprobs when both are sent.
-            body["n_probs"] = max(1, cfg.logprobs or 0)
-        elif d.token_ids == "token_ids":
-            body["return_token_ids"] = True
-        if cfg.logprobs is not None:
-            if chat:
-                body["logprobs"] = True
-                body["top_logprobs"] = cfg.logprobs
-            else:
-                body["logprobs"] = cfg.logprobs
-        constraint = constraint_of(cfg)
-        if constraint is not None:
-            body.update(constraint_fields(d, constraint))
-        body["stream_options"] = {"include_usage": True}
-        return body
+        """A request's fields for ``cfg``, as this server names them."""
+        body = self._dialect.request_fields(cfg, chat=chat, ignored=self._ignored)
+        return {"model": self._name, **body}
 
     def _stream(
         self,
@@ -356,7 +305,7 @@ class OpenAIModel(ScoringState):
         plain = TextAssembler(cfg.stop)
         asm = LogprobAssembler(plain, cfg.logprobs) if cfg.logprobs is not None else plain
         payload = json.dumps(body).encode("utf-8")
-        attempt = 0
+        retry = Retry(self._client.settings.retries, control, f"{self._url}{suffix}")
         while True:
             control.check()
             try:
@@ -369,19 +318,10 @@ class OpenAIModel(ScoringState):
                         f"{self._url}: {exc.message} after {state.received} chunks of output; "
                         "not tried again because the stream had started"
                     ) from None
-                if not exc.retriable or attempt >= self._client.settings.retries:
-                    tries = f" (gave up after {attempt + 1} attempts)" if attempt else ""
-                    raise GenerationError(f"{self._url}: {exc.message}{tries}") from None
-                delay = backoff(attempt, exc.retry_after)
-                _log.info(
-                    "%s%s failed before its first token (%s); trying again in %.2f s",
-                    self._url,
-                    suffix,
-                    exc.message,
-                    delay,
-                )
-                attempt += 1
-                pause(delay, control)
+                try:
+                    retry.after(exc)  # before the first token: wait, and try again
+                except Failure as final:
+                    raise GenerationError(f"{self._url}: {final.message}") from None
 
     def _attempt(
         self,
@@ -393,31 +333,20 @@ class OpenAIModel(ScoringState):
         asm: TextAssembler | LogprobAssembler,
     ) -> Generator[Token, None, FinishReason]:
         client = self._client
-        conn, resp, key = client.open("POST", suffix, payload, control, stream=True)
-        reusable = False
-        try:
-            ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        with client.open("POST", suffix, payload, control, stream=True) as answer:
+            ctype = answer.content_type
             if ctype == "application/json":
                 # A server (or proxy) that ignored "stream": one whole answer.
-                data = client.read_body(resp, MAX_JSON_BODY)
-                chunk = self._decode(data.decode("utf-8", "replace"))
-                reusable = not resp.will_close
+                chunk = self._decode(answer.read_all(MAX_JSON_BODY).decode("utf-8", "replace"))
                 return (yield from self._whole(chunk, suffix, cfg, control, state, asm))
             if ctype and ctype != "text/event-stream":
-                snippet = client.scrub(resp.read(200).decode("utf-8", "replace"))
+                snippet = client.scrub(answer.read1(200).decode("utf-8", "replace"))
                 raise Failure(
                     f"the server answered with Content-Type {ctype!r}, not an event stream: "
                     f"{' '.join(snippet.split())!r}",
                     retriable=False,
                 )
-            reason, reusable = yield from self._events(conn, resp, suffix, cfg, control, state, asm)
-            return reason
-        finally:
-            WATCHDOG.unwatch(key)
-            if reusable and not self._closed:
-                client.release(conn)
-            else:
-                conn.close()
+            return (yield from self._events(answer, suffix, cfg, control, state, asm))
 
     def _decode(self, data: str) -> dict[str, Any]:
         try:
@@ -440,16 +369,15 @@ class OpenAIModel(ScoringState):
 
     def _events(
         self,
-        conn: http.client.HTTPConnection,
-        resp: http.client.HTTPResponse,
+        answer: Response,
         suffix: str,
         cfg: GenerateConfig,
         control: StreamControl,
         state: CallState,
         asm: TextAssembler | LogprobAssembler,
-    ) -> Generator[Token, None, tuple[FinishReason, bool]]:
-        """Read the event stream; return the finish reason and whether the
-        connection can be used again."""
+    ) -> Generator[Token, None, FinishReason]:
+        """Read the event stream; return the finish reason (the answer read
+        to its end where it can be)."""
         parser = SSEParser()
         chat = suffix.startswith("/chat")
         stop_ids = frozenset(cfg.stop_tokens)
@@ -458,11 +386,11 @@ class OpenAIModel(ScoringState):
         events_seen = 0
         while not done:
             try:
-                data = resp.read1(READ_SIZE)
-            except Exception as exc:
+                data = answer.read1(READ_SIZE)
+            except Failure:
                 if control.stop_requested():
                     control.check()
-                raise self._client.transport_failure(exc, before_answer=False) from None
+                raise
             if not data:
                 break
             try:
@@ -485,7 +413,7 @@ class OpenAIModel(ScoringState):
                     # A stop string, a stop token or max_tokens ended it here:
                     # closing the connection tells the server to stop.
                     state.end = _perf()
-                    return cut, False
+                    return cut
                 if got is not None:
                     finish = got
             if control.stop_requested():
@@ -506,7 +434,8 @@ class OpenAIModel(ScoringState):
             raise Failure(self._no_finish(state, done), retriable=False)
         if not asm.stopped:
             yield from asm.flush()
-        return finish, self._drained(conn, resp, done)
+        answer.finish(done)
+        return finish
 
     def _no_finish(self, state: CallState, done: bool) -> str:
         how = "sent [DONE]" if done else "ended the stream"
@@ -519,29 +448,6 @@ class OpenAIModel(ScoringState):
                 "--interrupt_requests False to serve concurrent requests)"
             )
         return f"the server {how} {where} without a finish reason{hint}"
-
-    def _drained(
-        self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, done: bool
-    ) -> bool:
-        """Read what is left of a finished response, so that its connection
-        can carry the next request; False if it cannot."""
-        if resp.will_close or conn.sock is None:
-            return False
-        if not done:
-            return resp.isclosed()
-        sock = conn.sock
-        try:
-            sock.settimeout(min(1.0, self._client.settings.read_timeout))
-            left = READ_SIZE
-            while left > 0:
-                data = resp.read1(left)
-                if not data:
-                    sock.settimeout(self._client.settings.read_timeout)
-                    return True
-                left -= len(data)
-        except Exception:
-            return False
-        return False
 
     def _chunk(
         self,
@@ -712,7 +618,25 @@ class OpenAIModel(ScoringState):
         count = doc.get("count") if isinstance(doc, dict) else None
         return count if is_int(count) and count > 0 else 0
 
-    # -- Scorer ------------------------------------------------------------------
+    # -- several prompts ----------------------------------------------------------
+
+    def _many(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
+        """Run one generation per prompt, ``parallel_slots`` at a time."""
+        body = self._body(cfg, chat=False)
+        start = _perf()
+
+        def producer(prompt: str) -> Producer:
+            fields = {**body, "prompt": prompt}
+            return lambda control: self._produce("/completions", fields, cfg, control, prompt)
+
+        results = drain_many([producer(p) for p in prompts], cfg, width=self._slots)
+        self._metrics = batch_metrics(results, start, _perf())
+        return results
+
+
+class ScoringOpenAIModel(ScoringState, OpenAIModel):
+    """An :class:`OpenAIModel` on a server that scores text: also a
+    :class:`~inference.Scorer`, from completions with ``echo``."""
 
     # (score, score_batch and score_rolling come from ScoringState; the rules
     # here are in .scoring.)
@@ -722,13 +646,7 @@ class OpenAIModel(ScoringState):
         token, which the server scores on nothing, is not counted."""
         return rolling_from_echo(self._echo(text, cfg))
 
-    def _refuse_scoring(self) -> None:
-        why = self._dialect.no_scoring
-        if why:
-            raise GenerationError(f"{self._url}: {self._dialect.label} cannot score text: {why}")
-
     def _echo(self, text: str, cfg: GenerateConfig) -> list[Any]:
-        self._refuse_scoring()
         control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
         try:
             doc = self._client.fetch_json(
@@ -740,7 +658,6 @@ class OpenAIModel(ScoringState):
         return echo_tokens(doc, text, self._url)
 
     def _score_pairs(self, pairs: list[tuple[str, str]], cfg: GenerateConfig) -> list[ScoreResult]:
-        self._refuse_scoring()
 
         def one(pair: tuple[str, str]) -> ScoreResult:
             context, continuation = split_context(*pair)
@@ -749,31 +666,3 @@ class OpenAIModel(ScoringState):
         results = map_concurrently(one, pairs, self._slots)
         self._err = None
         return results
-
-    # -- several prompts ----------------------------------------------------------
-
-    def _many(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
-        """Run one generation per prompt, ``parallel_slots`` at a time."""
-        body = self._body(cfg, chat=False)
-        deadline = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout).deadline
-        start = _perf()
-
-        def one(prompt: str) -> BatchResult:
-            control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
-            control.deadline = deadline
-            gen = self._produce("/completions", {**body, "prompt": prompt}, cfg, control, prompt)
-            return drain(gen, control)
-
-        results = map_concurrently(one, prompts, self._slots)
-        self._metrics = batch_metrics(results, start, _perf())
-        return results
-
-
-def map_concurrently(fn: Callable[[_T], _R], items: list[_T], width: int) -> list[_R]:
-    width = min(width, len(items))
-    if width <= 1:
-        return [fn(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="inference-openai") as pool:
-        return list(pool.map(fn, items))

@@ -7,20 +7,28 @@ a cap; the wait wakes for a cancel or a deadline.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 from ...stream import StreamControl
+
+if TYPE_CHECKING:
+    from .transport import Failure
 
 __all__ = [
     "BACKOFF",
     "BACKOFF_CAP",
     "RETRIABLE_STATUS",
     "RETRY_AFTER_CAP",
+    "Retry",
     "backoff",
     "pause",
     "retry_after",
 ]
+
+_log = logging.getLogger(__name__)
 
 BACKOFF = 0.25  # first retry after about this many seconds, doubling
 BACKOFF_CAP = 4.0
@@ -56,3 +64,25 @@ def pause(seconds: float, control: StreamControl | None) -> None:
         if left <= 0:
             return
         time.sleep(min(left, 0.05))
+
+
+class Retry:
+    """The attempts of one request, up to ``limit`` retries: after each
+    failure, :meth:`after` waits out the backoff, or raises the failure
+    (saying how many attempts it took) when it is final."""
+
+    def __init__(self, limit: int, control: StreamControl | None, what: str) -> None:
+        self.limit = limit
+        self.control = control
+        self.what = what
+        self.attempt = 0
+
+    def after(self, failure: Failure) -> None:
+        if not failure.retriable or self.attempt >= self.limit:
+            if self.attempt:
+                failure.message += f" (gave up after {self.attempt + 1} attempts)"
+            raise failure
+        delay = backoff(self.attempt, failure.retry_after)
+        _log.info("%s failed (%s); trying again in %.2f s", self.what, failure.message, delay)
+        self.attempt += 1
+        pause(delay, self.control)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # imported when first used: listing backends stays cheap
 
 from ... import __version__, env
 from ...stream import StreamControl
-from .retries import RETRIABLE_STATUS, backoff, pause, retry_after
+from .retries import RETRIABLE_STATUS, Retry, retry_after
 from .urls import Endpoint, Settings
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "WATCHDOG",
     "Client",
     "Failure",
+    "Response",
     "Watchdog",
     "describe",
     "error_text",
@@ -254,12 +255,12 @@ class Client:
         *,
         stream: bool,
         root: bool = False,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, int]:
-        """Send one request and return its response once the status is OK.
+    ) -> Response:
+        """Send one request and return its response once the status is OK,
+        owning its connection (close it, or use it as a context manager).
 
-        The connection is watched (see :class:`Watchdog`) until the caller
-        unwatches the returned key. A keep-alive connection that the server
-        closed meanwhile is replaced at once, without counting as a retry.
+        A keep-alive connection that the server closed meanwhile is
+        replaced at once, without counting as a retry.
         """
         path = self.endpoint.path(suffix, root=root)
         headers = self.headers(json_body=payload is not None, stream=stream)
@@ -299,7 +300,7 @@ class Client:
                 self.endpoint.path(suffix, root=root, query=False),
                 resp.status,
             )
-            return conn, resp, key
+            return Response(self, conn, resp, key)
 
     def transport_failure(self, exc: BaseException, *, before_answer: bool) -> Failure:
         import http.client
@@ -357,21 +358,6 @@ class Client:
             retry_after=wait,
         )
 
-    def read_body(self, resp: http.client.HTTPResponse, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                data = resp.read(min(READ_SIZE, limit + 1 - size))
-            except Exception as exc:
-                raise self.transport_failure(exc, before_answer=False) from None
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            size += len(data)
-            if size > limit:
-                raise Failure(f"the server's answer is larger than {limit} bytes", retriable=False)
-
     def fetch_json(
         self,
         method: str,
@@ -384,38 +370,14 @@ class Client:
     ) -> Any:
         """One JSON request with retries; raises Failure when it gives up."""
         payload = None if body is None else json.dumps(body).encode("utf-8")
-        limit = self.settings.retries if retries is None else retries
-        attempt = 0
+        where = self.endpoint.origin + self.endpoint.path(suffix, root=root, query=False)
+        retry = Retry(self.settings.retries if retries is None else retries, control, where)
         while True:
             try:
-                conn, resp, key = self.open(
-                    method, suffix, payload, control, stream=False, root=root
-                )
-                try:
-                    data = self.read_body(resp, MAX_JSON_BODY)
-                    reusable = not resp.will_close
-                finally:
-                    WATCHDOG.unwatch(key)
-                if reusable:
-                    self.release(conn)
-                else:
-                    conn.close()
+                with self.open(method, suffix, payload, control, stream=False, root=root) as answer:
+                    data = answer.read_all(MAX_JSON_BODY)
             except Failure as exc:
-                if not exc.retriable or attempt >= limit:
-                    if attempt:
-                        exc.message += f" (gave up after {attempt + 1} attempts)"
-                    raise
-                delay = backoff(attempt, exc.retry_after)
-                _log.info(
-                    "%s %s%s failed (%s); trying again in %.2f s",
-                    method,
-                    self.endpoint.origin,
-                    self.endpoint.path(suffix, root=root, query=False),
-                    exc.message,
-                    delay,
-                )
-                attempt += 1
-                pause(delay, control)
+                retry.after(exc)
                 continue
             try:
                 return json.loads(data.decode("utf-8"))
@@ -425,6 +387,95 @@ class Client:
                     f"the answer to {method} {suffix} is not JSON ({exc}): {snippet!r}",
                     retriable=False,
                 ) from None
+
+
+class Response:
+    """An answer whose status was OK, owning its connection: the watchdog
+    shuts the connection if the call is cancelled meanwhile, and
+    :meth:`close` gives it back to the pool when the answer was read to its
+    end and the connection can carry another request (else closes it)."""
+
+    def __init__(
+        self,
+        client: Client,
+        conn: http.client.HTTPConnection,
+        resp: http.client.HTTPResponse,
+        key: int,
+    ) -> None:
+        self._client = client
+        self._conn = conn
+        self._resp = resp
+        self._key = key
+        #: Read to its end, and the connection can be used again.
+        self.reusable = False
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def content_type(self) -> str:
+        return (self._resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+
+    def read1(self, size: int) -> bytes:
+        """Up to ``size`` bytes, as soon as some arrive; Failure if the
+        connection fails."""
+        try:
+            return self._resp.read1(size)
+        except Exception as exc:
+            raise self._client.transport_failure(exc, before_answer=False) from None
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body; Failure if it is larger than ``limit`` bytes.
+        (``read``, not ``read1``: at the end of a body of known length only
+        ``read`` closes the response, which lets the connection be reused.)"""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                data = self._resp.read(min(READ_SIZE, limit + 1 - size))
+            except Exception as exc:
+                raise self._client.transport_failure(exc, before_answer=False) from None
+            if not data:
+                self.reusable = not self._resp.will_close
+                return b"".join(chunks)
+            chunks.append(data)
+            size += len(data)
+            if size > limit:
+                raise Failure(f"the server's answer is larger than {limit} bytes", retriable=False)
+
+    def finish(self, done: bool) -> None:
+        """Read what is left of an answer whose stream has ended (``done``:
+        it said so), so that its connection can carry the next request."""
+        resp, conn = self._resp, self._conn
+        if resp.will_close or conn.sock is None:
+            return
+        if not done:
+            self.reusable = resp.isclosed()
+            return
+        sock = conn.sock
+        read_timeout = self._client.settings.read_timeout
+        try:
+            sock.settimeout(min(1.0, read_timeout))
+            left = READ_SIZE
+            while left > 0:
+                data = resp.read1(left)
+                if not data:
+                    sock.settimeout(read_timeout)
+                    self.reusable = True
+                    return
+                left -= len(data)
+        except Exception:
+            return
+
+    def close(self) -> None:
+        WATCHDOG.unwatch(self._key)
+        if self.reusable:
+            self._client.release(self._conn)
+        else:
+            self._conn.close()
 
 
 def error_text(body: bytes) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
 from ...metrics import call_metrics
 from ...types import FinishReason, GenerateMetrics, TokenLogprob
+from ...values import is_int, is_number
 
 __all__ = [
     "FINISH",
@@ -108,12 +109,8 @@ class CallState:
         )
 
 
-def is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if is_number(value) and value >= 0:
         return float(value)
     return None
 
@@ -202,6 +199,4 @@ def choice_logprobs(choice: Mapping[str, Any], chat: bool) -> list[LogprobEntry]
 
 def number_or_none(value: Any) -> float | None:
     """A finite-or-not float from a JSON number (log-probabilities are <= 0)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+    return float(value) if is_number(value) else None
