@@ -33,12 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from openai_server import (  # noqa: E402
-    llama_cpp_python_server,
-    llama_cpp_python_server_missing,
-    llama_server,
-    llama_server_binary,
-)
+import openai_server as servers  # noqa: E402
 
 import inference  # noqa: E402
 
@@ -127,18 +122,18 @@ def main() -> None:
         run(args.url, args.url, tokens=args.tokens, rounds=args.rounds)
         return
     if args.server in ("both", "llama-cpp-python"):
-        missing = llama_cpp_python_server_missing()
+        missing = servers.llama_cpp_python_server_missing()
         if missing:
             print(f"llama-cpp-python's server: skipped ({missing})")
         else:
-            with llama_cpp_python_server(n_ctx=2048) as server:
+            with servers.llama_cpp_python_server(n_ctx=2048) as server:
                 run(server.url, "llama-cpp-python server", tokens=args.tokens, rounds=args.rounds)
     if args.server in ("both", "llama-server"):
-        binary = llama_server_binary()
+        binary = servers.llama_server_binary()
         if binary is None:
             print("llama-server: skipped (no binary; set LLAMA_SERVER)")
         else:
-            with llama_server(
+            with servers.llama_server(
                 binary,
                 parallel=args.parallel,
                 n_ctx=1024 * args.parallel,

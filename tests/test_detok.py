@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from inference.detok import TextAssembler
-from inference.testing import FakeBackend
+from inference.testing import FakeBackend, together
 from inference.types import Token
 
 REPLACEMENT = "\ufffd"
@@ -202,3 +202,28 @@ def test_logprob_assembler_keeps_each_tokens_figures_through_held_text() -> None
     out = tagged.push(4, b"EN", -0.4, ()) + tagged.push(5, b"D!", -0.5, ())
     assert out == [] and tagged.stopped  # the stop string's tokens go with their figures
     assert tagged.flush() == []
+
+
+def test_many_long_stop_strings_cost_linear_work() -> None:
+    """A forced output that keeps matching a long stop string's prefix holds
+    all of it back; the scan stays linear. (The quadratic scan took 41 s for
+    8,000 held characters and 16 stops; 20,000 would take minutes. The
+    deadline is hundreds of times what the linear scan needs.)"""
+    held = 20_000
+    body = "ab" * (held // 2)
+    stops = [f"{i}-junk-stop-{'x' * 500}" for i in range(15)] + [body + "!"]
+
+    def run() -> tuple[int, bool, str]:
+        asm = TextAssembler(stops)
+        emitted = [t for ch in body for t in asm.push(ord(ch), ch.encode())]
+        return len(emitted), asm.stopped, "".join(t.text for t in asm.push(33, b"!"))
+
+    ((emitted, stopped, after),) = together([run], timeout=30.0)
+    assert (emitted, stopped) == (0, False)  # all of it might still be the stop string
+    assert after == ""
+    # And once it cannot be, everything held comes out at once.
+    asm = TextAssembler(stops)
+    for ch in body:
+        asm.push(ord(ch), ch.encode())
+    released = asm.push(63, b"?")
+    assert "".join(t.text for t in released) == body + "?" and not asm.stopped

@@ -277,19 +277,26 @@ def test_metadata_is_read_only(tmp_path: Path) -> None:
         header.metadata["general.name"] = "x"  # type: ignore[index]
 
 
+def _facts(header: GGUFHeader) -> tuple[int, ...]:
+    """Context length, blocks, embedding width, heads, KV heads, vocabulary."""
+    return (
+        header.context_length,
+        header.block_count,
+        header.embedding_length,
+        header.head_count,
+        header.head_count_kv,
+        header.vocab_size,
+    )
+
+
 def test_model_facts(tmp_path: Path) -> None:
     path = _tiny(tmp_path)
     header = read_header(path)
     assert isinstance(header, GGUFHeader)
     assert header.path == str(path)
-    assert header.architecture == "llama"
-    assert header.name == "Tiny Llama"
-    assert header.context_length == 2048
-    assert header.block_count == 2
-    assert header.embedding_length == 64
-    assert header.head_count == 4
-    assert header.head_count_kv == 2
-    assert header.vocab_size == 16  # from the token list
+    assert (header.architecture, header.name) == ("llama", "Tiny Llama")
+    facts = _facts(header)
+    assert facts == (2048, 2, 64, 4, 2, 16)  # the vocabulary's size from the token list
     assert header.chat_template == "<|im_start|>{{ messages }}"
     assert header.get("llama.rope.freq_base") == 10000.0
     assert header.get("missing", "dflt") == "dflt"
@@ -642,14 +649,8 @@ def test_real_smollm2_file() -> None:
         f"\nSmolLM2 header: best {min(timings) * 1000:.1f} ms with arrays,"
         f" {lean_time * 1000:.1f} ms without"
     )
-    assert header.version == 3
-    assert header.architecture == "llama"
-    assert header.block_count == 30
-    assert header.embedding_length == 576
-    assert header.head_count == 9
-    assert header.head_count_kv == 3
-    assert header.context_length == 8192
-    assert header.vocab_size == 49152
+    assert (header.version, header.architecture) == (3, "llama")
+    assert _facts(header) == (8192, 30, 576, 9, 3, 49152)
     assert len(header.get("tokenizer.ggml.tokens")) == 49152
     assert len(header.get("tokenizer.ggml.merges")) == 48900
     assert header.chat_template is not None and "im_start" in header.chat_template

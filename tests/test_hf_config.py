@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from inference import ModelInfo
 from inference.errors import ModelLoadError
-from inference.hf_config import MAX_CONFIG_BYTES, ConfigFacts, config_facts, read_config
+from inference.hf_config import MAX_CONFIG_BYTES, config_facts, read_config
 from inference.values import is_int, is_number, whole_number
 
 
@@ -22,7 +23,7 @@ def test_facts_from_the_top_level_and_text_config() -> None:
             "hidden_size": 2048,
             "quantization": {"bits": 4, "group_size": 64},
         }
-    ) == ConfigFacts("llama", 8192, 32000, 22, 2048, 4, 64)
+    ) == ModelInfo("llama", 32000, 22, 2048, 8192, 4, 64)
     # A multimodal config keeps the language model's facts under text_config.
     facts = config_facts(
         {
@@ -55,7 +56,7 @@ def test_values_of_the_wrong_type_count_as_not_said() -> None:
             "text_config": [1, 2],
         }
     )
-    assert facts == ConfigFacts()
+    assert facts == ModelInfo()
 
 
 def test_read_config_refuses_what_is_not_a_config(tmp_path: Path) -> None:

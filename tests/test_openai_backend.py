@@ -19,7 +19,6 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -37,7 +36,7 @@ from openai_server import (
 import inference
 from inference import GenerationError, Message, ModelLoadError, TextModel
 from inference.backends.openai import OpenAIModel
-from inference.testing import TextModelConformance
+from inference.testing import TextModelConformance, cancel_after
 
 MISSING = llama_cpp_python_server_missing()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING or "ready")
@@ -100,37 +99,38 @@ def greedy(direct: Any, prompt: str, n: int = N_TOKENS) -> str:
 # -- the conformance suite ---------------------------------------------------------
 
 
-class TestConformanceLlamaCppPythonServer(TextModelConformance):
-    """llama-cpp-python's server reports no token ids (Token.id is -1) and
-    no logits; seeds are honoured."""
+class _RemoteConformance(TextModelConformance):
+    """The suite against a server at ``url``, set by a class fixture."""
 
     url: ClassVar[str] = ""
+    #: The context to state when the server does not report its own.
+    context_len: ClassVar[int] = 0
+
+    @classmethod
+    def make_model(cls) -> TextModel:
+        return inference.load_model(cls.url, context_len=cls.context_len)
+
+
+class TestConformanceLlamaCppPythonServer(_RemoteConformance):
+    """llama-cpp-python's server reports no token ids (Token.id is -1) and
+    no logits; seeds are honoured. It does not report its context: it is
+    stated, so that the too-long-prompt checks run."""
+
+    context_len = N_CTX
 
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
     def _server(cls, lcp: ServerProcess) -> None:
         cls.url = lcp.url
 
-    @classmethod
-    def make_model(cls) -> TextModel:
-        # The server does not report its context: say it, so that the
-        # too-long-prompt checks run.
-        return inference.load_model(cls.url, context_len=N_CTX)
 
-
-class TestConformanceLlamaServer(TextModelConformance):
+class TestConformanceLlamaServer(_RemoteConformance):
     """llama-server reports token ids (through n_probs) and its context."""
-
-    url: ClassVar[str] = ""
 
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
     def _server(cls, lls: ServerProcess) -> None:
         cls.url = lls.url
-
-    @classmethod
-    def make_model(cls) -> TextModel:
-        return inference.load_model(cls.url)
 
 
 # -- equal to the local engines ------------------------------------------------------
@@ -254,13 +254,7 @@ def test_cancel_closes_the_connection_and_the_server_stops(
     remote: OpenAIModel, lcp: ServerProcess
 ) -> None:
     stream = remote.generate(PROMPTS[0], max_tokens=N_CTX - 64)
-    got = []
-    for tok in stream:
-        got.append(tok)
-        if len(got) == 2:
-            canceller = threading.Thread(target=stream.cancel)
-            canceller.start()
-            canceller.join()  # cancelled before the next token is read
+    got = cancel_after(stream, 2)  # cancelled before the next token is read
     assert stream.finish_reason == "cancelled" and len(got) <= 4
     # The server serialises requests: the next one can only start once the
     # cancelled generation stopped, which it does when it sees the client go.

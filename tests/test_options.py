@@ -18,39 +18,13 @@ from inference import env
 from inference.options import (
     GENERATE_OPTIONS,
     LOAD_OPTIONS,
+    MIN_TEMPERATURE,
+    PENALTY_RANGE,
     GenerateConfig,
     LoadConfig,
     Option,
     generate_config,
     load_config,
-    with_adapter_path,
-    with_api_key,
-    with_backend,
-    with_cancel,
-    with_choice,
-    with_context_len,
-    with_gpu_layers,
-    with_grammar,
-    with_json_object,
-    with_json_schema,
-    with_logits,
-    with_logprobs,
-    with_max_tokens,
-    with_min_p,
-    with_parallel_slots,
-    with_regex,
-    with_repeat_penalty,
-    with_seed,
-    with_stop,
-    with_stop_tokens,
-    with_temperature,
-    with_template_vars,
-    with_thinking,
-    with_timeout,
-    with_tool_choice,
-    with_tools,
-    with_top_k,
-    with_top_p,
 )
 from inference.tool_calls import Tool
 
@@ -59,48 +33,99 @@ INF = float("inf")
 
 # builder, option name, [(given, stored)], [invalid values]
 BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
-    (with_max_tokens, "max_tokens", [(0, 0), (1, 1), (4096, 4096)], [-1, 1.5, "3", None, True]),
-    (with_temperature, "temperature", [(0, 0.0), (0.7, 0.7), (2, 2.0)], [-0.1, NAN, "x", True]),
-    (with_top_k, "top_k", [(0, 0), (40, 40)], [-1, 2.0, None, False]),
-    (with_top_p, "top_p", [(0, 0.0), (0.9, 0.9), (1, 1.0)], [-0.01, 1.01, NAN, INF, "0.5"]),
-    (with_min_p, "min_p", [(0, 0.0), (0.05, 0.05), (1.0, 1.0)], [-0.1, 1.5, NAN]),
-    (with_repeat_penalty, "repeat_penalty", [(1, 1.0), (1.1, 1.1)], [0, 0.0, -1.0, NAN]),
-    (with_seed, "seed", [(None, None), (0, 0), (1234, 1234)], [-1, 1.0, "7", True]),
-    (with_logits, "return_logits", [(True, True), (False, False)], [1, 0, "yes", None]),
-    (with_logprobs, "logprobs", [(0, 0), (20, 20), (None, None)], [-1, 21, 1.5, True, "2"]),
-    (with_timeout, "timeout", [(None, None), (0.5, 0.5), (10, 10.0)], [0, 0.0, -1, NAN, "1"]),
-    (with_stop_tokens, "stop_tokens", [(2, (2,)), ([1, 2], (1, 2)), ((), ())], [-1, [1, -2], True]),
-    (with_stop, "stop", [("\n", ("\n",)), (["a", "bc"], ("a", "bc"))], ["", ["a", ""], 3, [3]]),
-    (with_backend, "backend", [("", ""), ("llama_cpp", "llama_cpp")], [None, 1, b"x"]),
-    (with_context_len, "context_len", [(0, 0), (8192, 8192)], [-1, 1.5, None]),
-    (with_gpu_layers, "gpu_layers", [(-1, -1), (0, 0), (33, 33)], [-2, 1.5, None]),
-    (with_parallel_slots, "parallel_slots", [(0, 0), (4, 4)], [-1, None, "2"]),
-    (with_adapter_path, "adapter_path", [("", ""), ("lora.gguf", "lora.gguf")], [None, 3]),
-    (with_api_key, "api_key", [("", ""), ("sk-x", "sk-x")], [None, 3]),
-    (with_json_object, "json_object", [(True, True), (False, False)], [1, None, "yes"]),
-    (with_regex, "regex", [("[a-z]+", "[a-z]+"), (None, None)], ["", 3, b"x"]),
-    (with_choice, "choice", [(["a", "b"], ("a", "b")), ((), ())], ["ab", [""], [3]]),
-    (with_grammar, "grammar", [('start: "a"', 'start: "a"'), (None, None)], ["", 1]),
-    (with_thinking, "enable_thinking", [(True, True), (None, None)], [1, "no"]),
     (
-        with_tool_choice,
+        inference.with_max_tokens,
+        "max_tokens",
+        [(0, 0), (1, 1), (4096, 4096)],
+        [-1, 1.5, "3", None, True],
+    ),
+    (
+        inference.with_temperature,
+        "temperature",
+        # Below MIN_TEMPERATURE: greedy (dividing by 1e-40 overflowed float32).
+        [(0, 0.0), (0.7, 0.7), (2, 2.0), (1e-40, 0.0), (MIN_TEMPERATURE / 2, 0.0)],
+        [-0.1, NAN, INF, -INF, 10**400, "x", True],
+    ),
+    (inference.with_top_k, "top_k", [(0, 0), (40, 40)], [-1, 2.0, None, False]),
+    (
+        inference.with_top_p,
+        "top_p",
+        [(0, 0.0), (0.9, 0.9), (1, 1.0)],
+        [-0.01, 1.01, NAN, INF, "0.5"],
+    ),
+    (inference.with_min_p, "min_p", [(0, 0.0), (0.05, 0.05), (1.0, 1.0)], [-0.1, 1.5, NAN]),
+    (
+        inference.with_repeat_penalty,
+        "repeat_penalty",
+        [(1, 1.0), (1.1, 1.1), (PENALTY_RANGE[0], 0.01), (PENALTY_RANGE[1], 100.0)],
+        [0, 0.0, -1.0, NAN, INF, 1e-40, 0.009, 101],
+    ),
+    (inference.with_seed, "seed", [(None, None), (0, 0), (1234, 1234)], [-1, 1.0, "7", True]),
+    (inference.with_logits, "return_logits", [(True, True), (False, False)], [1, 0, "yes", None]),
+    (
+        inference.with_logprobs,
+        "logprobs",
+        [(0, 0), (20, 20), (None, None)],
+        [-1, 21, 1.5, True, "2"],
+    ),
+    (
+        inference.with_timeout,
+        "timeout",
+        [(None, None), (0.5, 0.5), (10, 10.0)],
+        [0, 0.0, -1, NAN, "1"],
+    ),
+    (
+        inference.with_stop_tokens,
+        "stop_tokens",
+        [(2, (2,)), ([1, 2], (1, 2)), ((), ())],
+        [-1, [1, -2], True],
+    ),
+    (
+        inference.with_stop,
+        "stop",
+        [("\n", ("\n",)), (["a", "bc"], ("a", "bc"))],
+        ["", ["a", ""], 3, [3]],
+    ),
+    (inference.with_backend, "backend", [("", ""), ("llama_cpp", "llama_cpp")], [None, 1, b"x"]),
+    (inference.with_context_len, "context_len", [(0, 0), (8192, 8192)], [-1, 1.5, None]),
+    (inference.with_gpu_layers, "gpu_layers", [(-1, -1), (0, 0), (33, 33)], [-2, 1.5, None]),
+    (inference.with_parallel_slots, "parallel_slots", [(0, 0), (4, 4)], [-1, None, "2"]),
+    (
+        inference.with_adapter_path,
+        "adapter_path",
+        [("", ""), ("lora.gguf", "lora.gguf")],
+        [None, 3],
+    ),
+    (inference.with_api_key, "api_key", [("", ""), ("sk-x", "sk-x")], [None, 3]),
+    (inference.with_json_object, "json_object", [(True, True), (False, False)], [1, None, "yes"]),
+    (inference.with_regex, "regex", [("[a-z]+", "[a-z]+"), (None, None)], ["", 3, b"x"]),
+    (inference.with_choice, "choice", [(["a", "b"], ("a", "b")), ((), ())], ["ab", [""], [3]]),
+    (inference.with_grammar, "grammar", [('start: "a"', 'start: "a"'), (None, None)], ["", 1]),
+    (inference.with_thinking, "enable_thinking", [(True, True), (None, None)], [1, "no"]),
+    (
+        inference.with_tool_choice,
         "tool_choice",
         [("auto", "auto"), ("none", "none")],
         ["x", 1, {}],
     ),
     (
-        with_json_schema,
+        inference.with_json_schema,
         "json_schema",
         [({"type": "object"}, MappingProxyType({"type": "object"})), (None, None)],
         [[1], "not json", 3],
     ),
     (
-        with_tools,
+        inference.with_tools,
         "tools",
         [([], ()), ([{"name": "f"}], (Tool("f"),))],
         ["f", {"name": "f"}, [{"name": "a b"}]],
     ),
-    (with_template_vars, "template_vars", [({"a": 1}, MappingProxyType({"a": 1}))], [[1], {1: 2}]),
+    (
+        inference.with_template_vars,
+        "template_vars",
+        [({"a": 1}, MappingProxyType({"a": 1}))],
+        [[1], {1: 2}],
+    ),
 ]
 
 
@@ -159,17 +184,17 @@ def test_keyword_is_the_same_as_the_builder(
 
 def test_messages_are_specific() -> None:
     with pytest.raises(ValueError, match=r"max_tokens must be >= 0; got -1"):
-        with_max_tokens(-1)
-    with pytest.raises(ValueError, match=r"temperature must be a number >= 0; got nan"):
-        with_temperature(NAN)
+        inference.with_max_tokens(-1)
+    with pytest.raises(ValueError, match=r"temperature must be a finite number; got nan"):
+        inference.with_temperature(NAN)
     with pytest.raises(ValueError, match=r"top_p must be a number in \[0, 1\]; got 1.5"):
-        with_top_p(1.5)
+        inference.with_top_p(1.5)
     with pytest.raises(ValueError, match=r"max_tokens must be an int; got True"):
-        with_max_tokens(True)
-    with pytest.raises(ValueError, match=r"repeat_penalty must be > 0"):
-        with_repeat_penalty(0)
+        inference.with_max_tokens(True)
+    with pytest.raises(ValueError, match=r"repeat_penalty must be a number in \[0.01, 100\]"):
+        inference.with_repeat_penalty(0)
     with pytest.raises(ValueError, match=r"timeout must be > 0 seconds \(None means no deadline\)"):
-        with_timeout(0.0)
+        inference.with_timeout(0.0)
 
 
 def test_configs_built_by_hand_are_checked_too() -> None:
@@ -195,37 +220,37 @@ def test_configs_built_by_hand_are_checked_too() -> None:
 
 def test_cancel_option() -> None:
     event = threading.Event()
-    assert with_cancel(event).value is event
-    assert with_cancel(None).value is None
+    assert inference.with_cancel(event).value is event
+    assert inference.with_cancel(None).value is None
     assert generate_config(cancel=event).cancel is event
     with pytest.raises(ValueError, match=r"cancel must be a threading\.Event"):
-        with_cancel(object())  # type: ignore[arg-type]
+        inference.with_cancel(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cancel must be"):
         generate_config(cancel=True)
 
 
 def test_stop_builders_flatten_their_arguments() -> None:
-    assert with_stop("a", ["b", "c"], ("d",)).value == ("a", "b", "c", "d")
-    assert with_stop_tokens(1, [2, 3], (4,)).value == (1, 2, 3, 4)
+    assert inference.with_stop("a", ["b", "c"], ("d",)).value == ("a", "b", "c", "d")
+    assert inference.with_stop_tokens(1, [2, 3], (4,)).value == (1, 2, 3, 4)
     assert generate_config(stop="END").stop == ("END",)
     assert generate_config(stop_tokens=7).stop_tokens == (7,)
 
 
 def test_adapter_path_accepts_a_path() -> None:
-    assert with_adapter_path(Path("/x/lora.gguf")).value == "/x/lora.gguf"
+    assert inference.with_adapter_path(Path("/x/lora.gguf")).value == "/x/lora.gguf"
 
 
 def test_option_objects_are_frozen() -> None:
-    opt = with_max_tokens(3)
+    opt = inference.with_max_tokens(3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         opt.value = 4  # type: ignore[misc]
 
 
 def test_option_repr_names_its_builder() -> None:
-    assert repr(with_max_tokens(3)) == "with_max_tokens(3)"
-    assert repr(with_logits()) == "with_logits(True)"
-    assert repr(with_stop_tokens(1, 2)) == "with_stop_tokens((1, 2))"
-    assert repr(with_stop("\n")) == "with_stop(('\\n',))"
+    assert repr(inference.with_max_tokens(3)) == "with_max_tokens(3)"
+    assert repr(inference.with_logits()) == "with_logits(True)"
+    assert repr(inference.with_stop_tokens(1, 2)) == "with_stop_tokens((1, 2))"
+    assert repr(inference.with_stop("\n")) == "with_stop(('\\n',))"
 
 
 # -- configs -------------------------------------------------------------------
@@ -233,12 +258,8 @@ def test_option_repr_names_its_builder() -> None:
 
 def test_generate_config_defaults() -> None:
     cfg = GenerateConfig()
-    assert cfg.max_tokens == 256
-    assert cfg.temperature == 0.0
-    assert cfg.top_k == 0
-    assert cfg.top_p == 0.0
-    assert cfg.min_p == 0.0
-    assert cfg.repeat_penalty == 1.0
+    sampling = (cfg.max_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
+    assert sampling == (256, 0.0, 0, 0.0, 0.0) and cfg.repeat_penalty == 1.0
     assert cfg.stop == () and cfg.stop_tokens == ()
     assert cfg.seed is None and cfg.timeout is None and cfg.cancel is None
     assert cfg.return_logits is False
@@ -284,9 +305,9 @@ def test_unknown_keyword_is_a_type_error_listing_valid_names() -> None:
 
 def test_load_and_generate_options_do_not_mix() -> None:
     with pytest.raises(TypeError, match=r"with_backend\('x'\) is a load option"):
-        generate_config(with_backend("x"))
+        generate_config(inference.with_backend("x"))
     with pytest.raises(TypeError, match=r"with_max_tokens\(3\) is a generate option"):
-        load_config(with_max_tokens(3))
+        load_config(inference.with_max_tokens(3))
     with pytest.raises(TypeError, match="unknown generate option 'backend'"):
         generate_config(backend="x")
     with pytest.raises(TypeError, match="unknown load option 'max_tokens'"):
@@ -300,10 +321,12 @@ def test_load_and_generate_options_do_not_mix() -> None:
 
 
 def test_later_settings_win_and_keywords_win_over_options() -> None:
-    assert generate_config(with_max_tokens(1), with_max_tokens(2)).max_tokens == 2
-    assert generate_config(with_max_tokens(1), max_tokens=5).max_tokens == 5
+    assert (
+        generate_config(inference.with_max_tokens(1), inference.with_max_tokens(2)).max_tokens == 2
+    )
+    assert generate_config(inference.with_max_tokens(1), max_tokens=5).max_tokens == 5
     cfg = GenerateConfig(max_tokens=9, temperature=0.5)
-    folded = generate_config(with_top_k(3), cfg, with_seed(1))
+    folded = generate_config(inference.with_top_k(3), cfg, inference.with_seed(1))
     assert (folded.max_tokens, folded.temperature, folded.top_k, folded.seed) == (9, 0.5, 0, 1)
     assert generate_config(cfg) == cfg
     assert generate_config(base=cfg, seed=4) == dataclasses.replace(cfg, seed=4)
@@ -318,11 +341,16 @@ def test_cancel_event_is_not_compared_or_shown() -> None:
 
 def test_api_key_is_never_shown() -> None:
     secret = "sk-very-secret-123"
-    cfg = load_config(with_api_key(secret), backend="openai")
+    cfg = load_config(inference.with_api_key(secret), backend="openai")
     assert cfg.api_key == secret
-    for text in (repr(cfg), str(cfg), repr(with_api_key(secret)), repr(LoadConfig(api_key=secret))):
+    for text in (
+        repr(cfg),
+        str(cfg),
+        repr(inference.with_api_key(secret)),
+        repr(LoadConfig(api_key=secret)),
+    ):
         assert secret not in text, text
-    assert repr(with_api_key(secret)) == "with_api_key('***')"
+    assert repr(inference.with_api_key(secret)) == "with_api_key('***')"
     assert "backend='openai'" in repr(cfg)
 
 

@@ -11,7 +11,7 @@ import contextlib
 import gc
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from inference import (
     with_timeout,
 )
 from inference.stream import Producer, StreamControl
-from inference.testing import FakeBackend, FakeModel
+from inference.testing import FakeBackend, FakeModel, cancel_after
 from inference.types import FinishReason, GenerateMetrics, Token
 
 pytestmark = pytest.mark.timeout(30)
@@ -144,13 +144,7 @@ def test_the_finish_hook_runs_once() -> None:
 def test_cancel_from_another_thread_between_tokens() -> None:
     rec = Recorder(None)
     stream = TokenStream(rec)
-    got = []
-    for tok in stream:
-        got.append(tok)
-        if len(got) == 3:
-            t = threading.Thread(target=stream.cancel)
-            t.start()
-            t.join()
+    got = cancel_after(stream, 3)
     assert len(got) == 3, "the cancel takes effect at the next token"
     assert stream.finish_reason == "cancelled"
     assert type(stream.err) is Cancelled
@@ -434,11 +428,11 @@ def test_async_for_raises_generation_errors() -> None:
     assert stream.finish_reason == "error"
 
 
-def test_cancelling_the_task_cancels_the_engine() -> None:
-    rec = Recorder(None, pause=0.001)
-    stream = TokenStream(rec)
+def _cancel_the_reading_task(stream: TokenStream, then: Callable[[], Any]) -> Any:
+    """Read ``stream`` with ``async for`` in a task, cancel the task after the
+    first token; what ``then()`` says once the task is gone."""
 
-    async def main() -> None:
+    async def main() -> Any:
         first = asyncio.Event()
 
         async def consume() -> None:
@@ -451,10 +445,16 @@ def test_cancelling_the_task_cancels_the_engine() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         assert task.cancelled()
-        # By the time the task is gone, the engine has stopped.
-        assert rec.log == ["started", "closed"]
+        return then()
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_cancelling_the_task_cancels_the_engine() -> None:
+    rec = Recorder(None, pause=0.001)
+    stream = TokenStream(rec)
+    log = _cancel_the_reading_task(stream, lambda: list(rec.log))
+    assert log == ["started", "closed"]  # by the time the task is gone, the engine has stopped
     assert stream.finish_reason == "cancelled"
     assert isinstance(stream.err, Cancelled)
     produced = rec.produced
@@ -464,21 +464,7 @@ def test_cancelling_the_task_cancels_the_engine() -> None:
 
 def test_cancelling_the_task_frees_the_model(model: FakeModel) -> None:
     stream = model.generate("x", max_tokens=10_000)
-
-    async def main() -> None:
-        first = asyncio.Event()
-
-        async def consume() -> None:
-            async for _ in stream:
-                first.set()
-
-        task = asyncio.create_task(consume())
-        await asyncio.wait_for(first.wait(), WAIT)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    _cancel_the_reading_task(stream, lambda: None)
     assert stream.finish_reason == "cancelled"
     assert lock_is_free(model)
     assert model.calls == 1

@@ -135,7 +135,8 @@ def test_stop_tokens_and_stop_strings(model: FakeModel) -> None:
 
 def test_context_length_is_enforced() -> None:
     with FakeBackend(context_length=8, reply="abc").load_model("m") as m:
-        with pytest.raises(GenerationError, match="has 9 tokens but the context holds 8"):
+        # A byte a token: the size bound (before tokenising) is the context.
+        with pytest.raises(GenerationError, match="9 bytes, more than its context of 8 tokens"):
             m.generate("123456789").text()
         stream = m.generate("12345", max_tokens=100)
         assert stream.text() == "abc"  # the context is full: 5 + 3 tokens

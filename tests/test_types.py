@@ -14,30 +14,19 @@ import inference
 from inference import errors, types
 from inference.types import (
     ROLES,
-    BatchResult,
-    ClassifyResult,
-    DiscoveredModel,
-    GenerateMetrics,
-    Message,
-    ModelInfo,
-    RollingScore,
-    ScoreResult,
-    Token,
-    TokenLogprob,
-    ToolCall,
 )
 
 VALUE_TYPES = [
-    Token(1, "a"),
-    Message("user", "hi"),
-    ModelInfo(architecture="llama"),
-    GenerateMetrics(prompt_tokens=3),
-    ClassifyResult(token=Token(1, "a")),
-    BatchResult(text="x"),
-    DiscoveredModel(path="/m.gguf", format="gguf"),
-    ScoreResult(logprobs=(-1.0,), total=-1.0, is_greedy=False),
-    RollingScore(total=-3.0, tokens=2, perplexity=4.48),
-    ToolCall("abc123def", "f", {"a": 1}),
+    inference.Token(1, "a"),
+    inference.Message("user", "hi"),
+    inference.ModelInfo(architecture="llama"),
+    inference.GenerateMetrics(prompt_tokens=3),
+    inference.ClassifyResult(token=inference.Token(1, "a")),
+    inference.BatchResult(text="x"),
+    inference.DiscoveredModel(path="/m.gguf", format="gguf"),
+    inference.ScoreResult(logprobs=(-1.0,), total=-1.0, is_greedy=False),
+    inference.RollingScore(total=-3.0, tokens=2, perplexity=4.48),
+    inference.ToolCall("abc123def", "f", {"a": 1}),
 ]
 
 
@@ -68,38 +57,48 @@ def test_every_type_in_all_is_tested() -> None:
 
 
 def test_token_logprob_is_an_immutable_triple() -> None:
-    alt = TokenLogprob(7, "x", -0.25)
+    alt = inference.TokenLogprob(7, "x", -0.25)
     assert tuple(alt) == (7, "x", -0.25) and alt.logprob == -0.25
     with pytest.raises(AttributeError):
         alt.logprob = 0.0  # type: ignore[misc]
-    assert hash(Token(7, "x", -0.25, (alt,))) == hash(Token(7, "x", -0.25, (alt,)))
+    assert hash(inference.Token(7, "x", -0.25, (alt,))) == hash(
+        inference.Token(7, "x", -0.25, (alt,))
+    )
 
 
 def test_token_value_semantics() -> None:
-    tok = Token(42, "é")
+    tok = inference.Token(42, "é")
     assert (tok.id, tok.text) == (42, "é")
-    assert tok == Token(42, "é") and tok != Token(42, "e")
-    assert hash(tok) == hash(Token(42, "é"))
-    assert {Token(1, "a"), Token(1, "a"), Token(2, "b")} == {Token(1, "a"), Token(2, "b")}
+    assert tok == inference.Token(42, "é") and tok != inference.Token(42, "e")
+    assert hash(tok) == hash(inference.Token(42, "é"))
+    assert {inference.Token(1, "a"), inference.Token(1, "a"), inference.Token(2, "b")} == {
+        inference.Token(1, "a"),
+        inference.Token(2, "b"),
+    }
     assert pickle.loads(pickle.dumps(tok)) == tok
 
 
 def test_defaults_mean_not_known() -> None:
-    info = ModelInfo()
+    info = inference.ModelInfo()
     assert (info.architecture, info.vocab_size, info.context_length, info.notes) == ("", 0, 0, ())
-    metrics = GenerateMetrics()
+    metrics = inference.GenerateMetrics()
     assert metrics.generated_tokens == 0 and metrics.total_seconds == 0.0
     assert metrics.peak_memory_bytes is None and metrics.active_memory_bytes is None
-    result = BatchResult()
+    result = inference.BatchResult()
     assert (result.tokens, result.text, result.finish_reason, result.err) == ((), "", "stop", None)
-    assert ClassifyResult(token=Token(0, "")).logits is None
-    found = DiscoveredModel(path="p", format="gguf")
+    assert inference.ClassifyResult(token=inference.Token(0, "")).logits is None
+    found = inference.DiscoveredModel(path="p", format="gguf")
     assert found.extra == () and found.file_count == 0
 
 
 def test_results_do_not_share_mutable_defaults() -> None:
     # Every default is immutable, so two results can never alias each other's state.
-    for cls in (ModelInfo, GenerateMetrics, BatchResult, DiscoveredModel):
+    for cls in (
+        inference.ModelInfo,
+        inference.GenerateMetrics,
+        inference.BatchResult,
+        inference.DiscoveredModel,
+    ):
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
                 assert isinstance(f.default, (str, int, float, bool, tuple, type(None))), (
@@ -107,12 +106,12 @@ def test_results_do_not_share_mutable_defaults() -> None:
                 )
 
 
-# -- Message -------------------------------------------------------------------
+# -- inference.Message -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_message_accepts_every_role(role: str) -> None:
-    assert Message(role, "text").role == role
+    assert inference.Message(role, "text").role == role
 
 
 def test_roles_are_the_documented_four() -> None:
@@ -122,47 +121,50 @@ def test_roles_are_the_documented_four() -> None:
 @pytest.mark.parametrize("role", ["wizard", "User", "", None, 1])
 def test_message_rejects_unknown_roles(role: Any) -> None:
     with pytest.raises(ValueError, match="role must be one of system, user, assistant, tool"):
-        Message(role, "text")
+        inference.Message(role, "text")
 
 
 @pytest.mark.parametrize("content", [None, 1, b"bytes", ["a"]])
 def test_message_rejects_non_str_content(content: Any) -> None:
     with pytest.raises(ValueError, match=f"content must be str; got {type(content).__name__}"):
-        Message("user", content)
+        inference.Message("user", content)
 
 
 def test_message_to_dict() -> None:
-    assert Message("assistant", "Hello!").to_dict() == {"role": "assistant", "content": "Hello!"}
+    assert inference.Message("assistant", "Hello!").to_dict() == {
+        "role": "assistant",
+        "content": "Hello!",
+    }
 
 
 @settings(deadline=None)  # no flaky deadlines on a busy machine
 @given(role=st.sampled_from(ROLES), content=st.text())
 def test_message_dict_round_trip(role: str, content: str) -> None:
-    message = Message(role, content)
+    message = inference.Message(role, content)
     data = message.to_dict()
     assert data == {"role": role, "content": content}
-    assert Message.from_dict(data) == message
-    assert Message.coerce(data) == message
+    assert inference.Message.from_dict(data) == message
+    assert inference.Message.coerce(data) == message
 
 
 def test_from_dict_ignores_other_keys_and_names_missing_ones() -> None:
     data = {"role": "tool", "content": "42", "name": "calc", "tool_call_id": "x"}
-    assert Message.from_dict(data) == Message("tool", "42", tool_call_id="x")
+    assert inference.Message.from_dict(data) == inference.Message("tool", "42", tool_call_id="x")
     with pytest.raises(ValueError, match="'content'"):
-        Message.from_dict({"role": "user"})
+        inference.Message.from_dict({"role": "user"})
     with pytest.raises(ValueError, match="'role'"):
-        Message.from_dict({"content": "hi"})
+        inference.Message.from_dict({"content": "hi"})
     with pytest.raises(ValueError, match="role must be one of"):
-        Message.from_dict({"role": "robot", "content": "hi"})
+        inference.Message.from_dict({"role": "robot", "content": "hi"})
 
 
 def test_coerce() -> None:
-    message = Message("system", "Be brief.")
-    assert Message.coerce(message) is message
-    assert Message.coerce({"role": "system", "content": "Be brief."}) == message
+    message = inference.Message("system", "Be brief.")
+    assert inference.Message.coerce(message) is message
+    assert inference.Message.coerce({"role": "system", "content": "Be brief."}) == message
     for bad in ("user: hi", ("user", "hi"), 3):
         with pytest.raises(ValueError, match="must be a Message or a dict"):
-            Message.coerce(bad)  # type: ignore[arg-type]
+            inference.Message.coerce(bad)  # type: ignore[arg-type]
 
 
 # -- errors ---------------------------------------------------------------------

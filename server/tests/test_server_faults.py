@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -279,3 +280,50 @@ def test_binds_to_loopback_by_default() -> None:
     parser = cli._parser()
     args = parser.parse_args(["serve", "model.gguf"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.parallel == 4
+
+
+def test_what_once_gave_a_500_is_a_400_in_the_api_s_shape() -> None:
+    """NaN or infinite numbers, a tool call that is not an object, JSON nested
+    past the recursion limit (in the body, a schema, tool arguments), and an
+    unknown field whose name cannot be encoded: each a JSON 400."""
+    deep = "[" * 5_000 + "]" * 5_000
+    bomb_args = json.dumps({"a": 1})[:-1] + ', "b": ' + deep + "}"
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": bomb_args}}
+    raw_cases: list[tuple[bytes, str]] = [
+        (json.dumps(CHAT)[:-1].encode() + b', "top_k": NaN}', "NaN is not a JSON value"),
+        (json.dumps(CHAT)[:-1].encode() + b', "top_k": Infinity}', "Infinity"),
+        (json.dumps(CHAT)[:-1].encode() + b', "temperature": 1' + b"0" * 400 + b"}", "finite"),
+        (json.dumps(CHAT)[:-1].encode() + b', "x": ' + deep.encode() + b"}", "nests deeper"),
+        (json.dumps(CHAT)[:-1].encode() + b', "\\ud800": 1}', "unknown field"),
+    ]
+    with running(fake()) as r:
+        for data, words in raw_cases:
+            status, headers, body = post(r.url, "/v1/chat/completions", data)
+            error = json.loads(body)["error"]
+            assert status == 400 and words in error["message"], (data[:80], error)
+            assert headers["content-type"].startswith("application/json")
+        assistant = {"role": "assistant", "content": "", "tool_calls": ["not an object"]}
+        for messages, words in (
+            ([{"role": "user", "content": "hi"}, assistant], "tool call must be an object"),
+            (
+                [{"role": "user", "content": "hi"}, {**assistant, "tool_calls": [call]}],
+                "arguments are not JSON",
+            ),
+        ):
+            status, _, body = post(r.url, "/v1/chat/completions", {**CHAT, "messages": messages})
+            assert status == 400 and words in json.loads(body)["error"]["message"], body
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200  # still serving
+
+
+def test_a_client_gone_mid_body_is_no_500() -> None:
+    with running(fake()) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"model"'
+            )
+        status, _, _ = post(r.url, "/v1/chat/completions", CHAT)
+        assert status == 200
+        _, metrics = get(r.url, "/metrics")
+        assert b'status="500"' not in metrics

@@ -36,21 +36,22 @@ import logging
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from .capabilities import Capabilities, refuse_unsupported
+from .capabilities import Capabilities
 from .chat_families import family_for
 from .chat_template import render_chat, template_takes
 from .constraints import KINDS, Constraint, constraint_of
 from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
-from .errors import Cancelled, GenerationError, InferenceError, ModelClosedError
+from .errors import GenerationError, InferenceError, ModelClosedError
 from .gate import Gate
 from .metrics import batch_metrics, call_metrics
-from .options import MAX_TOP_LOGPROBS, GenerateConfig, Option, generate_config
+from .model_state import ModelState, check_messages, check_prompt_text, check_prompts
+from .options import MAX_TOP_LOGPROBS, GenerateConfig
+from .producers import drain, drain_many, map_concurrently
 from .reply import THINK, ReplySplitter, plan_chat, split_reply
-from .stream import HELD, Producer, StreamControl, StreamHolders, TokenStream
+from .stream import HELD, Producer, StreamControl, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -74,8 +75,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_A = TypeVar("_A")
-_M = TypeVar("_M", bound="ModelState")
 
 _perf = time.perf_counter
 
@@ -83,198 +82,6 @@ _perf = time.perf_counter
 #: leaves the freeing to the last of them.
 CLOSE_WAIT = 2.0
 _log = logging.getLogger(__name__)
-
-
-class ModelState:
-    """The front door every TextModel shares: the four verbs' contract
-    plumbing (options folded and checked, prompts and messages checked, the
-    model open, an error before the first token kept in ``err``), its facts,
-    the last call's ``err`` and ``metrics``, the closed flag and the
-    context-manager protocol.
-
-    Behind the door, one seam per verb: :meth:`_generate`, :meth:`_chat`,
-    :meth:`_classify` and :meth:`_batch_generate`, given checked arguments
-    and a folded config. :class:`BaseTextModel` implements them over engine
-    primitives; the remote ``openai`` backend over HTTP. Subclasses call
-    :meth:`_init_state` and implement the seams and ``close()``.
-    """
-
-    _info: ModelInfo
-
-    def _init_state(self, info: ModelInfo) -> None:
-        self._info = info
-        self._closed = False
-        self._err: BaseException | None = None
-        self._metrics: GenerateMetrics | None = None
-        self._holders = StreamHolders()
-        self._caps: Capabilities | None = None
-
-    # -- the four verbs -----------------------------------------------------
-
-    def generate(self, prompt: str, *opts: Option | GenerateConfig, **kwargs: Any) -> TokenStream:
-        """Stream the continuation of a raw text prompt."""
-        cfg = generate_config(*opts, **kwargs)
-        text = check_prompt_text(prompt)
-        _chat_only(cfg, "generate")
-        self._check_open()
-        return self._door(self._generate, text, cfg)
-
-    def chat(
-        self,
-        messages: Iterable[Message | Mapping[str, Any]],
-        *opts: Option | GenerateConfig,
-        **kwargs: Any,
-    ) -> TokenStream:
-        """Stream the assistant's reply, through the model's chat template."""
-        cfg = generate_config(*opts, **kwargs)
-        msgs = check_messages(messages)
-        self._check_open()
-        return self._door(self._chat, msgs, cfg)
-
-    def classify(
-        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> list[ClassifyResult]:
-        """One forward pass per prompt: the next token (and logits when asked)."""
-        cfg = generate_config(*opts, **kwargs)
-        items = check_prompts(prompts)
-        _chat_only(cfg, "classify")
-        if constraint_of(cfg) is not None:
-            raise ValueError("classify takes no structured-output option")
-        self._check_open()
-        return self._door(self._classify, items, cfg) if items else []
-
-    def batch_generate(
-        self, prompts: Sequence[str], *opts: Option | GenerateConfig, **kwargs: Any
-    ) -> list[BatchResult]:
-        """Generate for several prompts; each result carries its own error."""
-        cfg = generate_config(*opts, **kwargs)
-        items = check_prompts(prompts)
-        _chat_only(cfg, "batch_generate")
-        self._check_open()
-        return self._door(self._batch_generate, items, cfg) if items else []
-
-    def _door(self, seam: Callable[[_A, GenerateConfig], _T], arg: _A, cfg: GenerateConfig) -> _T:
-        """Check what the model can honour, then call a seam; an error raised
-        at once (before any stream) is kept in ``err``."""
-        try:
-            self._check_options(cfg)
-            return seam(arg, cfg)
-        except InferenceError as exc:
-            self._err = exc
-            raise
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What this model can do (:class:`~inference.Capabilities`), fixed
-        when it was loaded; a call that asks for anything else is refused
-        with :class:`~inference.UnsupportedOptionError` before any work."""
-        caps = self._caps
-        if caps is None:
-            caps = self._caps = self._capabilities()
-        return caps
-
-    def _capabilities(self) -> Capabilities:
-        """Work out :attr:`capabilities` (once). Override."""
-        return Capabilities(context_length=self._info.context_length)
-
-    def _refusal_names(self) -> tuple[str, str]:
-        """How a refusal names the model: its backend (or server kind), and
-        the label its message shows."""
-        backend = self._info.backend or "this backend"
-        return backend, backend
-
-    def _check_options(self, cfg: GenerateConfig) -> None:
-        """Refuse, before anything runs, what this model cannot honour."""
-        backend, label = self._refusal_names()
-        refuse_unsupported(cfg, self.capabilities, backend, label=label)
-
-    # -- the seams (implement) -------------------------------------------------
-
-    def _generate(self, prompt: str, cfg: GenerateConfig) -> TokenStream:
-        raise NotImplementedError
-
-    def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
-        raise NotImplementedError
-
-    def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
-        raise NotImplementedError
-
-    def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
-        raise NotImplementedError
-
-    # -- facts -------------------------------------------------------------------
-
-    @property
-    def model_type(self) -> str:
-        return self._info.architecture
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def metrics(self) -> GenerateMetrics | None:
-        return self._metrics
-
-    @property
-    def err(self) -> BaseException | None:
-        return self._err
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: _M) -> _M:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ModelClosedError("the model is closed")
-
-    def _record(self, err: BaseException | None, metrics: GenerateMetrics | None) -> None:
-        """Keep the outcome of a finished call as ``err`` and ``metrics``."""
-        self._err = err
-        if metrics is not None:
-            self._metrics = metrics
-
-
-def _chat_only(cfg: GenerateConfig, verb: str) -> None:
-    """ValueError for the options that only ``chat`` takes."""
-    if cfg.tools or cfg.enable_thinking is not None or cfg.template_vars:
-        raise ValueError(f"tools, thinking and template_vars apply to chat(), not {verb}()")
-
-
-def check_prompts(prompts: Sequence[str]) -> list[str]:
-    """``prompts`` as a list, or TypeError for a lone str or a non-str item."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of str, not a single str")
-    items = list(prompts)
-    for i, p in enumerate(items):
-        if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] must be str; got {type(p).__name__}")
-    return items
-
-
-def check_messages(messages: Iterable[Message | Mapping[str, Any]]) -> list[Message]:
-    """``messages`` as Messages (dicts are converted); ValueError if none or invalid."""
-    msgs = [Message.coerce(m) for m in messages]
-    if not msgs:
-        raise ValueError("chat needs at least one message")
-    return msgs
-
-
-def check_prompt_text(prompt: object) -> str:
-    """``prompt`` itself, or TypeError if it is not a str."""
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
-    return prompt
 
 
 class BaseTextModel(ModelState):
@@ -323,6 +130,7 @@ class BaseTextModel(ModelState):
             raise ValueError("engine_thread=True needs stream_width (a batching engine)")
         self._gate = Gate(stream_width, on_empty=self._release_if_closed)
         self._lltokenizer: Any = None  # llguidance's view of the vocabulary, made on first use
+        self._token_bound: int | None = None  # see _bytes_per_token_bound
         self._engine = (
             EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
             if engine_thread
@@ -442,6 +250,9 @@ class BaseTextModel(ModelState):
         )
 
     def _chat(self, messages: list[Message], cfg: GenerateConfig) -> TokenStream:
+        # The messages' text alone already too long for the context: refused
+        # before the template renders them all.
+        self._check_prompt_size("".join(m.content for m in messages))
         template = self._chat_template or ""
         plan = plan_chat(
             messages,
@@ -590,10 +401,37 @@ class BaseTextModel(ModelState):
         control: StreamControl,
         markers: Mapping[int, bytes] | None = None,
     ) -> Generator[Token, None, FinishReason]:
+        self._check_prompt_size(text)  # before the gate and the tokenizer
         with self._hold(control, shared=self._batches):
             start = _perf()
             ids = self._check_prompt(self._encode(text, add_bos))
             return (yield from self._produce_ids(ids, cfg, control, start, markers))
+
+    def _check_prompt_size(self, text: str) -> None:
+        """Refuse, before tokenising it, a text that cannot fit the context:
+        longer than the context times the longest token's bytes. (Tokenising
+        with special-token parsing costs time quadratic in the markers a text
+        holds: a text that could never fit is not worth any of it.)"""
+        ctx = self._info.context_length
+        if not ctx or len(text) * 4 <= ctx * self._bytes_per_token_bound():
+            return
+        size = len(text.encode("utf-8", "surrogatepass"))
+        limit = ctx * self._bytes_per_token_bound()
+        if size > limit:
+            raise GenerationError(
+                f"the prompt has {size} bytes, more than its context of {ctx} tokens can hold "
+                f"(at most {limit} bytes: {limit // ctx} a token); shorten it"
+            )
+
+    def _bytes_per_token_bound(self) -> int:
+        """The most bytes of text one token can stand for (the longest piece
+        of the vocabulary; worked out once). Engines whose special tokens'
+        text differs from their piece override it."""
+        if self._token_bound is None:
+            vocab = self._info.vocab_size
+            pieces = (len(self._token_bytes(i)) for i in range(vocab))
+            self._token_bound = max(pieces, default=0) or 256
+        return self._token_bound
 
     def _marker_bytes(self, splitter: ReplySplitter | None) -> dict[int, bytes] | None:
         """The ids of the reply's markers that are single tokens, with their
@@ -747,6 +585,11 @@ class BaseTextModel(ModelState):
                 return markers.get(tid) or plain(tid)
 
         guide = control.guide
+        # A batching engine consumes tokens on its own thread, ahead of this
+        # reader, and ends the sequence itself when its constraint is
+        # complete: the guide is read once the sequence has ended. An engine
+        # that runs in this thread is watched token by token.
+        watch_guide = guide is not None and not self._batches
         stop_requested = control.stop_requested
         max_tokens = cfg.max_tokens
         n = 0
@@ -762,13 +605,17 @@ class BaseTextModel(ModelState):
                     reason = "stop"
                     break
                 yield from push(tid, token_bytes(tid))
-                if asm.stopped or (guide is not None and guide.stopped):
+                if asm.stopped or (watch_guide and guide.stopped):
                     reason = "stop"
                     break
-                if n >= max_tokens:
+                if n >= max_tokens:  # the engine gives no more: its state is final
+                    reason = "stop" if guide is not None and guide.stopped else "length"
                     break
                 if stop_requested():
                     control.check()
+            else:  # the engine ended the sequence
+                if guide is not None and guide.stopped:
+                    reason = "stop"
         finally:
             _close(engine)
             control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf())
@@ -797,87 +644,6 @@ class BaseTextModel(ModelState):
 def _lookup(tokens: Collection[str]) -> Collection[str]:
     """``tokens`` in a form with a fast ``in``."""
     return tokens if isinstance(tokens, (set, frozenset, Mapping)) else frozenset(tokens)
-
-
-def drain(gen: Generator[Token, None, FinishReason], control: StreamControl) -> BatchResult:
-    """Run a producer to its end and keep what it gave as a :class:`BatchResult`:
-    its tokens, its finish reason, its error (a ``Cancelled`` as "cancelled",
-    any other as "error") and the metrics it left in ``control``."""
-    tokens: list[Token] = []
-    err: BaseException | None = None
-    try:
-        while True:
-            tokens.append(next(gen))
-    except StopIteration as stop:
-        reason: FinishReason = stop.value or "stop"
-    except Cancelled as exc:
-        reason, err = "cancelled", exc
-    except Exception as exc:
-        reason, err = "error", _as_generation_error(exc)
-    finally:
-        gen.close()
-    return BatchResult(
-        tokens=tuple(tokens),
-        text="".join(t.text for t in tokens),
-        finish_reason=reason,
-        err=err,
-        metrics=control.metrics,
-    )
-
-
-def drain_many(
-    producers: Sequence[Producer], cfg: GenerateConfig, *, width: int
-) -> list[BatchResult]:
-    """Run each producer to its end, up to ``width`` at once (each in a
-    worker thread, as a stream's reader would run it), and keep each as a
-    :class:`BatchResult`, in order. They share ``cfg``'s cancel and one
-    deadline; a prompt not yet started when the batch is cancelled or out of
-    time ends "cancelled", and an interrupted caller stops them all."""
-    controls = [StreamControl(cancel=cfg.cancel, timeout=cfg.timeout) for _ in producers]
-    for control in controls[1:]:
-        control.deadline = controls[0].deadline
-
-    def stop_all() -> None:
-        for control in controls:
-            control.cancel()
-
-    def one(i: int) -> BatchResult:
-        return drain(producers[i](controls[i]), controls[i])
-
-    return map_concurrently(one, list(range(len(producers))), width, on_abort=stop_all)
-
-
-def map_concurrently(
-    fn: Callable[[_A], _T],
-    items: Sequence[_A],
-    width: int,
-    *,
-    on_abort: Callable[[], None] | None = None,
-) -> list[_T]:
-    """``[fn(item) for item in items]``, up to ``width`` at once in worker
-    threads; ``on_abort`` runs if the caller is interrupted while it waits."""
-    width = min(width, len(items))
-    if width <= 1:
-        return [fn(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="inference-worker")
-    try:
-        return list(pool.map(fn, items))
-    except BaseException:
-        if on_abort is not None:
-            on_abort()
-        raise
-    finally:
-        pool.shutdown(wait=True)
-
-
-def _as_generation_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, InferenceError):
-        return exc
-    wrapped = GenerationError(str(exc) or type(exc).__name__)
-    wrapped.__cause__ = exc
-    return wrapped
 
 
 def _close(it: Iterator[Any]) -> None:

@@ -40,12 +40,15 @@ from .engine_thread import EngineThread
 from .errors import GenerationError
 from .stream import StreamControl
 
-__all__ = ["AHEAD", "Scheduler", "Sequence"]
+__all__ = ["AHEAD", "STEP_FAILED", "Scheduler", "Sequence"]
 
 _log = logging.getLogger(__name__)
 
 #: Tokens a sequence may decode ahead of its reader before it sits out steps.
 AHEAD = 4
+#: What a caller whose sequence was in a failed step is told (the engine's
+#: own error, which may quote another caller's call, goes to the log).
+STEP_FAILED = "the engine failed during a batched step; the call was ended"
 #: Seconds between checks of a waiting reader's cancel, and of the running
 #: sequences' cancels while the loop has nothing to step.
 _POLL = 0.05
@@ -260,13 +263,16 @@ class Scheduler:
     def _run_step(self, ready: list[Sequence]) -> None:
         try:
             self._step(ready)
-        except Exception as exc:  # one step's fault must not end the others' loop
-            _log.debug("batched step failed: %s", exc)
+        except Exception:  # one step's fault must not end the others' loop
+            # Engines fail a sequence at fault alone (its constraint, say); a
+            # fault of the whole step ends every sequence in it, and their
+            # callers learn nothing of each other's calls: the log has it.
+            _log.warning("a batched step of %d sequences failed", len(ready), exc_info=True)
             with self._cond:
                 for seq in ready:
                     if not seq.halted:
                         self._halt(seq)
-                        seq.fail(GenerationError(f"the engine failed: {exc}"))
+                        seq.fail(GenerationError(STEP_FAILED))
         self.steps += 1
         self.widest = max(self.widest, len(ready))
 

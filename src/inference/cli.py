@@ -200,12 +200,17 @@ def _load(args: argparse.Namespace) -> Any:
     )
 
 
+def _dump(value: Any, out: TextIO) -> int:
+    """``value`` as indented JSON on ``out``; the command's exit status."""
+    json.dump(value, out, indent=2)
+    out.write("\n")
+    return 0
+
+
 def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
     statuses = backend_status()
     if args.json:
-        json.dump([asdict(s) for s in statuses], out, indent=2)
-        out.write("\n")
-        return 0
+        return _dump([asdict(s) for s in statuses], out)
     if not statuses:
         out.write(f"no backends installed; try: {install_command('llama_cpp')}\n")
         return 0
@@ -224,9 +229,7 @@ def _cmd_backends(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_discover(args: argparse.Namespace, out: TextIO) -> int:
     found = list(discover(args.directory))
     if args.json:
-        json.dump([asdict(m) for m in found], out, indent=2)
-        out.write("\n")
-        return 0
+        return _dump([asdict(m) for m in found], out)
     if not found:
         out.write(f"no models found in {args.directory}\n")
         return 0
@@ -267,15 +270,13 @@ def _cmd_info(args: argparse.Namespace, out: TextIO) -> int:
             info["capabilities"] = caps
             if chain:
                 info["selection"] = [asdict(c) for c in chain]
-            json.dump(info, out, indent=2)
-            out.write("\n")
-        else:
-            for key, value in info.items():
-                out.write(f"{key:<17} {value}\n")
-            out.write("capabilities:\n")
-            for key, value in caps.items():
-                shown = (", ".join(value) or "none") if isinstance(value, list) else value
-                out.write(f"  {key:<17} {shown}\n")
+            return _dump(info, out)
+        for key, value in info.items():
+            out.write(f"{key:<17} {value}\n")
+        out.write("capabilities:\n")
+        for key, value in caps.items():
+            shown = (", ".join(value) or "none") if isinstance(value, list) else value
+            out.write(f"  {key:<17} {shown}\n")
     return 0
 
 
@@ -415,9 +416,7 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
         "peak_memory_bytes": max((m.peak_memory_bytes or 0) for m in runs) or None,
     }
     if args.json:
-        json.dump(summary, out, indent=2)
-        out.write("\n")
-        return 0
+        return _dump(summary, out)
     peak = summary["peak_memory_bytes"]
     out.write(
         f"backend {backend}, {len(runs)} runs (median), {summary['prompt_tokens']} prompt tokens, "

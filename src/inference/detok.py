@@ -5,7 +5,10 @@ the :class:`~inference.Token` objects to emit. It never shows a replacement
 character for a character split across tokens (the token that starts it
 carries ``""``), holds back text that might be the start of a stop string,
 and releases it when it turns out not to be. The texts it emits concatenate
-to exactly the generated text, without the stop string.
+to exactly the generated text, without the stop string. Stop strings are
+matched by one Knuth-Morris-Pratt automaton each, fed every character once:
+the work is linear in the text and the stop strings, however long the held
+text grows (a prefix of a long stop string is held until it cannot match).
 
 :class:`LogprobAssembler` wraps one to give each emitted token the
 log-probabilities of its id (``logprobs=k``).
@@ -22,15 +25,31 @@ from .types import Token, TokenLogprob
 __all__ = ["LogprobAssembler", "TextAssembler"]
 
 
+def _failure(pattern: str) -> list[int]:
+    """KMP's failure function: for each prefix of ``pattern``, the length of
+    its longest proper prefix that is also its suffix."""
+    fail = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
 class TextAssembler:
     """Turns (id, bytes) pairs into tokens to emit; one per generation."""
 
-    __slots__ = ("_buf", "_decode", "_longest", "_pending", "_stops", "stopped")
+    __slots__ = ("_buf", "_decode", "_fail", "_matched", "_pending", "_stops", "stopped")
 
     def __init__(self, stop: Sequence[str] = ()) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
         self._stops = tuple(stop)
-        self._longest = max((len(s) for s in self._stops), default=0)
+        self._fail = [_failure(s) for s in self._stops]
+        #: Per stop string: how much of it the text so far ends with.
+        self._matched = [0] * len(self._stops)
         self._pending: list[Token] = []
         self._buf = ""
         #: Set once a stop string has matched; nothing more is emitted.
@@ -42,26 +61,31 @@ class TextAssembler:
         if not self._stops:
             return [Token(token_id, text)]
         self._pending.append(Token(token_id, text))
+        start = len(self._buf)
         self._buf += text
-        return self._scan()
+        return self._scan(text, start)
 
-    def _scan(self) -> list[Token]:
-        buf = self._buf
+    def _scan(self, text: str, start: int) -> list[Token]:
+        """Feed ``text`` (at ``start`` in the held text) to every stop
+        string's automaton; cut at the earliest stop string it completes, or
+        emit all but the longest tail that could still begin one."""
         cut = -1
-        for s in self._stops:
-            i = buf.find(s)
-            if i != -1 and (cut == -1 or i < cut):
-                cut = i
+        for j, stop in enumerate(self._stops):
+            fail, k, size = self._fail[j], self._matched[j], len(stop)
+            for offset, ch in enumerate(text):
+                while k and ch != stop[k]:
+                    k = fail[k - 1]
+                if ch == stop[k]:
+                    k += 1
+                if k == size:  # this stop string's first occurrence
+                    begin = start + offset + 1 - size
+                    cut = begin if cut == -1 else min(cut, begin)
+                    break
+            self._matched[j] = k
         if cut != -1:
             self.stopped = True
             return self._take(cut, partial=True)
-        hold = 0
-        for s in self._stops:
-            for n in range(min(len(s) - 1, len(buf)), hold, -1):
-                if buf.endswith(s[:n]):
-                    hold = n
-                    break
-        return self._take(len(buf) - hold, partial=False)
+        return self._take(len(self._buf) - max(self._matched), partial=False)
 
     def _take(self, upto: int, *, partial: bool) -> list[Token]:
         """Emit pending tokens whose text ends at or before ``upto``.

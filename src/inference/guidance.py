@@ -61,7 +61,7 @@ class Guide:
     once the constraint is complete and nothing but the end may follow.
     """
 
-    __slots__ = ("_bits", "_bool", "_matcher", "_n_vocab", "steps")
+    __slots__ = ("_bits", "_bool", "_matcher", "_n_vocab", "failure", "steps", "stopped")
 
     def __init__(self, matcher: Any, n_vocab: int) -> None:
         self._matcher = matcher
@@ -69,13 +69,20 @@ class Guide:
         self._bits = np.zeros(((n_vocab + 31) // 32,), dtype=np.int32)
         self._bool = np.zeros(n_vocab, dtype=bool)
         self.steps = 0
+        #: True once the constraint is complete. A plain attribute, set by
+        #: the thread that consumes tokens, so that another thread may read
+        #: it without touching the matcher (which allows one borrower).
+        self.stopped = False
+        #: The error that ended this constraint, where an engine records it
+        #: rather than raising inside a step shared with other sequences.
+        self.failure: GenerationError | None = None
 
     def allowed(self) -> Any:
         """The tokens allowed next, as a bool array (shared: copy to keep it)."""
         m = self._matcher
         m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         if m.is_error():
-            raise GenerationError(f"the constraint engine failed: {m.get_error()}")
+            raise GenerationError(f"the constraint engine failed: {_first_line(m.get_error())}")
         bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")
         np.not_equal(bits[: self._n_vocab], 0, out=self._bool)
         return self._bool
@@ -91,18 +98,21 @@ class Guide:
     def consume(self, token: int) -> None:
         """Advance past ``token``; GenerationError if the constraint forbids it."""
         self.steps += 1
-        if not self._matcher.consume_token(token):
-            raise GenerationError(
-                f"the constraint engine refused token {token}: {self._matcher.get_error()}"
-            )
-
-    @property
-    def stopped(self) -> bool:
-        return bool(self._matcher.is_stopped())
+        m = self._matcher
+        if not m.consume_token(token):
+            why = _first_line(m.get_error())
+            raise GenerationError(f"the constraint engine refused token {token}: {why}")
+        self.stopped = bool(m.is_stopped())
 
     @property
     def accepting(self) -> bool:
         return bool(self._matcher.is_accepting())
+
+
+def _first_line(error: str) -> str:
+    """llguidance's error without the parser state it dumps after it (which
+    holds the grammar and the tokens so far: not for a client's eyes)."""
+    return error.strip().splitlines()[0] if error.strip() else "unknown error"
 
 
 def guide(tokenizer: Any, grammar: str, n_vocab: int) -> Guide:

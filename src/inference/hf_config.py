@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelLoadError
+from .types import ModelInfo
 from .values import whole_number
 
-__all__ = ["MAX_CONFIG_BYTES", "ConfigFacts", "config_facts", "read_config"]
+__all__ = ["MAX_CONFIG_BYTES", "config_facts", "read_config"]
 
 #: The largest ``config.json`` read (real ones are a few KiB).
 MAX_CONFIG_BYTES = 4 << 20
@@ -53,22 +53,11 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigFacts:
-    """What a config says about its model; zero or ``""`` where it does not."""
-
-    architecture: str = ""
-    context_length: int = 0
-    vocab_size: int = 0
-    layers: int = 0
-    hidden_size: int = 0
-    quant_bits: int = 0
-    quant_group_size: int = 0
-
-
-def config_facts(config: Mapping[str, Any]) -> ConfigFacts:
-    """The facts of ``config``. Multimodal configs keep the language model's
-    under ``text_config``, which is read where the top level does not say."""
+def config_facts(config: Mapping[str, Any]) -> ModelInfo:
+    """What ``config`` says about its model, as a :class:`~inference.ModelInfo`
+    (zero or ``""`` where it does not say; no backend or path). Multimodal
+    configs keep the language model's facts under ``text_config``, which is
+    read where the top level does not say."""
     text = config.get("text_config")
     inner: Mapping[str, Any] = text if isinstance(text, Mapping) else {}
 
@@ -97,7 +86,7 @@ def config_facts(config: Mapping[str, Any]) -> ConfigFacts:
             if bits:
                 group = max(whole_number(section.get("group_size")) or 0, 0)
                 break
-    return ConfigFacts(
+    return ModelInfo(
         architecture=architecture,
         context_length=number(*_CONTEXT_KEYS),
         vocab_size=number("vocab_size"),

@@ -74,19 +74,15 @@ def batch_metrics(
     generated = sum(m.generated_tokens for m in done)
     firsts = [m.time_to_first_token for m in done if m.generated_tokens]
     ttft = min(firsts, default=0.0)
-    total = max(end - start, 0.0)
-    decode = max(total - ttft, 0.0) if generated else 0.0
+    decode = max(end - start - ttft, 0.0) if generated else 0.0
     later = generated - len(firsts)
-    active, peak = memory
-    return GenerateMetrics(
-        prompt_tokens=prompt,
-        generated_tokens=generated,
-        prefill_seconds=ttft,
+    return call_metrics(
+        prompt,
+        generated,
+        start,
+        start + ttft,
+        end,
         decode_seconds=decode,
-        total_seconds=total,
-        time_to_first_token=ttft,
-        prefill_tokens_per_second=prompt / ttft if ttft > 0 else 0.0,
-        decode_tokens_per_second=later / decode if later > 0 and decode > 0 else 0.0,
-        peak_memory_bytes=peak,
-        active_memory_bytes=active,
+        decode_rate=later / decode if later > 0 and decode > 0 else 0.0,
+        memory=memory,
     )

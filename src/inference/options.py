@@ -32,6 +32,8 @@ from .values import is_int, is_number
 __all__ = [
     "GENERATE_OPTIONS",
     "LOAD_OPTIONS",
+    "MIN_TEMPERATURE",
+    "PENALTY_RANGE",
     "GenerateConfig",
     "LoadConfig",
     "Option",
@@ -84,10 +86,16 @@ def _int(option: str, value: object, *, minimum: int) -> int:
 
 
 def _float(option: str, value: object, *, low: float, high: float = math.inf) -> float:
+    """A finite number in [low, high] (NaN and the infinities never are)."""
     if not is_number(value):
         raise _fail(option, value, "a number")
-    number = float(value)
-    if math.isnan(number) or number < low or number > high:
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise _fail(option, value, "a finite number") from None
+    if not math.isfinite(number):
+        raise _fail(option, value, "a finite number")
+    if number < low or number > high:
         bounds = f"in [{low:g}, {high:g}]" if high != math.inf else f">= {low:g}"
         raise _fail(option, value, f"a number {bounds}")
     return number
@@ -162,11 +170,22 @@ def _strings(option: str, value: object) -> tuple[str, ...]:
     return tuple(flat)  # type: ignore[arg-type]
 
 
-def _penalty(option: str, value: object) -> float:
+#: Below this a temperature is greedy: dividing logits by a smaller one
+#: overflows float32 (1e-40 sampled the last vocabulary id forever).
+MIN_TEMPERATURE = 1e-6
+#: The repetition penalty's range: the logits of repeated tokens are
+#: divided (or multiplied) by it, and float32 must hold the result.
+PENALTY_RANGE = (0.01, 100.0)
+
+
+def _temperature(option: str, value: object) -> float:
     number = _float(option, value, low=0.0)
-    if number == 0.0:
-        raise _fail(option, value, "> 0 (1 is no penalty)")
-    return number
+    return 0.0 if number < MIN_TEMPERATURE else number
+
+
+def _penalty(option: str, value: object) -> float:
+    low, high = PENALTY_RANGE
+    return _float(option, value, low=low, high=high)
 
 
 def _timeout(option: str, value: object) -> float | None:
@@ -293,7 +312,9 @@ class GenerateConfig:
     """How one generation call samples and when it stops.
 
     Zero means "off" for ``top_k``, ``top_p`` and ``min_p``; ``temperature``
-    0 is greedy decoding; ``repeat_penalty`` 1 is no penalty; ``seed`` None
+    0 is greedy decoding (a temperature below :data:`MIN_TEMPERATURE` is
+    stored as 0); ``repeat_penalty`` 1 is no penalty (within
+    :data:`PENALTY_RANGE`); numbers are finite; ``seed`` None
     lets the backend choose; ``logprobs`` None asks for no log-probabilities
     (0 asks for the chosen token's alone); ``timeout`` None means no deadline.
     At most one of the structured-output fields (``json_schema``,
@@ -307,7 +328,7 @@ class GenerateConfig:
     """
 
     max_tokens: int = _option(256, _at_least(0))
-    temperature: float = _option(0.0, _number(0.0))
+    temperature: float = _option(0.0, _temperature)
     top_k: int = _option(0, _at_least(0))
     top_p: float = _option(0.0, _number(0.0, 1.0))
     min_p: float = _option(0.0, _number(0.0, 1.0))
@@ -397,7 +418,7 @@ def with_max_tokens(n: int) -> Option:
 
 
 def with_temperature(t: float) -> Option:
-    """Sampling temperature; 0 is greedy and deterministic."""
+    """Sampling temperature; 0 (or below 1e-6) is greedy and deterministic."""
     return _make("generate", "temperature", t)
 
 
@@ -427,7 +448,7 @@ def with_stop(*strings: str | Iterable[str]) -> Option:
 
 
 def with_repeat_penalty(penalty: float) -> Option:
-    """Penalise tokens already in the context; 1 is no penalty."""
+    """Penalise tokens already in the context; 1 is no penalty (0.01 to 100)."""
     return _make("generate", "repeat_penalty", penalty)
 
 

@@ -25,8 +25,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import BaseTextModel, ModelState
+from .base import BaseTextModel
 from .errors import GenerationError
+from .model_state import ModelState
 from .options import GenerateConfig, Option, generate_config
 from .stream import StreamControl
 from .types import RollingScore, ScoreResult

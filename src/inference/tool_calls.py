@@ -198,13 +198,26 @@ def _from_objects(values: Iterable[Any], args_keys: Sequence[str]) -> list[ToolC
 
 
 def _parse_hermes(text: str) -> list[ToolCall] | None:
-    calls: list[ToolCall] = []
     parts = text.split("<tool_call>")
-    for part in parts[1:] if len(parts) > 1 else parts:
-        body = part.split("</tool_call>")[0].strip()
-        if not body:
+    bodies = [p.split("</tool_call>")[0] for p in (parts[1:] if len(parts) > 1 else parts)]
+    return _every_part(bodies, _json_calls)
+
+
+def _json_calls(text: str) -> list[ToolCall] | None:
+    """The calls of JSON objects (``name`` and ``arguments`` or ``parameters``)."""
+    return _from_objects(_json_values(text) or [None], ("arguments", "parameters"))
+
+
+def _every_part(
+    parts: list[str], parse: Callable[[str], list[ToolCall] | None]
+) -> list[ToolCall] | None:
+    """The calls of every non-blank part, or None if one is not a call."""
+    calls: list[ToolCall] = []
+    for part in parts:
+        part = part.strip()
+        if not part:
             continue
-        found = _from_objects(_json_values(body) or [None], ("arguments", "parameters"))
+        found = parse(part)
         if found is None:
             return None
         calls.extend(found)
@@ -221,25 +234,17 @@ def _parse_llama3(text: str) -> list[ToolCall] | None:
 
 
 def _parse_mistral(text: str) -> list[ToolCall] | None:
-    calls: list[ToolCall] = []
     parts = text.split("[TOOL_CALLS]")
-    for part in parts[1:] if len(parts) > 1 else parts:
-        part = part.strip()
-        if not part:
-            continue
-        if "[ARGS]" in part:  # v11: name[ARGS]{...}
-            name, _, args = part.partition("[ARGS]")
-            values = _json_values(args)
-            call = _call(name.strip(), values[0] if values else None)
-            if call is None:
-                return None
-            calls.append(call)
-            continue
-        found = _from_objects(_json_values(part) or [None], ("arguments", "parameters"))
-        if found is None:
-            return None
-        calls.extend(found)
-    return calls
+    return _every_part(parts[1:] if len(parts) > 1 else parts, _mistral_call)
+
+
+def _mistral_call(part: str) -> list[ToolCall] | None:
+    if "[ARGS]" in part:  # v11: name[ARGS]{...}
+        name, _, args = part.partition("[ARGS]")
+        values = _json_values(args)
+        call = _call(name.strip(), values[0] if values else None)
+        return None if call is None else [call]
+    return _json_calls(part)
 
 
 def _literal(node: Any) -> Any:

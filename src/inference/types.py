@@ -104,13 +104,15 @@ class ToolCall:
     def from_dict(cls, data: Mapping[str, Any]) -> ToolCall:
         """From OpenAI's shape (``arguments`` JSON text or a dict) or the
         bare ``{"id", "name", "arguments"}``; ValueError if malformed."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a tool call must be an object, not {type(data).__name__}")
         inner = data.get("function", data)
         name = inner.get("name") if isinstance(inner, Mapping) else None
         args: Any = inner.get("arguments", {}) if isinstance(inner, Mapping) else None
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValueError(f"tool call {name!r}: arguments are not JSON") from None
         if not isinstance(name, str) or not name or not isinstance(args, dict):
             raise ValueError("a tool call needs a function name and an arguments object")

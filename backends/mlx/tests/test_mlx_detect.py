@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -206,14 +206,16 @@ def installed(*names: str) -> Any:
     return lambda name: name in names
 
 
-def test_without_probe_apple_silicon_is_metal_without_importing() -> None:
-    result = here(
-        "darwin",
-        "arm64",
-        probe=False,
-        installed=installed("mlx-metal"),
-        nvidia_driver=lambda: False,
+def offline(platform: str, machine: str, *builds: str, driver: bool = False) -> MlxDevice:
+    """``detect(probe=False)`` with these mlx builds installed, and an NVIDIA
+    driver or not."""
+    return here(
+        platform, machine, probe=False, installed=installed(*builds), nvidia_driver=lambda: driver
     )
+
+
+def test_without_probe_apple_silicon_is_metal_without_importing() -> None:
+    result = offline("darwin", "arm64", "mlx-metal")
     assert result == MlxDevice(True, "metal", PRIORITY_METAL, "Apple GPU via Metal")
 
 
@@ -224,24 +226,12 @@ def test_without_probe_intel_mac_is_still_refused() -> None:
 
 def test_without_probe_cuda_build_with_a_driver_is_cuda() -> None:
     for build in ("mlx-cuda-12", "mlx-cuda-13"):
-        result = here(
-            "linux",
-            "x86_64",
-            probe=False,
-            installed=installed("mlx-cpu", build),
-            nvidia_driver=lambda: True,
-        )
+        result = offline("linux", "x86_64", "mlx-cpu", build, driver=True)
         assert result == MlxDevice(True, "cuda", PRIORITY_CUDA, "NVIDIA GPU via MLX's CUDA backend")
 
 
 def test_without_probe_cuda_build_without_a_driver_is_cpu() -> None:
-    result = here(
-        "linux",
-        "x86_64",
-        probe=False,
-        installed=installed("mlx-cuda-12"),
-        nvidia_driver=lambda: False,
-    )
+    result = offline("linux", "x86_64", "mlx-cuda-12")
     assert (result.available, result.device, result.priority) == (True, "cpu", PRIORITY_CPU)
     assert result.reason.startswith("MLX CPU device only; no GPU")
     assert "mlx-cuda-12" in result.reason
@@ -260,16 +250,14 @@ def test_without_probe_cpu_build_is_cpu_even_with_a_driver() -> None:
     importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None,
     reason="mlx and mlx-lm are not installed",
 )
-def test_without_probe_agrees_with_the_probe_here() -> None:
+def test_without_probe_agrees_with_the_probe_here(python_says: Callable[[str], str]) -> None:
     code = (
         "import sys\n"
         "from inference_mlx.detect import detect\n"
         "d = detect(probe=False)\n"
         "print(d.available, d.device, 'mlx' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout.split()
+    out = python_says(code).split()
     cheap = detect(probe=False)
     assert out == [str(cheap.available), cheap.device, "False"]  # judged without importing mlx
     assert cheap == detect()

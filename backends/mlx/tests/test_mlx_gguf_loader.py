@@ -35,6 +35,7 @@ from inference_mlx import (  # noqa: E402
 from inference_mlx.gguf_loader import cached_convert, convert_gguf, load_gguf  # noqa: E402
 from inference_mlx.rope import fit_llama3_rope, llama3_rope_factors  # noqa: E402
 from mlx_lm.sample_utils import make_sampler  # noqa: E402
+from tiny_gguf import write_out  # noqa: E402
 
 from inference.errors import ModelLoadError  # noqa: E402
 from inference.gguf import read_header  # noqa: E402
@@ -402,10 +403,7 @@ def _write_gguf(
         stored[name] = exact
     for name, value in (extra_tensors or {}).items():
         writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     return stored
 
 
@@ -649,10 +647,7 @@ def test_packed_types_match_mx_load(tmp_path: Path) -> None:
             writer.add_tensor(name, value)
         else:
             writer.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
 
     arrays = mx.load(str(path))
     header = read_header(path)
@@ -695,11 +690,17 @@ def test_types_the_loader_cannot_decode_are_refused_before_loading(
         raise AssertionError("no tensor may be read from this file")
 
     monkeypatch.setattr(gguf_loader, "read_tensor", no_read)
+    assert "cannot decode: Q8_K (6 tensors)" in _refused(path)
+
+
+def _refused(path: Path) -> str:
+    """The message of the ModelLoadError that loading ``path`` raises; it
+    names the file and points to the llama_cpp backend."""
     with pytest.raises(ModelLoadError) as info:
         load_gguf(str(path))
-    assert "cannot decode: Q8_K (6 tensors)" in str(info.value)
-    assert "llama_cpp" in str(info.value)
     assert info.value.path == str(path)
+    assert "llama_cpp" in str(info.value)
+    return str(info.value)
 
 
 def test_rope_freqs_become_llama3_scaling(tmp_path: Path) -> None:
@@ -790,10 +791,7 @@ def test_unsupported_architecture_is_refused(
     writer = gguf.GGUFWriter(str(path), "mamba")
     writer.add_uint32("mamba.block_count", 1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     loads: list[str] = []
     real_load = mx.load
     monkeypatch.setattr(mx, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
@@ -812,11 +810,7 @@ def test_unsupported_architecture_is_refused(
 def test_unsupported_tokenizer_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bert-vocab.gguf"
     _write_gguf(path, "qwen3", _hf_weights("qwen3"), tokenizer_model="bert")
-    with pytest.raises(ModelLoadError) as info:
-        load_gguf(str(path))
-    assert "'bert'" in str(info.value)
-    assert "llama_cpp" in str(info.value)
-    assert info.value.path == str(path)
+    assert "'bert'" in _refused(path)
 
 
 def test_unreadable_file_raises_model_load_error(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import llama_cpp
 import numpy as np
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 64, 4, 2, 16, 96
@@ -150,14 +149,21 @@ def write_tiny(
     writer.add_uint32("tokenizer.ggml.unknown_token_id", 0)
     for name, value in tensors(arch, seed, fused=fused).items():
         writer.add_tensor(name, value)
+    write_out(writer)
+    return path
+
+
+def write_out(writer: Any) -> None:
+    """Write a gguf-py ``GGUFWriter``'s header, metadata and tensors, and close it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def llama_cpp_logits(path: Path, ids: list[int]) -> Any:
+    import llama_cpp
+
     f32 = int(llama_cpp.GGML_TYPE_F32)
     llm = llama_cpp.Llama(
         str(path),

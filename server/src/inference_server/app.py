@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -79,6 +79,36 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: The deepest a request body may nest (schemas, tool parameters and
+#: arguments included): every later step that walks it stays far from
+#: Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` (walked without recursion)."""
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            todo.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            todo.extend((v, depth + 1) for v in item)
+    return False
+
+
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (a lone surrogate a client sent
+    in a field name) escaped, so that an error can always be sent back."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class _Server:
     def __init__(self, model: TextModel, settings: Settings) -> None:
         self.model = model
@@ -99,27 +129,30 @@ class _Server:
 
     async def _body(self, request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
+        too_large = _Refused(
+            413, f"the request body exceeds {self.s.max_body_bytes} bytes", "invalid_request_error"
+        )
         if declared and declared.isdigit() and int(declared) > self.s.max_body_bytes:
-            raise _Refused(
-                413,
-                f"the request body exceeds {self.s.max_body_bytes} bytes",
-                "invalid_request_error",
-            )
+            raise too_large
         data = bytearray()
-        async for part in request.stream():
-            data += part
-            if len(data) > self.s.max_body_bytes:
-                raise _Refused(
-                    413,
-                    f"the request body exceeds {self.s.max_body_bytes} bytes",
-                    "invalid_request_error",
-                )
         try:
-            body = json.loads(data)
+            async for part in request.stream():
+                data += part
+                if len(data) > self.s.max_body_bytes:
+                    raise too_large
+        except ClientDisconnect:  # gone mid-body: nobody is left to answer
+            raise _Refused(400, "the client disconnected", "invalid_request_error") from None
+        try:
+            # Standard JSON: NaN and Infinity are not numbers a client may send.
+            body = json.loads(data, parse_constant=_not_json)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object")
+        if _too_deep(body, MAX_JSON_DEPTH):
+            raise BadRequest(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
         return body
 
     @contextlib.asynccontextmanager
@@ -262,6 +295,7 @@ class _Server:
         param: str = "",
         headers: dict[str, str] | None = None,
     ) -> JSONResponse:
+        message, param = _encodable(message), _encodable(param)
         if api == "ollama":
             return JSONResponse({"error": message}, status_code=status, headers=headers)
         return _error(status, message, kind, param, headers)

@@ -9,6 +9,7 @@ app answers with HTTP 400 and an OpenAI-style error body.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,16 @@ def _number(body: Mapping[str, Any], key: str) -> Any:
     value = body.get(key)
     if value is not None and not is_number(value):
         raise BadRequest(f"{key} must be a number", key)
+    if value is not None and not _finite(value):
+        raise BadRequest(f"{key} must be a finite number", key)
     return value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _neutral(body: Mapping[str, Any], key: str, neutral: Any) -> None:

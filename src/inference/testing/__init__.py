@@ -7,7 +7,7 @@ from __future__ import annotations
 from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
 from .models import backend_fixtures, requantise, requires, smollm2_path
-from .threads import together, wait_for
+from .threads import cancel_after, together, wait_for
 
 __all__ = [
     "EOS_ID",
@@ -15,6 +15,7 @@ __all__ = [
     "FakeModel",
     "TextModelConformance",
     "backend_fixtures",
+    "cancel_after",
     "requantise",
     "requires",
     "run_conformance",

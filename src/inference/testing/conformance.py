@@ -47,7 +47,7 @@ from ..options import with_max_tokens, with_stop, with_temperature
 from ..protocols import Scorer, TextModel, Tokenizer
 from ..stream import TokenStream
 from ..types import BatchResult, ClassifyResult, GenerateMetrics, Message, Token, ToolCall
-from .threads import together
+from .threads import cancel_after, together, wait_for
 
 __all__ = ["TextModelConformance", "run_conformance"]
 
@@ -295,13 +295,7 @@ class TextModelConformance:
     def test_cancel_mid_stream_then_reuse(self) -> None:
         expected = self.model.generate(self.prompt, max_tokens=3).text()
         stream = self.model.generate(self.prompt, max_tokens=10_000)
-        got = []
-        for tok in stream:
-            got.append(tok)
-            if len(got) == 2:
-                canceller = threading.Thread(target=stream.cancel)
-                canceller.start()
-                canceller.join()
+        got = cancel_after(stream, 2)
         assert 2 <= len(got) <= 4, f"cancel took effect after {len(got)} tokens"
         assert stream.finish_reason == "cancelled"
         assert isinstance(stream.err, Cancelled)
@@ -415,6 +409,27 @@ class TextModelConformance:
             [lambda: self.model.generate(self.prompt, max_tokens=4).text()] * self.threads
         )
         assert results == [expected] * self.threads, results
+
+    def test_classify_beside_a_running_stream(self) -> None:
+        """``classify`` from another thread while a stream runs gives what it
+        gives alone, and the stream goes on undisturbed: an in-process engine
+        (which clears its cache for it) queues it behind the stream."""
+        prompts = [self.prompt, self.other_prompt]
+        expected = [r.token.id for r in self.model.classify(prompts)]
+        alone = self.model.generate(self.prompt, max_tokens=self.max_tokens).text()
+        out: list[list[ClassifyResult]] = []
+        with self.model.generate(self.prompt, max_tokens=self.max_tokens) as stream:
+            first = next(stream)
+            worker = threading.Thread(target=lambda: out.append(self.model.classify(prompts)))
+            worker.start()
+            gate = getattr(self.model, "_gate", None)
+            if gate is not None:
+                wait_for(lambda: gate.waiting == 1, "classify to queue behind the stream")
+                assert not out
+            rest = "".join(t.text for t in stream)
+        worker.join(300)
+        assert first.text + rest == alone
+        assert out and [r.token.id for r in out[0]] == expected
 
     def test_concurrent_streams_equal_their_sequential_runs(self) -> None:
         """``threads`` calls at once, each with its own prompt and options

@@ -1,13 +1,14 @@
-"""Thread helpers for concurrency tests: run calls at once, wait for an event."""
+"""Thread helpers for concurrency tests: run calls at once, wait for an
+event, cancel a stream from another thread."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["together", "wait_for"]
+__all__ = ["cancel_after", "together", "wait_for"]
 
 
 def together(calls: Sequence[Callable[[], Any]], *, timeout: float = 300.0) -> list[Any]:
@@ -42,3 +43,18 @@ def wait_for(cond: Callable[[], bool], what: str, limit: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {limit} s")
         time.sleep(0.005)
+
+
+def cancel_after(stream: Any, n: int) -> list[Any]:
+    """Read ``stream`` (a :class:`~inference.TokenStream`), cancelling it from
+    another thread once ``n`` tokens have come (the cancel has landed before
+    the next token is read); every token read."""
+    got: list[Any] = []
+    tokens: Iterable[Any] = stream
+    for tok in tokens:
+        got.append(tok)
+        if len(got) == n:
+            canceller = threading.Thread(target=stream.cancel)
+            canceller.start()
+            canceller.join()
+    return got

@@ -283,7 +283,12 @@ class Scheduler(batching.Scheduler):
             slot.used = self._step_no
         for seq, row in to_sample:
             if not seq.halted:
-                self._sample(seq, row)
+                try:
+                    self._sample(seq, row)
+                except GenerationError as exc:  # its constraint failed: it alone ends
+                    with self._cond:
+                        self._halt(seq)
+                        seq.fail(exc)
 
     def _decode(self, stepping: list[batching.Sequence], *, abortable: bool) -> None:
         batch = self._batch

@@ -276,6 +276,13 @@ class LlamaCppModel(ScoringTextModel):
             n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
+    def _bytes_per_token_bound(self) -> int:
+        if self._token_bound is None:  # special tokens' text counts too (it is parsed)
+            self._token_bound = max(
+                (len(self._piece(i, special=True)) for i in range(self._n_vocab)), default=256
+            )
+        return self._token_bound
+
     def _token_bytes(self, token_id: int) -> bytes:
         piece = self._pieces.get(token_id)
         if piece is None:

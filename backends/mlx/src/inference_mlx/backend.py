@@ -11,7 +11,6 @@ Loading a model imports MLX and asks it for the device itself.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from inference.gguf import GGUFHeader
@@ -40,15 +39,12 @@ class MlxBackend:
 
     def __init__(self) -> None:
         self._device: MlxDevice | None = None
-        self._lock = threading.Lock()
 
     def _detect(self) -> MlxDevice:
         device = self._device
         if device is None:
-            with self._lock:
-                device = self._device
-                if device is None:
-                    device = self._device = detect(probe=False)
+            # Cheap and importing nothing: threads that race here agree.
+            device = self._device = detect(probe=False)
         return device
 
     def available(self) -> bool:

@@ -144,12 +144,28 @@ class Scheduler(batching.Scheduler):
                 self._cache.keep(r.prompt_cache, list(r.all_tokens))
             if seq.halted:
                 continue
+            guide = seq.control.guide
+            if guide is not None and guide.failure is not None:  # it alone ends
+                with self._cond:
+                    self._halt(seq)
+                    seq.fail(guide.failure)
+                continue
+            # The generator runs its logits processors a step ahead: the guide
+            # may already have consumed this token, and a token it never
+            # consumes once complete came after the end.
+            if guide is not None and guide.stopped and seq.generated >= guide.steps:
+                seq.end()
+                continue
             lp = None
             if seq.logprobs is not None:
                 logits = state.raw.popleft() if state.raw else None
                 lp = logprobs_of(int(r.token), seq.logprobs, logits, r.logprobs)
-            if not seq.give(int(r.token), lp) and r.finish_reason is not None:
-                seq.end()
+            if seq.give(int(r.token), lp):
+                continue
+            if r.finish_reason is not None or (
+                guide is not None and guide.stopped and seq.generated >= guide.steps
+            ):
+                seq.end()  # the engine's limit, or the constraint complete with this token
 
     def _remove(self, seq: batching.Sequence, *, keep: bool) -> None:
         state = _state(seq)

@@ -34,7 +34,6 @@ from inference.errors import GenerationError
 from inference.options import GenerateConfig, LoadConfig
 from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
-from inference.types import ModelInfo
 
 from . import loading
 from .batching import Scheduler, SeqState
@@ -74,17 +73,10 @@ class MlxModel(ScoringTextModel):
 
     backend_name: ClassVar[str] = "mlx"
 
-    def __init__(
-        self,
-        *,
-        model: Any,
-        wrapper: Any,
-        info: ModelInfo,
-        device: str,
-        batch_size: int = loading.DEFAULT_BATCH,
-        cpu_only: bool = False,
-    ) -> None:
-        width = max(1, batch_size)
+    def __init__(self, loaded: loading.Loaded) -> None:
+        """Wrap a model :func:`inference_mlx.loading.load` loaded."""
+        info, wrapper = loaded.info, loaded.wrapper
+        width = max(1, loaded.batch_size)
         tokenizer = _unwrap(wrapper)
         bos = getattr(tokenizer, "bos_token", None)
         eos = getattr(tokenizer, "eos_token", None)
@@ -100,7 +92,7 @@ class MlxModel(ScoringTextModel):
             engine_thread=True,
             stream_width=width,
         )
-        self._model: Any = model
+        self._model: Any = loaded.model
         self._wrapper: Any = wrapper
         self._tokenizer: Any = tokenizer
         bos_id = getattr(tokenizer, "bos_token_id", None)
@@ -108,8 +100,8 @@ class MlxModel(ScoringTextModel):
         #: The last finished sequence's KV cache and the tokens it holds.
         self._prompt_cache = PromptCache()
         self._table = TokenTable(tokenizer)
-        self._device = device
-        self._cpu_only = cpu_only
+        self._device = loaded.device
+        self._cpu_only = loaded.cpu_only
         self._mx_stream: Any = None  # made on first use
         assert self._engine is not None
         self._scheduler = Scheduler(
@@ -127,15 +119,7 @@ class MlxModel(ScoringTextModel):
     @classmethod
     def load(cls, path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> MlxModel:
         """Load the folder or GGUF file at ``path``; ModelLoadError on failure."""
-        done = loading.load(path, cfg, device=device)
-        return cls(
-            model=done.model,
-            wrapper=done.wrapper,
-            info=done.info,
-            device=done.device,
-            batch_size=done.batch_size,
-            cpu_only=done.cpu_only,
-        )
+        return cls(loading.load(path, cfg, device=device))
 
     # -- primitives -----------------------------------------------------------
 

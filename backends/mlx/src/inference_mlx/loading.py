@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +81,9 @@ def info_from_config(
     ``inference discover`` does). ``context_len`` (the load option)
     overrides the trained context length when given."""
     facts = config_facts(config)
-    return ModelInfo(
-        architecture=facts.architecture,
-        vocab_size=facts.vocab_size,
-        layers=facts.layers,
-        hidden_size=facts.hidden_size,
+    return replace(
+        facts,
         context_length=context_len or facts.context_length,
-        quant_bits=facts.quant_bits,
-        quant_group_size=facts.quant_group_size,
         backend="mlx",
         path=path,
         notes=tuple(notes),

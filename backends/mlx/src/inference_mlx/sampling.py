@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from inference.errors import GenerationError
 from inference.options import GenerateConfig
 
 __all__ = ["PENALTY_LAST_N", "keyed_sampler", "log_softmax", "logprobs_of", "masker", "sampling"]
@@ -65,7 +66,10 @@ def masker(guide: Any) -> Any:
 
     mlx-lm calls it for each step with the tokens so far: from the second
     call on, the last of them is the token just sampled, which the guide
-    consumes before it gives the next mask.
+    consumes before it gives the next mask. It never raises inside the
+    generator's step, which every sequence shares: a constraint that fails
+    is recorded in ``guide.failure``, and the scheduler ends that sequence
+    alone.
     """
     import mlx.core as mx
     import numpy as np
@@ -74,12 +78,18 @@ def masker(guide: Any) -> Any:
 
     def constrain(tokens: Any, logits: Any) -> Any:
         nonlocal started
-        if started:
-            guide.consume(int(tokens[-1].item()))
-        started = True
-        if guide.stopped:  # the step after the end: its token is never used
+        if guide.stopped or guide.failure is not None:
+            return logits  # a step after the end: its token is never used
+        try:
+            if started:
+                guide.consume(int(tokens[-1].item()))
+            started = True
+            if guide.stopped:
+                return logits
+            allowed = guide.allowed()
+        except GenerationError as exc:
+            guide.failure = exc
             return logits
-        allowed = guide.allowed()
         width = logits.shape[-1]
         if len(allowed) < width:
             allowed = np.concatenate([allowed, np.zeros(width - len(allowed), dtype=bool)])

@@ -16,7 +16,8 @@ from ...options import LoadConfig
 from ...types import ModelInfo
 from ...values import is_int
 from .dialects import DIALECTS
-from .model import OpenAIModel, ScoringOpenAIModel
+from .model import OpenAIModel
+from .scoring import ScoringOpenAIModel
 from .transport import Client, Failure
 from .urls import Settings, parse_url
 

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     pass
 
-from ...base import ModelState, drain_many, map_concurrently
 from ...capabilities import Capabilities
 from ...detok import LogprobAssembler, TextAssembler
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
+from ...model_state import ModelState
 from ...options import MAX_TOP_LOGPROBS, GenerateConfig
+from ...producers import drain_many
 from ...reply import ReplySplitter, plan_chat, split_reply
-from ...scoring import ScoringState
 from ...stream import Producer, StreamControl, TokenStream
 from ...tool_calls import ANY_FORMAT, FORMATS
 from ...types import (
@@ -36,15 +36,12 @@ from ...types import (
     FinishReason,
     Message,
     ModelInfo,
-    RollingScore,
-    ScoreResult,
     Token,
     TokenLogprob,
 )
 from ...values import is_int
 from .dialects import Dialect
 from .retries import Retry
-from .scoring import echo_body, echo_tokens, rolling_from_echo, score_from_echo, split_context
 from .sse import SSEError, SSEParser
 from .structured import (
     ACCEPTS,
@@ -56,7 +53,7 @@ from .structured import (
 from .transport import MAX_JSON_BODY, READ_SIZE, Client, Failure, Response, error_text
 from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text
 
-__all__ = ["OpenAIModel", "ScoringOpenAIModel"]
+__all__ = ["OpenAIModel"]
 
 _log = logging.getLogger(__name__)
 _perf = time.perf_counter
@@ -67,8 +64,8 @@ _R = TypeVar("_R")
 class OpenAIModel(ModelState):
     """A model served by a remote OpenAI-compatible server.
 
-    Implements :class:`~inference.TextModel`; where the server can score
-    (:mod:`.scoring`), the model is a :class:`ScoringOpenAIModel`, also a
+    Implements :class:`~inference.TextModel`; where the server can score,
+    the model is a :class:`~.scoring.ScoringOpenAIModel`, also a
     :class:`~inference.Scorer`. Calls from many threads are
     safe and run concurrently: each uses its own connection, and the server
     schedules them. ``batch_generate`` and ``classify`` send up to
@@ -336,9 +333,18 @@ class OpenAIModel(ModelState):
         with client.open("POST", suffix, payload, control, stream=True) as answer:
             ctype = answer.content_type
             if ctype == "application/json":
-                # A server (or proxy) that ignored "stream": one whole answer.
+                # A server (or proxy) that ignored "stream": one whole answer,
+                # emitted as one token.
                 chunk = self._decode(answer.read_all(MAX_JSON_BODY).decode("utf-8", "replace"))
-                return (yield from self._whole(chunk, suffix, cfg, control, state, asm))
+                chat, stop_ids = suffix.startswith("/chat"), frozenset(cfg.stop_tokens)
+                got, cut = yield from self._chunk(chunk, chat, cfg, control, state, asm, stop_ids)
+                state.end = _perf()
+                if cut is not None:
+                    return cut
+                yield from asm.flush()
+                if got is None:
+                    raise Failure("the server's answer has no finish reason", retriable=False)
+                return got
             if ctype and ctype != "text/event-stream":
                 snippet = client.scrub(answer.read1(200).decode("utf-8", "replace"))
                 raise Failure(
@@ -581,27 +587,6 @@ class OpenAIModel(ModelState):
         k = asm.k
         return [(lp, top[:k]) for _, lp, top in entries]  # some servers send more
 
-    def _whole(
-        self,
-        chunk: Mapping[str, Any],
-        suffix: str,
-        cfg: GenerateConfig,
-        control: StreamControl,
-        state: CallState,
-        asm: TextAssembler | LogprobAssembler,
-    ) -> Generator[Token, None, FinishReason]:
-        """A non-streamed answer, emitted as one token."""
-        got, cut = yield from self._chunk(
-            chunk, suffix.startswith("/chat"), cfg, control, state, asm, frozenset(cfg.stop_tokens)
-        )
-        state.end = _perf()
-        if cut is not None:
-            return cut
-        yield from asm.flush()
-        if got is None:
-            raise Failure("the server's answer has no finish reason", retriable=False)
-        return got
-
     def _count_tokens(self, prompt: str) -> int:
         """The prompt's length from llama-cpp-python's tokenizer endpoint."""
         try:
@@ -631,38 +616,4 @@ class OpenAIModel(ModelState):
 
         results = drain_many([producer(p) for p in prompts], cfg, width=self._slots)
         self._metrics = batch_metrics(results, start, _perf())
-        return results
-
-
-class ScoringOpenAIModel(ScoringState, OpenAIModel):
-    """An :class:`OpenAIModel` on a server that scores text: also a
-    :class:`~inference.Scorer`, from completions with ``echo``."""
-
-    # (score, score_batch and score_rolling come from ScoringState; the rules
-    # here are in .scoring.)
-
-    def _score_text(self, text: str, cfg: GenerateConfig) -> RollingScore:
-        """One echo request (``text`` must fit the server's context); the first
-        token, which the server scores on nothing, is not counted."""
-        return rolling_from_echo(self._echo(text, cfg))
-
-    def _echo(self, text: str, cfg: GenerateConfig) -> list[Any]:
-        control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
-        try:
-            doc = self._client.fetch_json(
-                "POST", "/completions", echo_body(self._name, text), control=control
-            )
-        except Failure as exc:
-            raise GenerationError(f"{self._url}: scoring failed: {exc.message}") from exc
-        control.check()
-        return echo_tokens(doc, text, self._url)
-
-    def _score_pairs(self, pairs: list[tuple[str, str]], cfg: GenerateConfig) -> list[ScoreResult]:
-
-        def one(pair: tuple[str, str]) -> ScoreResult:
-            context, continuation = split_context(*pair)
-            return score_from_echo(self._echo(context + continuation, cfg), context, self._url)
-
-        results = map_concurrently(one, pairs, self._slots)
-        self._err = None
         return results

@@ -15,9 +15,11 @@ most likely token at each step. From those:
   nothing), so an empty context, and the first token of a rolling score,
   are not scored here.
 
-Servers that cannot do this (llama-server returns no prompt log-probabilities
-with ``echo``, llama.cpp#27174; Ollama has no ``echo``) are refused by
-:meth:`OpenAIModel` before any request, by the dialect table.
+:class:`ScoringOpenAIModel` is the remote model on a server that can; on
+servers that cannot (llama-server returns no prompt log-probabilities with
+``echo``, llama.cpp#27174; Ollama has no ``echo``) the model is a plain
+:class:`~.model.OpenAIModel`, no :class:`~inference.Scorer`, by the dialect
+table.
 """
 
 from __future__ import annotations
@@ -27,10 +29,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import GenerationError
+from ...options import GenerateConfig
+from ...producers import map_concurrently
+from ...scoring import ScoringState
+from ...stream import StreamControl
 from ...types import RollingScore, ScoreResult
+from .model import OpenAIModel
+from .transport import Failure
 from .wire import number_or_none
 
-__all__ = ["echo_body", "rolling_from_echo", "score_from_echo", "split_context"]
+__all__ = [
+    "ScoringOpenAIModel",
+    "echo_body",
+    "rolling_from_echo",
+    "score_from_echo",
+    "split_context",
+]
 
 #: One prompt token as the server reports it: start offset, text,
 #: log-probability (None for the first), and the best log-probability there.
@@ -104,3 +118,37 @@ def rolling_from_echo(tokens: Sequence[EchoToken]) -> RollingScore:
     return RollingScore(
         total=total, tokens=count, perplexity=math.exp(-total / count) if count else math.nan
     )
+
+
+class ScoringOpenAIModel(ScoringState, OpenAIModel):
+    """An :class:`OpenAIModel` on a server that scores text: also a
+    :class:`~inference.Scorer`, from completions with ``echo``."""
+
+    # (score, score_batch and score_rolling come from ScoringState; the rules
+    # are this module's.)
+
+    def _score_text(self, text: str, cfg: GenerateConfig) -> RollingScore:
+        """One echo request (``text`` must fit the server's context); the first
+        token, which the server scores on nothing, is not counted."""
+        return rolling_from_echo(self._echo(text, cfg))
+
+    def _echo(self, text: str, cfg: GenerateConfig) -> list[Any]:
+        control = StreamControl(cancel=cfg.cancel, timeout=cfg.timeout)
+        try:
+            doc = self._client.fetch_json(
+                "POST", "/completions", echo_body(self._name, text), control=control
+            )
+        except Failure as exc:
+            raise GenerationError(f"{self._url}: scoring failed: {exc.message}") from exc
+        control.check()
+        return echo_tokens(doc, text, self._url)
+
+    def _score_pairs(self, pairs: list[tuple[str, str]], cfg: GenerateConfig) -> list[ScoreResult]:
+
+        def one(pair: tuple[str, str]) -> ScoreResult:
+            context, continuation = split_context(*pair)
+            return score_from_echo(self._echo(context + continuation, cfg), context, self._url)
+
+        results = map_concurrently(one, pairs, self._slots)
+        self._err = None
+        return results
