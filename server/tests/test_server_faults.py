@@ -19,7 +19,7 @@ import pytest
 from serving import fake, free_port, running
 
 import inference
-from inference.testing import smollm2_path
+from inference.testing import smollm2_path, wait_for
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
@@ -327,3 +327,36 @@ def test_a_client_gone_mid_body_is_no_500() -> None:
         assert status == 200
         _, metrics = get(r.url, "/metrics")
         assert b'status="500"' not in metrics
+
+
+def test_clients_that_leave_while_queued_cost_nothing() -> None:
+    """Requests sent and dropped while another runs (queued, before their
+    first token) never reach the engine: the next client is served next."""
+    model = fake(delay=0.005)
+    with running(model, parallel=1) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        busy = http.client.HTTPConnection(f"{host}:{port}", timeout=60)
+        busy.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps({**CHAT, "max_tokens": 400, "stream": True}),
+            {"Content-Type": "application/json"},
+        )
+        head = busy.getresponse()
+        assert head.status == 200 and head.read1(100)  # running: the others queue
+        calls = model.calls  # type: ignore[attr-defined]
+        body = json.dumps({**CHAT, "max_tokens": 400}).encode()
+        for _ in range(12):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+        gone = b'inference_requests_total{route="/v1/chat/completions",status="499"} 12'
+        wait_for(lambda: gone in get(r.url, "/metrics")[1], "the 12 dropped requests to end")
+        head.read()  # the running one ends normally
+        busy.close()
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+        assert model.calls == calls + 1  # type: ignore[attr-defined]  # only the last client's

@@ -50,6 +50,7 @@ from .metrics import batch_metrics, call_metrics
 from .model_state import ModelState, check_messages, check_prompt_text, check_prompts
 from .options import MAX_TOP_LOGPROBS, GenerateConfig
 from .producers import drain, drain_many, map_concurrently
+from .protocols import Scorer
 from .reply import THINK, ReplySplitter, plan_chat, split_reply
 from .stream import HELD, Producer, StreamControl, TokenStream
 from .types import (
@@ -195,7 +196,7 @@ class BaseTextModel(ModelState):
             variables=variables,
         )
 
-    # -- structured output -------------------------------------------------------
+    # -- capabilities and structured output ---------------------------------------
 
     def _capabilities(self) -> Capabilities:
         """What the engine's primitives give: a primitive the backend wrote
@@ -212,7 +213,7 @@ class BaseTextModel(ModelState):
             logprobs=logprobs,
             top_logprobs=MAX_TOP_LOGPROBS if logprobs else 0,
             logits=cls._classify_ids is not BaseTextModel._classify_ids,
-            scoring=self._scores(),
+            scoring=isinstance(self, Scorer),
             constraints=kinds,
             tools="grammar" in kinds,
             reasoning=THINK[0] in (self._chat_template or ""),
@@ -220,10 +221,6 @@ class BaseTextModel(ModelState):
             parallel_streams=self._gate.width,
             context_length=self._info.context_length,
         )
-
-    def _scores(self) -> bool:
-        """Whether the model scores text (a :class:`~inference.Scorer`)."""
-        return False
 
     def _guide(self, constraint: Constraint | None) -> Any:
         """A fresh guide for ``constraint`` (None for none); ConstraintError,

@@ -152,9 +152,6 @@ class ScoringTextModel(BaseTextModel, ScoringState):
     ) -> list[tuple[list[float], bool]]:
         raise NotImplementedError
 
-    def _scores(self) -> bool:
-        return True
-
     def _prefix_id(self) -> int:
         """The token an empty context stands for: BOS, else EOS (lm-evaluation-harness's
         ``prefix_token_id``)."""

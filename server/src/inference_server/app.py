@@ -221,7 +221,16 @@ class _Server:
         whole: Callable[[TokenStream, list[Token]], dict[str, Any]],
         media: str,
     ) -> Response:
-        stream, tokens, first, stack = await self._tokens(request, call)
+        # From admission to the first token (waiting in the queue, the
+        # prefill), a client that leaves takes its work with it.
+        admitted: list[tuple[TokenStream, AsyncIterator[Token], Token | None, Any]] = []
+
+        async def admit() -> None:
+            admitted.append(await self._tokens(request, call))
+
+        if not await _until_disconnect(request, admit()):
+            return Response(status_code=499)  # nobody will read it
+        stream, tokens, first, stack = admitted[0]
         if call.stream:
 
             async def body() -> AsyncIterator[str]:
