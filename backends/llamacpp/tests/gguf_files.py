@@ -18,15 +18,23 @@ gguf = pytest.importorskip("gguf")
 from inference.gguf import read_header  # noqa: E402
 
 
-def _tokenizer(w: gguf.GGUFWriter, source: str, control: Sequence[str] = ()) -> None:
+def _tokenizer(
+    w: gguf.GGUFWriter,
+    source: str,
+    control: Sequence[str] = (),
+    *,
+    model: str | None = None,
+    untyped: bool = False,
+) -> None:
     """``source``'s tokenizer; ``control`` replaces its last tokens with
-    these control tokens (another family's turn markers, say)."""
+    these control tokens (another family's turn markers, say); ``model``
+    names another tokenizer model, ``untyped`` gives every token type 0."""
     h = read_header(source)
     tokens = list(h.get("tokenizer.ggml.tokens"))
-    types = list(h.get("tokenizer.ggml.token_type"))
+    types = [0] * len(tokens) if untyped else list(h.get("tokenizer.ggml.token_type"))
     for i, text in enumerate(control, start=len(tokens) - len(control)):
         tokens[i], types[i] = text, 3  # 3: control
-    w.add_tokenizer_model(h.get("tokenizer.ggml.model"))
+    w.add_tokenizer_model(model or h.get("tokenizer.ggml.model"))
     w.add_tokenizer_pre(h.get("tokenizer.ggml.pre"))
     w.add_token_list(tokens)
     w.add_token_types(types)
@@ -45,23 +53,31 @@ def write_tiny_llama(
     n_ff: int = 128,
     seed: int = 0,
     control_tokens: Sequence[str] = (),
+    block_count: int = 1,
+    context_length: int = 256,
+    rms_eps: float = 1e-5,
+    freq_base: float = 10000.0,
+    tokenizer_model: str | None = None,
+    untyped_tokens: bool = False,
 ) -> Path:
-    """A one-layer llama with random weights and ``source``'s tokenizer."""
+    """A one-layer llama with random weights and ``source``'s tokenizer.
+    The keyword arguments after ``control_tokens`` craft what its header says
+    (a hostile file's values, for the checks made before llama.cpp loads it)."""
     rng = np.random.default_rng(seed)
     vocab = len(read_header(source, load_arrays=False).get("tokenizer.ggml.tokens"))
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny test llama")
-    w.add_block_count(1)
-    w.add_context_length(256)
+    w.add_block_count(block_count)
+    w.add_context_length(context_length)
     w.add_embedding_length(n_embd)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(4)
     w.add_head_count_kv(2)
     w.add_rope_dimension_count(n_embd // 4)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(freq_base)
+    w.add_layer_norm_rms_eps(rms_eps)
     w.add_file_type(1)
-    _tokenizer(w, source, control_tokens)
+    _tokenizer(w, source, control_tokens, model=tokenizer_model, untyped=untyped_tokens)
     if chat_template is not None:
         w.add_chat_template(chat_template)
 

@@ -455,3 +455,40 @@ def test_cli_streams_a_chat(model_path: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "The largest animal on Earth is the elephant." in out.stdout
+
+
+#: Header values llama.cpp aborts on (GGML_ASSERT: the process, not the load)
+#: or runs into nothing with, and the key each refusal names.
+CRAFTED = [
+    ({"block_count": 0}, "llama.block_count"),
+    ({"block_count": 2**32 - 1}, "llama.block_count"),
+    ({"rms_eps": float("nan")}, "layer_norm_rms_epsilon"),
+    ({"rms_eps": -1.0}, "layer_norm_rms_epsilon"),
+    ({"freq_base": float("nan")}, "rope.freq_base"),
+    ({"freq_base": 0.0}, "rope.freq_base"),
+    ({"tokenizer_model": "none"}, "tokenizer.ggml.model"),
+    ({"untyped_tokens": True}, "tokenizer.ggml.token_type"),
+]
+
+
+@pytest.mark.parametrize(("craft", "key"), CRAFTED, ids=[k for _, k in CRAFTED])
+def test_a_crafted_header_is_refused_before_llama_cpp_sees_it(
+    model_path: str, tmp_path: Path, craft: dict[str, object], key: str
+) -> None:
+    path = write_tiny_llama(tmp_path / "crafted.gguf", model_path, **craft)  # type: ignore[arg-type]
+    with pytest.raises(ModelLoadError, match=key) as info:
+        inference.load_model(str(path), backend="llama_cpp")
+    assert "llama.cpp cannot run it" in str(info.value) and info.value.path == str(path)
+
+
+@pytest.mark.parametrize("trained", [1, 2, 3])
+def test_a_tiny_context_with_several_slots_runs(
+    model_path: str, tmp_path: Path, trained: int
+) -> None:
+    """A trained context of 1 to 3 tokens (crafted) or asked for at load, with
+    four slots: a step's batch holds a token of every slot (it once aborted)."""
+    path = write_tiny_llama(tmp_path / "tiny-ctx.gguf", model_path, context_length=trained)
+    for source, options in ((path, {}), (Path(model_path), {"context_len": trained})):
+        with inference.load_model(str(source), backend="llama_cpp", **options) as m:
+            stream = m.generate("Hello there", max_tokens=2)
+            assert stream.text() is not None and stream.finish_reason in ("length", "stop")

@@ -48,6 +48,7 @@ from inference.scoring import IdPair, ScoringTextModel
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
+from . import preflight
 from .batching import Batch, Scheduler, SeqState, log_softmax
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
@@ -147,6 +148,7 @@ class LlamaCppModel(ScoringTextModel):
         """Load ``path``. ``main_gpu``: the device index that holds the whole
         model (no split across devices), where the build offloads; None lets
         llama.cpp place it."""
+        preflight.check(header, path)  # what llama.cpp would abort on, refused first
         _init_backend()
         self._main_gpu = main_gpu
         self._path = path
@@ -186,8 +188,10 @@ class LlamaCppModel(ScoringTextModel):
         # cells stay in position order, so its output is what it is alone
         # (see inference_llamacpp.batching).
         cparams.n_ctx = n_ctx * n_seq
-        cparams.n_batch = min(n_ctx, 512)
-        cparams.n_ubatch = min(n_ctx, 512)
+        # A step holds a token of every sequence: at least n_seq, whatever
+        # the context (a 2-token context with 4 slots aborted llama.cpp).
+        cparams.n_batch = max(min(n_ctx, 512), n_seq)
+        cparams.n_ubatch = max(min(n_ctx, 512), n_seq)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False
         threads = os.cpu_count() or 1
