@@ -98,10 +98,15 @@ PROMPTS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"]
 def test_batch_generate_is_sequences_of_the_scheduler(toy: _Toy) -> None:
     alone = [toy.generate(p, max_tokens=6).text() for p in PROMPTS]
     admitted, steps = toy.steps.admitted, toy.steps.steps
-    toy.steps.go.clear()  # the first prompt's first step waits for the others to queue
+    toy.steps.go.clear()  # the first step waits until the width is filled
 
     def release() -> None:
-        wait_for(lambda: toy.steps.waiting() == WIDTH - 1, "the batch to queue")
+        # Every place of the width taken: admitted (the first is held in its
+        # step) or queued behind it.
+        wait_for(
+            lambda: toy.steps.admitted - admitted + toy.steps.waiting() >= WIDTH,
+            "the batch to fill the width",
+        )
         toy.steps.go.set()
 
     results, _ = together([lambda: toy.batch_generate(PROMPTS, max_tokens=6), release])
