@@ -155,14 +155,19 @@ def test_a_cancelled_batch_ends_every_prompt_and_leaves_the_model_ready(toy: _To
         results = toy.batch_generate(PROMPTS, max_tokens=10_000, cancel=cancel)
         got.append([r.finish_reason for r in results])
 
+    toy.steps.go.clear()  # no step runs: the admitted prompts cannot finish first
     worker = threading.Thread(target=run)
     worker.start()
-    wait_for(lambda: toy.steps.admitted >= before + 2, "two of the batch's prompts to run")
+    wait_for(
+        lambda: toy.steps.admitted - before + toy.steps.waiting() >= 2,
+        "two of the batch's prompts to take the places left",
+    )
     cancel.set()
+    toy.steps.go.set()
     worker.join(60)
     assert not worker.is_alive()
     assert got == [["cancelled"] * len(PROMPTS)]
-    assert toy.steps.admitted == before + 2  # the waiting ones never started
+    assert toy.steps.admitted - before <= 2  # the rest never started
     assert hold.text()[:1]  # the other caller's stream goes on undisturbed
     hold.close()
     wait_for(lambda: not toy.steps.busy, "the scheduler to let every sequence go")
