@@ -90,6 +90,14 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
     (inference.with_context_len, "context_len", [(0, 0), (8192, 8192)], [-1, 1.5, None]),
     (inference.with_gpu_layers, "gpu_layers", [(-1, -1), (0, 0), (33, 33)], [-2, 1.5, None]),
     (inference.with_parallel_slots, "parallel_slots", [(0, 0), (4, 4)], [-1, None, "2"]),
+    (inference.with_threads, "threads", [(0, 0), (2, 2)], [-1, None, 1.5]),
+    (
+        inference.with_constraint_timeout,
+        "constraint_timeout",
+        [(10, 10.0), (0.5, 0.5)],
+        [0, -1, None, float("nan"), float("inf")],
+    ),
+    (inference.with_constraint_memory_mib, "constraint_memory_mib", [(64, 64)], [0, 15, None]),
     (
         inference.with_adapter_path,
         "adapter_path",

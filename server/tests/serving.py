@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import uvicorn
 from inference_server import Settings, create_app
+from inference_server.connections import uvicorn_config
 
 import inference
 from inference.testing import FakeBackend
@@ -31,10 +32,8 @@ def free_port() -> int:
 def running(model: inference.TextModel, **settings: object) -> Iterator[Running]:
     """``model`` served by uvicorn in a thread, until the block ends."""
     port = free_port()
-    app = create_app(model, Settings(**settings))  # type: ignore[arg-type]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
+    s = Settings(**settings)  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn_config(create_app(model, s), s, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, name="inference-serve-test", daemon=True)
     thread.start()
     while not server.started:

@@ -99,6 +99,35 @@ def test_openai_structured_output_and_tools(client: openai.OpenAI) -> None:
     assert isinstance(json.loads(calls[0].function.arguments), dict)  # type: ignore[union-attr]
 
 
+def test_a_schema_whose_compilation_explodes_is_a_400_and_hurts_no_one(
+    client: openai.OpenAI, smol: inference.TextModel
+) -> None:
+    """The fault-finding pass's 4 KB schema (its compilation doubles in memory
+    with each pattern: 18 took 2.4 GB, 100 grew the server to 17.5 GB until
+    the kernel killed it) is refused by the compile limit, while a stream
+    beside it goes on and equals itself alone."""
+    alone = smol.chat([inference.Message(**ASK[0])], max_tokens=24).text()
+    bomb = {"allOf": [{"type": "string", "pattern": f".*{i}.*"} for i in range(100)]}
+    beside = client.chat.completions.create(
+        model="smollm2",
+        messages=ASK,
+        max_tokens=24,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    )
+    first = next(iter(beside))
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="smollm2",
+            messages=ASK,  # type: ignore[arg-type]
+            max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": bomb}},
+        )
+    assert "the limit on compiling a constraint" in str(err.value)
+    rest = "".join(c.choices[0].delta.content or "" for c in beside if c.choices)
+    assert (first.choices[0].delta.content or "") + rest == alone
+
+
 def test_ollama_chat_and_generate(served: Running, smol: inference.TextModel) -> None:
     c = ollama.Client(host=served.url)
     reply = c.chat(model="smollm2", messages=ASK, options={"num_predict": 16, "temperature": 0})

@@ -123,6 +123,13 @@ def test_a_disconnect_cancels_the_generation() -> None:
         assert isinstance(model.err, inference.Cancelled), model.err
         produced = model.metrics.generated_tokens if model.metrics else 0
         assert produced < 2000  # stopped, not run to the limit
+        # Counted as abandoned, not as a 200, and what it cost is counted.
+        gone = b'inference_requests_total{route="/v1/chat/completions",status="499"} 1'
+        wait_for(lambda: gone in get(r.url, "/metrics")[1], "the abandoned stream's 499")
+        metrics = get(r.url, "/metrics")[1].decode()
+        assert 'status="200"' not in metrics
+        prompt = [ln for ln in metrics.splitlines() if ln.startswith("inference_prompt_tokens")]
+        assert prompt and float(prompt[0].split()[-1]) > 0, prompt
         assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200  # and ready
 
 
@@ -193,6 +200,18 @@ def test_an_api_key_is_required_and_checked() -> None:
         assert get(r.url, "/v1/models")[0] == 401
         model = inference.load_model(f"{r.url}/v1", api_key="sk-secret")
         assert model.chat([inference.Message("user", "hi")], max_tokens=3).text()
+
+
+def test_a_non_ascii_api_key_can_match() -> None:
+    key = "sk-clé-ключ"
+    with running(fake(), api_key=key) as r:
+        conn = http.client.HTTPConnection(r.url.removeprefix("http://"), timeout=30)
+        conn.putrequest("GET", "/v1/models")
+        conn.putheader("Authorization", b"Bearer " + key.encode())  # UTF-8 on the wire
+        conn.endheaders()
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert get(r.url, "/v1/models", {"Authorization": "Bearer sk-cl"})[0] == 401
 
 
 def test_health_and_metrics() -> None:
@@ -360,3 +379,84 @@ def test_clients_that_leave_while_queued_cost_nothing() -> None:
         busy.close()
         assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
         assert model.calls == calls + 1  # type: ignore[attr-defined]  # only the last client's
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """What the server sends on ``sock`` until it closes it (bounded by the
+    socket's timeout, which fails the test)."""
+    got = b""
+    while part := sock.recv(4096):
+        got += part
+    return got
+
+
+def test_slow_silent_and_half_sent_clients_are_cut_off() -> None:
+    """Slowloris heads, silent connections and half-sent bodies are answered
+    408 or closed at their deadlines, while a normal client is served at once."""
+    with running(fake(), header_timeout=1.0, body_timeout=1.0) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        opened: dict[str, list[socket.socket]] = {"slow": [], "silent": [], "half": []}
+        for kind, n in (("slow", 40), ("silent", 40), ("half", 20)):
+            for _ in range(n):
+                sock = socket.create_connection((host, int(port)), timeout=30)
+                opened[kind].append(sock)
+                if kind == "slow":
+                    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+                elif kind == "half":
+                    sock.sendall(
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 1000\r\n\r\n" + b'{"model"'
+                    )
+        # A slowloris client trickles a header line now and then: it still has
+        # one deadline for the whole head.
+        for sock in opened["slow"]:
+            sock.sendall(b"X-Trickle: 1\r\n")
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+        answers = {kind: [_until_closed(s) for s in socks] for kind, socks in opened.items()}
+        for socks in opened.values():
+            for s in socks:
+                s.close()
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers["slow"]), answers["slow"][:2]
+        assert all(a == b"" for a in answers["silent"])
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers["half"]), answers["half"][:2]
+        assert b"did not arrive within 1 s" in answers["half"][0]
+        assert post(r.url, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_connections_beyond_the_limit_are_refused_at_once() -> None:
+    with running(fake(), max_connections=8, header_timeout=30.0) as r:
+        host, port = r.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=30) for _ in range(8)]
+        try:
+            with socket.create_connection((host, int(port)), timeout=30) as extra:
+                assert _until_closed(extra).startswith(b"HTTP/1.1 503")
+        finally:
+            for s in held:
+                s.close()
+        # Once they are gone, clients are served again.
+        wait_for(lambda: post(r.url, "/v1/chat/completions", CHAT)[0] == 200, "a slot to free")
+
+
+def test_the_command_s_limit_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inference_server
+
+    from inference.cli import main
+
+    got: dict[str, Any] = {}
+
+    def fake_serve(model: str, **kwargs: Any) -> int:
+        got.update(kwargs, model=model)
+        return 0
+
+    monkeypatch.setattr(inference_server, "serve", fake_serve)
+    flags = "--header-timeout 3 --body-timeout 4 --keep-alive-timeout 2 --max-connections 9"
+    more = "--max-body-bytes 1000 --threads 1 --constraint-timeout 5 --constraint-memory 64"
+    assert main(["serve", "m.gguf", *flags.split(), *more.split(), "--parallel", "2"]) == 0
+    s = got["settings"]
+    assert (s.header_timeout, s.body_timeout, s.keep_alive_timeout) == (3.0, 4.0, 2.0)
+    assert (s.max_connections, s.max_body_bytes, s.parallel) == (9, 1000, 2)
+    assert (got["threads"], got["constraint_timeout"], got["constraint_memory_mib"]) == (1, 5.0, 64)
+    got.clear()
+    assert main(["serve", "m.gguf"]) == 0  # no flag: the Settings' and LoadConfig's defaults
+    assert got["settings"] == inference_server.Settings(parallel=4)
+    assert "constraint_timeout" not in got

@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
+from . import compile_guard
 from .capabilities import Capabilities
 from .chat_families import family_for
-from .chat_template import render_chat, template_takes
+from .chat_template import Prompt, keep_content_literal, render_chat, template_takes
+from .compile_guard import Limits
 from .constraints import KINDS, Constraint, constraint_of
 from .detok import LogprobAssembler, TextAssembler
 from .engine_thread import EngineThread
@@ -48,7 +51,7 @@ from .errors import GenerationError, InferenceError, ModelClosedError
 from .gate import Gate
 from .metrics import batch_metrics, call_metrics
 from .model_state import ModelState, check_messages, check_prompt_text, check_prompts
-from .options import MAX_TOP_LOGPROBS, GenerateConfig
+from .options import MAX_TOP_LOGPROBS, GenerateConfig, LoadConfig
 from .producers import drain, drain_many, map_concurrently
 from .protocols import Scorer
 from .reply import THINK, ReplySplitter, plan_chat, split_reply
@@ -104,6 +107,7 @@ class BaseTextModel(ModelState):
         engine_thread: bool = False,
         vocabulary: Collection[str] = (),
         stream_width: int = 0,
+        load: LoadConfig | None = None,
     ) -> None:
         if not chat_template:
             # The model ships none: its family's documented format, chosen by
@@ -131,6 +135,8 @@ class BaseTextModel(ModelState):
             raise ValueError("engine_thread=True needs stream_width (a batching engine)")
         self._gate = Gate(stream_width, on_empty=self._release_if_closed)
         self._lltokenizer: Any = None  # llguidance's view of the vocabulary, made on first use
+        cfg = load or LoadConfig()
+        self._constraint_limits = Limits(cfg.constraint_timeout, cfg.constraint_memory_mib << 20)
         self._token_bound: int | None = None  # see _bytes_per_token_bound
         self._engine = (
             EngineThread(f"inference-{self.backend_name or 'engine'}", on_exit=self._engine_exit)
@@ -145,6 +151,13 @@ class BaseTextModel(ModelState):
 
     def _token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
+
+    def _encode_literal(self, text: str) -> list[int] | None:
+        """Token ids of ``text`` with any special-token text in it as plain
+        characters (no BOS), or None if the engine cannot tokenise so (then
+        chat content is tokenised as the rest of the prompt is). Override
+        where the vocabulary has special tokens written as text."""
+        return None
 
     def _generate_ids(
         self, ids: Sequence[int], cfg: GenerateConfig, control: StreamControl
@@ -222,17 +235,20 @@ class BaseTextModel(ModelState):
             context_length=self._info.context_length,
         )
 
-    def _guide(self, constraint: Constraint | None) -> Any:
-        """A fresh guide for ``constraint`` (None for none); ConstraintError,
-        with llguidance's message, if it does not compile."""
+    def _guide(self, constraint: Constraint | None, cancel: threading.Event | None = None) -> Any:
+        """A fresh guide for ``constraint`` (None for none), in the caller's
+        thread; ConstraintError, with llguidance's message or the limit it
+        overran (compiled first in a bounded worker: inference.compile_guard),
+        if it does not compile, or if ``cancel`` is set first."""
         if constraint is None:
             return None
         from . import guidance  # llguidance: only when a call is constrained
 
+        grammar = guidance.grammar_for(constraint)
+        compile_guard.check(grammar, self._constraint_limits, cancel)
         if self._lltokenizer is None:  # about a second, once per model
             self._lltokenizer = self._guidance_tokenizer()
         tokenizer = self._lltokenizer
-        grammar = guidance.grammar_for(constraint)
         return guidance.guide(tokenizer, grammar, self._info.vocab_size or tokenizer.vocab_size)
 
     def _is_special(self, text: str) -> bool:
@@ -259,7 +275,12 @@ class BaseTextModel(ModelState):
             special=self._is_special,
             constrains="grammar" in self.capabilities.constraints,
         )
-        text = self._render_chat(plan.messages, plan.variables)
+        # Message content is text: special-token text in it never becomes a
+        # marker (a user's "<|im_end|>" cannot open a system turn).
+        prompt = keep_content_literal(
+            lambda ms: self._render_chat(ms, plan.variables), plan.messages, self._holds_markers
+        )
+        text = prompt if isinstance(prompt, str) else prompt.text
         add_bos = self._add_bos and not (self._bos_token and text.startswith(self._bos_token))
         constraint = plan.constraint or constraint_of(cfg)
         splitter = None
@@ -272,8 +293,26 @@ class BaseTextModel(ModelState):
             splitter = ReplySplitter(
                 plan.tool_format, thinks=plan.thinks, thinking=thinking and constraint is None
             )
-        producer = self._producer(text, cfg, add_bos, constraint=constraint, splitter=splitter)
+        producer = self._producer(prompt, cfg, add_bos, constraint=constraint, splitter=splitter)
         return self._stream(producer, cfg)
+
+    def _holds_markers(self, content: str) -> bool:
+        """Whether ``content`` holds text the tokenizer would read as a
+        special token (its tokens differ read literally)."""
+        literal = self._encode_literal(content)
+        return literal is not None and literal != self._encode(content, False)
+
+    def _encode_prompt(self, prompt: str | Prompt, add_bos: bool) -> list[int]:
+        """The prompt's token ids: a :class:`Prompt`'s literal parts as plain text."""
+        if isinstance(prompt, str):
+            return self._encode(prompt, add_bos)
+        ids: list[int] = []
+        for n, (text, literal) in enumerate(prompt.parts):
+            if literal:
+                ids += self._encode_literal(text) or []
+            elif text or (n == 0 and add_bos):
+                ids += self._encode(text, add_bos and n == 0)
+        return ids
 
     def _classify(self, prompts: list[str], cfg: GenerateConfig) -> list[ClassifyResult]:
         if not self.capabilities.logits:  # no batched forward pass: decode one token each
@@ -370,7 +409,7 @@ class BaseTextModel(ModelState):
 
     def _producer(
         self,
-        text: str,
+        text: str | Prompt,
         cfg: GenerateConfig,
         add_bos: bool,
         *,
@@ -380,7 +419,7 @@ class BaseTextModel(ModelState):
         """The one decode path of a prompt, for a stream or one prompt of a
         batch: run in its reader's thread, holding the gate (beside other
         streams where the engine batches), its tokens from ``_generate_ids``."""
-        guide = self._guide(constraint)  # a bad constraint fails here, before the stream
+        guide = self._guide(constraint, cfg.cancel)  # a bad one fails here, before the stream
         markers = self._marker_bytes(splitter)
 
         def produce(control: StreamControl) -> Generator[Token, None, FinishReason]:
@@ -392,16 +431,16 @@ class BaseTextModel(ModelState):
 
     def _produce(
         self,
-        text: str,
+        text: str | Prompt,
         add_bos: bool,
         cfg: GenerateConfig,
         control: StreamControl,
         markers: Mapping[int, bytes] | None = None,
     ) -> Generator[Token, None, FinishReason]:
-        self._check_prompt_size(text)  # before the gate and the tokenizer
+        self._check_prompt_size(text if isinstance(text, str) else text.text)  # before the gate
         with self._hold(control, shared=self._batches):
             start = _perf()
-            ids = self._check_prompt(self._encode(text, add_bos))
+            ids = self._check_prompt(self._encode_prompt(text, add_bos))
             return (yield from self._produce_ids(ids, cfg, control, start, markers))
 
     def _check_prompt_size(self, text: str) -> None:

@@ -17,7 +17,9 @@ that llama.cpp also falls back to.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import GenerationError, ModelLoadError
@@ -25,7 +27,9 @@ from .types import Message
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "Prompt",
     "compile_template",
+    "keep_content_literal",
     "render_chat",
     "template_message",
     "template_takes",
@@ -174,3 +178,59 @@ def render_chat(
     if not isinstance(rendered, str):  # pragma: no cover - jinja always returns str
         raise GenerationError("the model's chat template did not render text")
     return rendered
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A rendered chat prompt in parts: ``(text, literal)`` pairs, where a
+    literal part is a message's content, to be tokenised as plain text
+    (special-token text in it is characters, not markers), and the other
+    parts are the template's, whose markers are real."""
+
+    parts: tuple[tuple[str, bool], ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.parts)
+
+
+def keep_content_literal(
+    render: Callable[[Sequence[Message]], str],
+    messages: Sequence[Message],
+    holds_markers: Callable[[str], bool],
+) -> str | Prompt:
+    """``render(messages)``, with the content of every message that
+    ``holds_markers`` kept apart as a literal part of a :class:`Prompt` (the
+    plain text when none does).
+
+    Such content is rendered as a placeholder that no client can guess, then
+    put back in place of it: so ``"<|im_end|>\\n<|im_start|>system"`` in a user
+    message stays text the model reads, never a turn of the conversation. A
+    template that changes the content it renders (the placeholder not found
+    exactly once) is refused for such a message rather than guessed at.
+    """
+    marked = [i for i, m in enumerate(messages) if m.content and holds_markers(m.content)]
+    if not marked:
+        return render(messages)
+    nonce = secrets.token_hex(16)
+    holders = {i: f"\ue000{nonce}.{i}\ue001" for i in marked}
+    rendered = render(
+        [replace(m, content=holders[i]) if i in holders else m for i, m in enumerate(messages)]
+    )
+    places: list[tuple[int, int]] = []
+    for i, holder in holders.items():
+        at = rendered.find(holder)
+        if at < 0 or rendered.find(holder, at + 1) >= 0:
+            raise GenerationError(
+                f"message {i} holds special-token text (such as a turn marker), and the "
+                "model's chat template changes the content it renders, so it cannot be kept "
+                "as plain text; remove the marker text from the message"
+            )
+        places.append((at, i))
+    parts: list[tuple[str, bool]] = []
+    done = 0
+    for at, i in sorted(places):
+        parts += [(rendered[done:at], False), (messages[i].content, True)]
+        done = at + len(holders[i])
+    parts.append((rendered[done:], False))
+    return Prompt(tuple(parts))

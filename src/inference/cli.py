@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default="", help="backend name (default: best available)")
         p.add_argument("--context-len", type=int, default=0, help="context window in tokens")
         p.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload (-1: all)")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+        p.add_argument(
+            "--constraint-timeout",
+            type=float,
+            default=None,
+            help="seconds compiling one constraint may take",
+        )
+        p.add_argument(
+            "--constraint-memory",
+            type=int,
+            default=None,
+            help="MiB compiling one constraint may take",
+        )
 
     def common_gen(p: argparse.ArgumentParser, **defaults: Any) -> None:
         _generate_flags(p.add_argument_group("generation options"), defaults)
@@ -86,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=128, help="requests that may wait (then 429)")
     p.add_argument("--max-tokens-cap", type=int, default=8192, help="the most max_tokens allowed")
     p.add_argument("--log-prompts", action="store_true", help="log each request's prompt")
+    # Defaults live in inference_server.Settings (docs/server.md lists them).
+    for flag, what in (
+        ("--header-timeout", "seconds a client has to send a request's head"),
+        ("--body-timeout", "seconds a client has to send a request's body"),
+        ("--keep-alive-timeout", "seconds an idle connection stays open"),
+    ):
+        p.add_argument(flag, type=float, default=None, help=what)
+    p.add_argument("--max-connections", type=int, default=None, help="open connections allowed")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="the largest request body")
 
     p = sub.add_parser("bench", help="time prefill and decode over a few runs")
     common_load(p)
@@ -191,13 +213,21 @@ def _gen_config(args: argparse.Namespace) -> GenerateConfig:
     return generate_config(**values)
 
 
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The load options the common flags give (defaults are LoadConfig's)."""
+    given = {
+        "backend": args.backend,
+        "context_len": args.context_len,
+        "gpu_layers": args.gpu_layers,
+        "threads": args.threads,
+        "constraint_timeout": args.constraint_timeout,
+        "constraint_memory_mib": args.constraint_memory,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _load(args: argparse.Namespace) -> Any:
-    return load_model(
-        args.model,
-        backend=args.backend,
-        context_len=args.context_len,
-        gpu_layers=args.gpu_layers,
-    )
+    return load_model(args.model, **_load_options(args))
 
 
 def _dump(value: Any, out: TextIO) -> int:
@@ -436,19 +466,32 @@ def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         raise InferenceError(
             "inference serve needs the server distribution: pip install '.[server]'"
         ) from None
-    return inference_server.serve(
-        args.model,
-        host=args.host,
-        port=args.port,
+    limits = {
+        name: getattr(args, name)
+        for name in (
+            "header_timeout",
+            "body_timeout",
+            "keep_alive_timeout",
+            "max_connections",
+            "max_body_bytes",
+        )
+        if getattr(args, name) is not None
+    }
+    settings = inference_server.Settings(
         parallel=args.parallel,
         api_key=args.api_key,
         queue=args.queue,
         max_tokens_cap=args.max_tokens_cap,
         log_prompts=args.log_prompts,
+        **limits,
+    )
+    return inference_server.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        settings=settings,
         out=out,
-        backend=args.backend,
-        context_len=args.context_len,
-        gpu_layers=args.gpu_layers,
+        **_load_options(args),
     )
 
 

@@ -50,6 +50,9 @@ def grammar_for(constraint: Constraint) -> str:
 
 
 _LAYOUT: Any = JSON_LAYOUT  # llguidance's JsonCompileOptions
+#: llguidance's default limits, with errors that name the fault but never
+#: the grammar or the parser's state (another caller's schema, in a batch).
+_QUIET: Any = llguidance.LLParserLimits(verbose_errors=False)
 
 
 class Guide:
@@ -118,7 +121,7 @@ def _first_line(error: str) -> str:
 def guide(tokenizer: Any, grammar: str, n_vocab: int) -> Guide:
     """A fresh :class:`Guide` for ``grammar`` over llguidance ``tokenizer``;
     ConstraintError with llguidance's message if the grammar does not compile."""
-    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_QUIET)
     if matcher.is_error():
         raise ConstraintError(matcher.get_error())
     return Guide(matcher, n_vocab)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from . import compile_guard
 from .tool_calls import Tool, to_tool, tool_choice
 from .values import is_int, is_number
 
@@ -44,6 +45,8 @@ __all__ = [
     "with_backend",
     "with_cancel",
     "with_choice",
+    "with_constraint_memory_mib",
+    "with_constraint_timeout",
     "with_context_len",
     "with_gpu_layers",
     "with_grammar",
@@ -62,6 +65,7 @@ __all__ = [
     "with_temperature",
     "with_template_vars",
     "with_thinking",
+    "with_threads",
     "with_timeout",
     "with_tool_choice",
     "with_tools",
@@ -194,6 +198,13 @@ def _timeout(option: str, value: object) -> float | None:
     number = _float(option, value, low=0.0)
     if number == 0.0:
         raise _fail(option, value, "> 0 seconds (None means no deadline)")
+    return number
+
+
+def _positive_seconds(option: str, value: object) -> float:
+    number = _float(option, value, low=0.0)
+    if number == 0.0:
+        raise _fail(option, value, "> 0 seconds")
     return number
 
 
@@ -362,7 +373,10 @@ class LoadConfig:
     ``backend`` "" picks the best available; ``context_len`` 0 uses the
     model's trained length (backends may cap it for memory); ``gpu_layers``
     -1 offloads every layer the build can; ``parallel_slots`` 0 lets the
-    backend decide; ``api_key`` is for remote backends and never printed.
+    backend decide; ``api_key`` is for remote backends and never printed;
+    ``threads`` 0 lets the backend choose its CPU threads;
+    ``constraint_timeout`` and ``constraint_memory_mib`` bound compiling one
+    constraint (see :mod:`inference.compile_guard`).
     Checked when made, as :class:`GenerateConfig` is.
     """
 
@@ -372,6 +386,9 @@ class LoadConfig:
     parallel_slots: int = _option(0, _at_least(0))
     adapter_path: str = _option("", _path)
     api_key: str = _option("", _str, repr=False)
+    threads: int = _option(0, _at_least(0))
+    constraint_timeout: float = _option(compile_guard.DEFAULT_SECONDS, _positive_seconds)
+    constraint_memory_mib: int = _option(compile_guard.DEFAULT_MEMORY >> 20, _at_least(16))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -557,6 +574,22 @@ def with_parallel_slots(n: int) -> Option:
 def with_adapter_path(path: str | os.PathLike[str]) -> Option:
     """A LoRA adapter to apply on load."""
     return _make("load", "adapter_path", path)
+
+
+def with_threads(n: int) -> Option:
+    """CPU threads the engine computes with; 0 lets the backend choose."""
+    return _make("load", "threads", n)
+
+
+def with_constraint_timeout(seconds: float) -> Option:
+    """Seconds compiling one constraint (schema, pattern, grammar) may take
+    before the call is refused."""
+    return _make("load", "constraint_timeout", seconds)
+
+
+def with_constraint_memory_mib(mib: int) -> Option:
+    """Memory (MiB) compiling one constraint may take before the call is refused."""
+    return _make("load", "constraint_memory_mib", mib)
 
 
 def with_api_key(key: str) -> Option:

@@ -6,13 +6,18 @@
   default), ``GET /api/tags``;
 - ``GET /health`` and ``GET /metrics`` (Prometheus text).
 
-Limits: request bodies are bounded (413), ``max_tokens`` too (400); beyond
+Limits (docs/server.md lists them with their defaults): request bodies are
+bounded in size (413) and time (408), ``max_tokens`` is capped; beyond
 ``parallel`` running and ``queue`` waiting requests the answer is 429 with
 ``Retry-After``; malformed JSON, unknown fields and bad values get 400 with
-an OpenAI-style error body. A client that disconnects cancels its
-generation within one token (the stream's own cancellation). With an API
+an OpenAI-style error body. A request's stream (and its constraint, compiled
+in :mod:`inference.compile_guard`'s bounded worker) is made before it takes
+a slot. A client that disconnects cancels its generation within one token
+(the stream's own cancellation), or its compile or its wait. With an API
 key, every route but ``/health`` needs ``Authorization: Bearer KEY``,
-compared in constant time. Prompts are never logged unless asked.
+compared in constant time. Prompts are never logged unless asked. The
+connection-level limits (request heads, idle and open connections) are
+:mod:`inference_server.connections`'.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -44,6 +51,7 @@ from inference import (
 )
 
 from . import shapes
+from .connections import quiet_accept_errors
 from .metrics import ServerMetrics
 from .requests import BadRequest, Call, ollama_call, openai_call
 
@@ -64,6 +72,14 @@ class Settings:
     max_tokens_cap: int = 8192
     default_max_tokens: int = 512
     log_prompts: bool = False
+    #: Seconds a client has to send a request's head (then 408 and close).
+    header_timeout: float = 10.0
+    #: Seconds a client has to send a request's whole body (then 408).
+    body_timeout: float = 30.0
+    #: Seconds an idle connection stays open between requests.
+    keep_alive_timeout: float = 5.0
+    #: Open connections beyond which a new one is answered 503 and closed.
+    max_connections: int = 512
 
 
 class _Refused(Exception):
@@ -78,6 +94,9 @@ def _error(
     body = {"error": {"message": message, "type": kind, "param": param or None, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
 
+
+#: Seconds the metrics wait for an abandoned stream to end (within a token).
+_COUNT_WAIT = 60.0
 
 #: The deepest a request body may nest (schemas, tool parameters and
 #: arguments included): every later step that walks it stays far from
@@ -115,6 +134,13 @@ class _Server:
         self.s = settings
         self.metrics = ServerMetrics()
         self.slots = asyncio.Semaphore(max(1, settings.parallel))
+        # Streams are made off the event loop (a constraint compiles, the
+        # first constrained call builds the engine's view of the vocabulary),
+        # one thread for each request admitted, so none waits behind another's.
+        self.starting = ThreadPoolExecutor(
+            max_workers=max(1, settings.parallel) + settings.queue,
+            thread_name_prefix="inference-start",
+        )
         self.created = int(time.time())
 
     # -- admission ------------------------------------------------------------
@@ -124,7 +150,10 @@ class _Server:
             return True
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        ok = hmac.compare_digest(token.strip().encode(), self.s.api_key.encode())
+        # Starlette decodes a header's bytes as latin-1: encoded back, they
+        # are what the client sent, so a UTF-8 key can match too.
+        sent = token.strip().encode("latin-1", "replace")
+        ok = hmac.compare_digest(sent, self.s.api_key.encode())
         return ok and scheme.lower() == "bearer"
 
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -135,13 +164,24 @@ class _Server:
         if declared and declared.isdigit() and int(declared) > self.s.max_body_bytes:
             raise too_large
         data = bytearray()
-        try:
+
+        async def read() -> None:
             async for part in request.stream():
-                data += part
+                data.extend(part)
                 if len(data) > self.s.max_body_bytes:
                     raise too_large
+
+        try:
+            await asyncio.wait_for(read(), self.s.body_timeout)
         except ClientDisconnect:  # gone mid-body: nobody is left to answer
             raise _Refused(400, "the client disconnected", "invalid_request_error") from None
+        except asyncio.TimeoutError:
+            raise _Refused(
+                408,
+                f"the request body did not arrive within {self.s.body_timeout:g} s",
+                "invalid_request_error",
+                {"Connection": "close"},
+            ) from None
         try:
             # Standard JSON: NaN and Infinity are not numbers a client may send.
             body = json.loads(data, parse_constant=_not_json)
@@ -156,7 +196,10 @@ class _Server:
         return body
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def _slot(self, call: Call) -> AsyncIterator[TokenStream]:
+        """Admit ``call`` (429 when ``parallel`` run and ``queue`` wait), make
+        its stream while it waits (a constraint compiles there, holding no
+        slot), then hold a slot while it runs."""
         m = self.metrics
         if m.active + m.waiting >= self.s.parallel + self.s.queue:
             m.rejected += 1
@@ -167,26 +210,50 @@ class _Server:
                 {"Retry-After": "1"},
             )
         m.waiting += 1
+        cancel = threading.Event()  # a client gone ends its constraint's compiling too
         try:
+            loop = asyncio.get_running_loop()
+            stream = await loop.run_in_executor(self.starting, self._start, call, cancel)
             await self.slots.acquire()
+        except BaseException:
+            cancel.set()
+            raise
         finally:
             m.waiting -= 1
         m.active += 1
         try:
-            yield
+            yield stream
         finally:
             m.active -= 1
             self.slots.release()
 
-    def _start(self, call: Call) -> TokenStream:
+    def _start(self, call: Call, cancel: threading.Event) -> TokenStream:
         if self.s.log_prompts:
             _log.info("prompt: %s", call.messages if call.chat else call.prompt)
         try:
             if call.chat:
-                return self.model.chat(call.messages, **call.options)
-            return self.model.generate(call.prompt, **call.options)
+                return self.model.chat(call.messages, cancel=cancel, **call.options)
+            return self.model.generate(call.prompt, cancel=cancel, **call.options)
         except (UnsupportedOptionError, ConstraintError, ValueError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
+
+    def _count(self, stream: TokenStream) -> None:
+        """Add ``stream``'s tokens and times to the metrics once it has ended:
+        a stream its client left ends in its own thread, within a token of
+        the cancel, and is counted then."""
+        stream.cancel()  # a no-op for a stream that has ended
+        if stream.done:
+            self.metrics.finished(stream.metrics)
+            return
+
+        def when_done() -> None:
+            deadline = time.monotonic() + _COUNT_WAIT
+            while not stream.done and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.metrics.finished(stream.metrics)
+
+        with contextlib.suppress(RuntimeError):  # shutting down: no one reads them now
+            self.starting.submit(when_done)
 
     # -- the generation, streamed or whole ---------------------------------------
 
@@ -196,19 +263,17 @@ class _Server:
         """Admit, start, and wait for the first token (so that a failure before
         it is an HTTP error, not a broken stream)."""
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(self._slot())
+        stream = await stack.enter_async_context(self._slot(call))
         try:
-            # Off the event loop: a first constrained call builds the
-            # constraint engine's view of the vocabulary (about a second).
-            stream = await asyncio.to_thread(self._start, call)
             tokens = stream.__aiter__()
             stack.push_async_callback(_aclose, tokens)
             first = await _next(tokens)
         except GenerationError as exc:  # before any token: the prompt, mostly
             await stack.aclose()
             raise BadRequest(str(exc)) from None
-        except BaseException:
+        except BaseException:  # the client left during the prefill, mostly
             await stack.aclose()
+            self._count(stream)  # what it cost is still counted
             raise
         return stream, tokens, first, stack
 
@@ -234,14 +299,18 @@ class _Server:
         if call.stream:
 
             async def body() -> AsyncIterator[str]:
+                sent = False
                 try:
                     async for piece in shape(stream, tokens, first):
                         yield piece
+                    sent = True
                 finally:
                     await stack.aclose()
-                    self.metrics.finished(stream.metrics)
+                    self._count(stream)
+                    # A stream its client abandoned is a 499 in the metrics,
+                    # though its head already said 200.
+                    self.metrics.request(route, 200 if sent else 499)
 
-            self.metrics.request(route, 200)
             return StreamingResponse(body(), media_type=media)
         try:
             collected = [first] if first is not None else []
@@ -251,7 +320,7 @@ class _Server:
                 return Response(status_code=499)
         finally:
             await stack.aclose()
-            self.metrics.finished(stream.metrics)
+            self._count(stream)
         if stream.finish_reason == "error":
             raise _Refused(500, f"the generation failed: {stream.err}", "server_error")
         self.metrics.request(route, 200)
@@ -428,7 +497,14 @@ def create_app(model: TextModel, settings: Settings | None = None) -> Starlette:
     ) -> Route:
         return Route(path, server.guarded(path, handler, api=api), methods=[method])
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        quiet_accept_errors(asyncio.get_running_loop())
+        yield
+        server.starting.shutdown(wait=False, cancel_futures=True)
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             route("/v1/chat/completions", lambda r: server.openai(r, chat=True), "POST", "openai"),
             route("/v1/completions", lambda r: server.openai(r, chat=False), "POST", "openai"),
@@ -438,7 +514,7 @@ def create_app(model: TextModel, settings: Settings | None = None) -> Starlette:
             route("/api/tags", server.tags, "GET", "ollama"),
             route("/health", server.health, "GET", "openai"),
             route("/metrics", server.prometheus, "GET", "openai"),
-        ]
+        ],
     )
     app.state.server = server
     return app

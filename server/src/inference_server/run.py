@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Any, TextIO
@@ -10,6 +11,7 @@ from typing import Any, TextIO
 import inference
 
 from .app import Settings, create_app
+from .connections import uvicorn_config
 
 __all__ = ["serve"]
 
@@ -19,37 +21,26 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    parallel: int = 4,
-    api_key: str = "",
-    queue: int = 128,
-    max_tokens_cap: int = 8192,
-    log_prompts: bool = False,
+    settings: Settings | None = None,
     out: TextIO | None = None,
     **load: Any,
 ) -> int:
-    """Load ``model`` (with the load options ``load``), print where it is
-    served, and serve it until interrupted; returns the exit status."""
+    """Load ``model`` (with the load options ``load``, and
+    ``settings.parallel`` slots), print where it is served, and serve it
+    within ``settings``' limits until interrupted; returns the exit status."""
     import uvicorn
 
     say = out or sys.stdout
-    with inference.load_model(model, parallel_slots=parallel, **load) as m:
+    s = settings or Settings()
+    with inference.load_model(model, parallel_slots=s.parallel, **load) as m:
         name = os.path.basename(os.fspath(model).rstrip("/")) or "model"
-        settings = Settings(
-            name=name,
-            api_key=api_key,
-            parallel=parallel,
-            queue=queue,
-            max_tokens_cap=max_tokens_cap,
-            log_prompts=log_prompts,
-        )
-        app = create_app(m, settings)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
+        s = dataclasses.replace(s, name=name)
+        server = uvicorn.Server(uvicorn_config(create_app(m, s), s, host=host, port=port))
         where = f"http://{host}:{port}"
         say.write(
-            f"inference serve: {name} on {m.info.backend}, {parallel} at a time; "
+            f"inference serve: {name} on {m.info.backend}, {s.parallel} at a time; "
             f"OpenAI at {where}/v1, Ollama at {where}/api"
-            f"{' (API key required)' if api_key else ''}\n"
+            f"{' (API key required)' if s.api_key else ''}\n"
         )
         say.flush()
         # Returns on SIGINT or SIGTERM, after finishing the open requests; uvicorn

@@ -32,6 +32,7 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ import numpy as np
 from inference import batching
 from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
+
+from .threads import ThreadTuner
 
 __all__ = ["ABORTABLE_PREFILL", "PREFILL_CHUNK", "Batch", "Scheduler", "SeqState", "log_softmax"]
 
@@ -147,9 +150,11 @@ class Scheduler(batching.Scheduler):
         n_seq: int,
         n_vocab: int,
         engine: EngineThread,
+        tuner: ThreadTuner | None = None,
     ) -> None:
         super().__init__(name="inference-llama_cpp", engine=engine)
         self._ctx = ctx
+        self._tuner = tuner
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
         self._n_vocab = n_vocab
@@ -267,7 +272,7 @@ class Scheduler(batching.Scheduler):
         if not stepping:
             return
         try:
-            self._decode(stepping, abortable=prefilled >= ABORTABLE_PREFILL)
+            self._decode(stepping, abortable=prefilled >= ABORTABLE_PREFILL, timed=not prefilled)
         finally:
             fed = [(s, _state(s).fed) for s in stepping]
             for s in stepping:
@@ -290,14 +295,20 @@ class Scheduler(batching.Scheduler):
                         self._halt(seq)
                         seq.fail(exc)
 
-    def _decode(self, stepping: list[batching.Sequence], *, abortable: bool) -> None:
+    def _decode(self, stepping: list[batching.Sequence], *, abortable: bool, timed: bool) -> None:
         batch = self._batch
         batch.raw.n_tokens = batch.n
         if abortable:
             self._abort_for = stepping
             lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
+        tuner = self._tuner
         try:
+            if tuner is not None:
+                tuner.before(timed=timed)
+            start = time.perf_counter()
             rc = lc.llama_decode(self._ctx, batch.raw)
+            if tuner is not None and timed and rc == 0:
+                tuner.after(batch.n, time.perf_counter() - start)
         finally:
             if abortable:
                 lc.llama_set_abort_callback(self._ctx, _NO_ABORT, None)

@@ -50,6 +50,7 @@ from inference.types import ModelInfo
 
 from . import preflight
 from .batching import Batch, Scheduler, SeqState, log_softmax
+from .threads import ThreadTuner
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
 
@@ -82,6 +83,16 @@ _LEVELS = {
     4: logging.DEBUG,
     5: logging.DEBUG,
 }
+
+
+def default_threads() -> int:
+    """The CPU threads llama.cpp computes with unless ``threads`` says: one
+    per core this process may run on (its affinity, so ``taskset`` and
+    cgroup CPU sets are honoured)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _wanted(level: int) -> bool:
@@ -159,6 +170,7 @@ class LlamaCppModel(ScoringTextModel):
         self._scheduler: Scheduler | None = None
         self._abort_cb: Any = None
         self._abort_for: StreamControl | None = None
+        self._tuner: ThreadTuner | None = None
         try:
             self._open(header, cfg)
         except BaseException:
@@ -194,7 +206,7 @@ class LlamaCppModel(ScoringTextModel):
         cparams.n_ubatch = max(min(n_ctx, 512), n_seq)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False
-        threads = os.cpu_count() or 1
+        threads = cfg.threads or default_threads()
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
@@ -254,6 +266,7 @@ class LlamaCppModel(ScoringTextModel):
             eos_token=self._piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)),
             stream_width=n_seq,
+            load=cfg,
             # Every llama.cpp computation of the model on one thread: ggml's
             # OpenMP team belongs to the thread that calls it, and libgomp
             # throttles its barriers (a decode ran 3x slower here) once two
@@ -261,6 +274,8 @@ class LlamaCppModel(ScoringTextModel):
             engine_thread=True,
         )
         assert self._engine is not None
+        # threads=N fixes the count; otherwise it follows the machine's load.
+        self._tuner = None if cfg.threads else ThreadTuner(self._ctx, threads)
         self._scheduler = Scheduler(
             self._ctx,
             n_ctx=self._n_ctx,
@@ -268,6 +283,7 @@ class LlamaCppModel(ScoringTextModel):
             n_seq=n_seq,
             n_vocab=n_vocab,
             engine=self._engine,
+            tuner=self._tuner,
         )
 
     # -- primitives ------------------------------------------------------------
@@ -296,14 +312,21 @@ class LlamaCppModel(ScoringTextModel):
         return piece
 
     def _encode(self, text: str, add_bos: bool) -> list[int]:
+        return self._tokenize(text, add_bos, special=True)
+
+    def _encode_literal(self, text: str) -> list[int]:
+        return self._tokenize(text, False, special=False)
+
+    def _tokenize(self, text: str, add_bos: bool, *, special: bool) -> list[int]:
+        """llama.cpp's tokens of ``text``; ``special`` reads special-token text as those tokens."""
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, True)
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
             if n < 0:
                 raise GenerationError("llama.cpp could not tokenise the prompt")
         return buf[:n]
@@ -342,6 +365,8 @@ class LlamaCppModel(ScoringTextModel):
             lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
             batch.raw.n_tokens = batch.n
+            if self._tuner is not None:
+                self._tuner.before(timed=False)
             rc = lc.llama_decode(self._ctx, batch.raw)
         finally:
             if control is not None:

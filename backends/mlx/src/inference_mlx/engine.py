@@ -91,6 +91,7 @@ class MlxModel(ScoringTextModel):
             add_bos=loading.adds_bos(tokenizer),
             engine_thread=True,
             stream_width=width,
+            load=loaded.cfg,
         )
         self._model: Any = loaded.model
         self._wrapper: Any = wrapper
@@ -128,6 +129,12 @@ class MlxModel(ScoringTextModel):
         if add_bos and self._bos_id is not None and (not ids or ids[0] != self._bos_id):
             ids.insert(0, self._bos_id)
         return ids
+
+    def _encode_literal(self, text: str) -> list[int]:
+        # Hugging Face's tokenizers read special-token text as those tokens
+        # unless asked to split it like any other text.
+        ids = self._tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        return [int(i) for i in ids]
 
     def _token_bytes(self, token_id: int) -> bytes:
         return self._table(token_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import env
-from inference.errors import InferenceError, ModelLoadError
+from inference.errors import InferenceError, ModelLoadError, UnsupportedOptionError
 from inference.gguf import read_header
 from inference.hf_config import config_facts, read_config
 from inference.options import LoadConfig
@@ -37,6 +37,7 @@ class Loaded:
     device: str
     batch_size: int
     cpu_only: bool
+    cfg: LoadConfig
 
 
 def load(path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> Loaded:
@@ -46,6 +47,12 @@ def load(path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> Load
         raise ModelLoadError(f"{path}: no such file or directory", path=path)
     if cfg.adapter_path and not os.path.exists(cfg.adapter_path):
         raise ModelLoadError(f"{cfg.adapter_path}: no such adapter folder", path=cfg.adapter_path)
+    if cfg.threads:
+        raise UnsupportedOptionError(
+            "threads: MLX sets its own CPU threads; this backend cannot choose them",
+            option="threads",
+            backend="mlx",
+        )
     found = device or detect()  # imports mlx.core and asks it for the device
     if not found.available:
         raise ModelLoadError(f"cannot load {path} with MLX: {found.reason}", path=path)
@@ -70,6 +77,7 @@ def load(path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> Load
         device=found.device,
         batch_size=cfg.parallel_slots or DEFAULT_BATCH,
         cpu_only=cfg.gpu_layers == 0,
+        cfg=cfg,
     )
 
 

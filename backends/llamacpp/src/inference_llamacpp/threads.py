@@ -1,0 +1,103 @@
+"""How many CPU threads llama.cpp decodes with, chosen as the machine's load changes.
+
+llama.cpp's threads meet at a barrier after every operation of the graph, so
+each step goes at the pace of its slowest thread: with a thread on every
+core and a second process decoding on the same cores, a descheduled thread
+holds the others at the barrier and both processes collapse (on this
+project's 2-core machine: 133 tokens/s alone, 21 each as two processes,
+against 91 each with one thread apiece). No fixed count is right for both:
+one thread apiece keeps two processes fair but loses a third alone.
+
+So :class:`ThreadTuner` keeps the count that is fastest now. Every couple
+of seconds of decoding it tries the neighbouring count (half, or double up
+to the cores this process may use) for a few decode steps, compares their
+times with the current count's on steps of the same width, and keeps the
+faster. Alone, that costs about one percent (a few slower steps every two
+seconds); beside another process, it finds one thread apiece within
+seconds, and goes back when the other process ends. ``threads=N`` at load
+fixes the count and turns this off.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from typing import Any
+
+import llama_cpp as lc
+
+__all__ = ["ThreadTuner"]
+
+#: Seconds of decoding between two probes.
+PROBE_EVERY = 2.0
+#: Decode steps a probe runs at the other count.
+PROBE_STEPS = 4
+#: Recent steps kept per (width, threads), to compare a probe with.
+KEEP = 16
+#: How much faster the other count must be to be kept.
+MARGIN = 0.9
+
+
+class ThreadTuner:
+    """Times llama.cpp's decode-only steps and sets its thread count to the
+    fastest of the current one and its neighbours (see the module docstring)."""
+
+    def __init__(self, ctx: Any, cores: int) -> None:
+        self._ctx = ctx
+        self._cores = max(1, cores)
+        self.threads = self._cores
+        #: Recent step times at the current count, by width.
+        self._times: dict[int, deque[float]] = {}
+        #: The running probe's step times, by width.
+        self._tried: dict[int, list[float]] = {}
+        self._next_probe = time.monotonic() + PROBE_EVERY
+        self._probe: int | None = None  # the count being tried
+        self._probe_left = 0
+        self._down = True  # which neighbour the next probe tries
+        self._applied = self.threads  # what llama.cpp has now
+
+    def before(self, *, timed: bool) -> None:
+        """Set llama.cpp's thread count for the next ``llama_decode``: a
+        ``timed`` one (decode-only, reported to :meth:`after`) may be a
+        probe's; any other (a prefill, scoring) runs at the current count."""
+        if timed and self._probe is None and time.monotonic() >= self._next_probe:
+            other = self._neighbour()
+            if other != self.threads:
+                self._probe, self._probe_left, self._tried = other, PROBE_STEPS, {}
+        self._set(self._probe if timed and self._probe is not None else self.threads)
+
+    def after(self, width: int, seconds: float) -> None:
+        """Record a decode-only step of ``width`` sequences that took ``seconds``."""
+        if self._probe is None:
+            self._times.setdefault(width, deque(maxlen=KEEP)).append(seconds)
+            return
+        self._tried.setdefault(width, []).append(seconds)
+        self._probe_left -= 1
+        if self._probe_left > 0:
+            return
+        tried, self._probe = self._probe, None
+        if self._faster():
+            self.threads = tried
+            self._times = {w: deque(t, maxlen=KEEP) for w, t in self._tried.items()}
+        self._next_probe = time.monotonic() + PROBE_EVERY
+
+    def _faster(self) -> bool:
+        """Whether the probe beat the current count on every width both ran."""
+        wins = [
+            statistics.median(times) < MARGIN * statistics.median(self._times[width])
+            for width, times in self._tried.items()
+            if self._times.get(width)
+        ]
+        return bool(wins) and all(wins)
+
+    def _neighbour(self) -> int:
+        self._down = not self._down
+        if self._down or self.threads == self._cores:
+            return max(1, self.threads // 2)
+        return min(self._cores, self.threads * 2)
+
+    def _set(self, n: int) -> None:
+        if n != self._applied:
+            lc.llama_set_n_threads(self._ctx, n, n)
+            self._applied = n
