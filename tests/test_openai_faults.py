@@ -211,6 +211,10 @@ class FaultHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length)
+        if not self.path.split("?")[0].endswith("completions"):
+            # No embeddings or rerank here (the client asks once, at connect).
+            self._json(404, {"error": {"message": f"no {self.path} here"}})
+            return
         try:
             body = json.loads(raw)
         except ValueError:

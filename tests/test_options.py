@@ -20,6 +20,7 @@ from inference.options import (
     LOAD_OPTIONS,
     MIN_TEMPERATURE,
     PENALTY_RANGE,
+    POOLINGS,
     GenerateConfig,
     LoadConfig,
     Option,
@@ -91,6 +92,12 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
     (inference.with_gpu_layers, "gpu_layers", [(-1, -1), (0, 0), (33, 33)], [-2, 1.5, None]),
     (inference.with_parallel_slots, "parallel_slots", [(0, 0), (4, 4)], [-1, None, "2"]),
     (inference.with_threads, "threads", [(0, 0), (2, 2)], [-1, None, 1.5]),
+    (
+        inference.with_pooling,
+        "pooling",
+        [("", ""), *((p, p) for p in POOLINGS)],
+        ["max", None],
+    ),
     (
         inference.with_constraint_timeout,
         "constraint_timeout",

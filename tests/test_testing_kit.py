@@ -347,3 +347,24 @@ def test_requires_marks_say_what_is_missing() -> None:
     assert model.args == (smollm2_path() is None,)
     (present,) = requires("json", model=False)
     assert present.args == (False,)
+
+
+def test_the_embedding_test_models_are_made_with_llama_cpp_s_converter() -> None:
+    import importlib.metadata
+
+    from inference.gguf import read_header
+    from inference.testing import minilm_folder, minilm_gguf, minilm_reranker
+    from inference.testing.models import MINILM_DISTRIBUTION, converter
+
+    if minilm_folder() is None:
+        pytest.skip(f"{MINILM_DISTRIBUTION} is not installed")
+    assert importlib.metadata.version(MINILM_DISTRIBUTION)
+    script = converter()
+    assert script.endswith("convert_hf_to_gguf.py") and os.path.isfile(script)
+    header = read_header(minilm_gguf("f32"))
+    assert header.architecture == "bert" and header.get("bert.pooling_type") == 1
+    built = minilm_reranker()
+    assert built is not None
+    head = read_header(built[1])
+    assert any(t.name == "cls.output.weight" for t in head.tensors)
+    assert head.get("bert.classifier.output_labels") == ("LABEL_0",)

@@ -29,11 +29,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(model: inference.TextModel, **settings: object) -> Iterator[Running]:
-    """``model`` served by uvicorn in a thread, until the block ends."""
+def running(
+    model: inference.TextModel, *, embedder: inference.TextModel | None = None, **settings: object
+) -> Iterator[Running]:
+    """``model`` (and ``embedder`` for the embedding routes) served by
+    uvicorn in a thread, until the block ends."""
     port = free_port()
     s = Settings(**settings)  # type: ignore[arg-type]
-    server = uvicorn.Server(uvicorn_config(create_app(model, s), s, host="127.0.0.1", port=port))
+    app = create_app(model, s, embedder=embedder)
+    server = uvicorn.Server(uvicorn_config(app, s, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, name="inference-serve-test", daemon=True)
     thread.start()
     while not server.started:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .base import BaseTextModel
     from .capabilities import Capabilities
     from .discovery import detect_format, discover
+    from .embeddings import Embeddings, Ranked, Ranking
     from .errors import (
         BackendNotFoundError,
         BackendUnavailableError,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         with_max_tokens,
         with_min_p,
         with_parallel_slots,
+        with_pooling,
         with_regex,
         with_repeat_penalty,
         with_seed,
@@ -72,7 +74,7 @@ if TYPE_CHECKING:
         with_top_k,
         with_top_p,
     )
-    from .protocols import Backend, Scorer, TextModel, Tokenizer
+    from .protocols import Backend, Embedder, Reranker, Scorer, TextModel, Tokenizer
     from .registry import (
         BackendStatus,
         Candidate,
@@ -131,6 +133,7 @@ _LAZY: dict[str, str] = {
     "with_max_tokens": "options",
     "with_min_p": "options",
     "with_parallel_slots": "options",
+    "with_pooling": "options",
     "with_repeat_penalty": "options",
     "with_seed": "options",
     "with_stop": "options",
@@ -140,7 +143,12 @@ _LAZY: dict[str, str] = {
     "with_top_k": "options",
     "with_top_p": "options",
     "Backend": "protocols",
+    "Embedder": "protocols",
+    "Reranker": "protocols",
     "Scorer": "protocols",
+    "Embeddings": "embeddings",
+    "Ranked": "embeddings",
+    "Ranking": "embeddings",
     "TextModel": "protocols",
     "Tokenizer": "protocols",
     "BackendStatus": "registry",
@@ -193,6 +201,8 @@ __all__ = [
     "ConstraintError",
     "DeadlineExceeded",
     "DiscoveredModel",
+    "Embedder",
+    "Embeddings",
     "GenerateConfig",
     "GenerateMetrics",
     "GenerationError",
@@ -204,6 +214,9 @@ __all__ = [
     "ModelLoadError",
     "NoBackendError",
     "Option",
+    "Ranked",
+    "Ranking",
+    "Reranker",
     "RollingScore",
     "ScoreResult",
     "Scorer",
@@ -241,6 +254,7 @@ __all__ = [
     "with_max_tokens",
     "with_min_p",
     "with_parallel_slots",
+    "with_pooling",
     "with_regex",
     "with_repeat_penalty",
     "with_seed",

@@ -23,7 +23,10 @@ admitted (:meth:`Scheduler._admit`), one step over the ready sequences
 - a cancelled sequence is dropped from the engine at the next step, before
   its reader comes back; a sequence whose reader leaves is let go within
   one step, and its reader waits for that, so nothing of it is left in the
-  engine when the call returns.
+  engine when the call returns;
+- other engine work that must not wait for the running streams to end (an
+  embedding batch, in a context of its own) runs between two steps
+  (:meth:`Scheduler.between_steps`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from .engine_thread import EngineThread
 from .errors import GenerationError
@@ -43,6 +47,7 @@ from .stream import StreamControl
 __all__ = ["AHEAD", "STEP_FAILED", "Scheduler", "Sequence"]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Tokens a sequence may decode ahead of its reader before it sits out steps.
 AHEAD = 4
@@ -141,6 +146,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._inbox: deque[Sequence] = deque()
         self._running: list[Sequence] = []
+        self._between: deque[Callable[[], None]] = deque()
         self._looping = False
         self._stopping = False
         self._tls = threading.local()
@@ -181,12 +187,7 @@ class Scheduler:
                 self._release(seq)
                 raise GenerationError("the model is closed")
             self._inbox.append(seq)
-            if not self._looping:
-                self._looping = True
-                if self._engine is not None:
-                    self._engine.submit(self._loop)
-                else:
-                    threading.Thread(target=self._loop, name=self._name, daemon=True).start()
+            self._start_loop()
             self._cond.notify_all()
         try:
             get = seq.out.get
@@ -207,6 +208,40 @@ class Scheduler:
                 yield tok
         finally:
             self._leave(seq)
+
+    def between_steps(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on the loop, between two steps, and return its result
+        (its exception raised here): engine work that must not wait for the
+        running streams to end, nor run beside a step."""
+        engine = self._engine
+        if engine is not None and engine.is_current():
+            return work()
+        done: Future[_T] = Future()
+
+        def job() -> None:
+            if not done.set_running_or_notify_cancel():
+                return
+            try:
+                done.set_result(work())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        with self._cond:
+            if self._stopping:
+                raise GenerationError("the model is closed")
+            self._between.append(job)
+            self._start_loop()
+            self._cond.notify_all()
+        return done.result()
+
+    def _start_loop(self) -> None:
+        """Start the loop unless it runs (with the condition held)."""
+        if not self._looping:
+            self._looping = True
+            if self._engine is not None:
+                self._engine.submit(self._loop)
+            else:
+                threading.Thread(target=self._loop, name=self._name, daemon=True).start()
 
     def last_logprobs(self) -> Logprobs:
         """The log-probabilities of the token this thread's stream has just
@@ -244,7 +279,7 @@ class Scheduler:
             while True:
                 with self._cond:
                     ready = self._next_step()
-                    while ready is None:
+                    while ready is None and not self._between:
                         if self._stopping or not (self._inbox or self._running):
                             # Decided under the lock a newcomer takes to see
                             # whether a loop runs: none is stranded.
@@ -253,7 +288,12 @@ class Scheduler:
                             return
                         self._cond.wait(_POLL)
                         ready = self._next_step()
-                self._run_step(ready)
+                    between = list(self._between)
+                    self._between.clear()
+                for job in between:  # each reports to its own caller
+                    job()
+                if ready is not None:
+                    self._run_step(ready)
         except BaseException:
             with self._cond:
                 self._looping = False

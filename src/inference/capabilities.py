@@ -58,6 +58,12 @@ class Capabilities:
     parallel_streams: int = 1
     #: Tokens of context (prompt and reply together); 0 if not known.
     context_length: int = 0
+    #: ``embed`` gives vectors (of ``embedding_dimensions`` values).
+    embed: bool = False
+    embedding_dimensions: int = 0
+    #: ``rerank`` orders documents for a query (by the model's classification
+    #: head, or by the cosine similarity of embeddings: the result says).
+    rerank: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """Every field, as JSON-ready values (the constraint kinds sorted as

@@ -11,12 +11,13 @@ traceback; ``INFERENCE_LOG=debug`` shows more.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, asdict, fields
 from typing import Any, TextIO
 
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--context-len", type=int, default=0, help="context window in tokens")
         p.add_argument("--gpu-layers", type=int, default=-1, help="layers to offload (-1: all)")
         p.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+        p.add_argument(
+            "--pooling",
+            default=None,
+            choices=options.POOLINGS,
+            help="how embed pools (default: as the model file says)",
+        )
         p.add_argument(
             "--constraint-timeout",
             type=float,
@@ -108,6 +115,30 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=float, default=None, help=what)
     p.add_argument("--max-connections", type=int, default=None, help="open connections allowed")
     p.add_argument("--max-body-bytes", type=int, default=None, help="the largest request body")
+    p.add_argument(
+        "--embed-model", default="", help="a second model for the embedding and rerank routes"
+    )
+
+    p = sub.add_parser("embed", help="embed TEXTs (or stdin's lines, with -): a vector each")
+    common_load(p)
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts; - reads one a line from stdin")
+    p.add_argument("--dimensions", type=int, default=None, help="keep the first N values")
+    p.add_argument("--no-normalize", action="store_true", help="leave the vectors' lengths")
+    p.add_argument("--no-truncate", action="store_true", help="refuse a text past the context")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "json", "tsv"),
+        default="jsonl",
+        help="jsonl: {index, text, embedding} a line (default); json: one object; "
+        "tsv: the text and its values, tab-separated",
+    )
+
+    p = sub.add_parser("rerank", help="order DOCs by relevance to QUERY, best first")
+    common_load(p)
+    p.add_argument("query")
+    p.add_argument("documents", nargs="+", metavar="DOC")
+    p.add_argument("--top-n", type=int, default=None, help="only the N best")
+    p.add_argument("--json", action="store_true", help="one JSON object (default: a line each)")
 
     p = sub.add_parser("bench", help="time prefill and decode over a few runs")
     common_load(p)
@@ -222,6 +253,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "constraint_timeout": args.constraint_timeout,
         "constraint_memory_mib": args.constraint_memory,
+        "pooling": args.pooling,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -459,6 +491,53 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace, out: TextIO, inp: TextIO) -> int:
+    if args.texts == ["-"]:  # read as they come, EMBED_CHUNK lines at a time
+        lines = (line.rstrip("\n") for line in inp if line.strip())
+        chunks: Iterator[list[str]] = iter(lambda: list(itertools.islice(lines, EMBED_CHUNK)), [])
+    else:
+        chunks = iter([args.texts])
+    opts = {
+        "normalize": not args.no_normalize,
+        "truncate": not args.no_truncate,
+        "dimensions": args.dimensions,
+    }
+    rows: list[dict[str, Any]] = []
+    with _load(args) as model:
+        index = 0
+        for chunk in chunks:
+            vectors = model.embed(chunk, **opts).tolist()
+            for text, vector in zip(chunk, vectors, strict=True):
+                row = {"index": index, "text": text, "embedding": vector}
+                if args.format == "json":
+                    rows.append(row)
+                elif args.format == "jsonl":
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                else:
+                    out.write("\t".join([text.replace("\t", " "), *map(repr, vector)]) + "\n")
+                index += 1
+    if args.format == "json":
+        out.write(json.dumps({"model": args.model, "data": rows}, ensure_ascii=False) + "\n")
+    return 0
+
+
+#: Lines of stdin ``inference embed -`` embeds at a time.
+EMBED_CHUNK = 256
+
+
+def _cmd_rerank(args: argparse.Namespace, out: TextIO) -> int:
+    with _load(args) as model:
+        ranking = model.rerank(args.query, args.documents, top_n=args.top_n)
+    rows = [{"index": r.index, "score": r.score, "document": r.document} for r in ranking]
+    if args.json:
+        out.write(json.dumps({"method": ranking.method, "results": rows}, ensure_ascii=False))
+        out.write("\n")
+        return 0
+    for r in ranking:
+        out.write(f"{r.score:10.4f}  {r.index:3d}  {r.document}\n")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     try:
         import inference_server
@@ -490,6 +569,7 @@ def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         host=args.host,
         port=args.port,
         settings=settings,
+        embed_model=args.embed_model,
         out=out,
         **_load_options(args),
     )
@@ -515,6 +595,10 @@ def main(
             return _cmd_generate(args, out)
         if args.command == "chat":
             return _cmd_chat(args, out, inp)
+        if args.command == "embed":
+            return _cmd_embed(args, out, inp)
+        if args.command == "rerank":
+            return _cmd_rerank(args, out)
         if args.command == "bench":
             return _cmd_bench(args, out)
         if args.command == "serve":

@@ -12,16 +12,26 @@ the seams over engine primitives; the remote ``openai`` backend over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .capabilities import Capabilities, refuse_unsupported
 from .constraints import constraint_of
-from .errors import InferenceError, ModelClosedError
+from .embeddings import (
+    Embeddings,
+    EmbedInput,
+    Ranking,
+    check_documents,
+    check_texts,
+    cosine_ranking,
+)
+from .errors import InferenceError, ModelClosedError, UnsupportedOptionError
 from .options import GenerateConfig, Option, generate_config
 from .stream import StreamHolders, TokenStream
 from .types import BatchResult, ClassifyResult, GenerateMetrics, Message, ModelInfo
+from .values import is_int
 
 __all__ = ["ModelState", "check_messages", "check_prompt_text", "check_prompts"]
 
@@ -92,6 +102,81 @@ class ModelState:
         cfg = generate_config(*opts, **kwargs)
         return self._prompts_door("batch_generate", self._batch_generate, prompts, cfg)
 
+    # -- embeddings and reranking ------------------------------------------------
+
+    def embed(
+        self,
+        texts: str | Sequence[str | Sequence[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        """One vector per text, in order (see :class:`~inference.Embedder`);
+        a text may also be given as its token ids, embedded as they are.
+
+        All the texts are embedded in one call, batched by the engine (many
+        texts a forward pass); for more texts than fit in memory at once,
+        :meth:`embed_batches` takes an iterable."""
+        items = check_texts(texts)
+        self._check_open()
+        caps = self._embedding_caps("embed", "cannot embed text")
+        if not isinstance(normalize, bool) or not isinstance(truncate, bool):
+            raise InferenceError("normalize and truncate must be True or False")
+        if dimensions is not None and (
+            not is_int(dimensions) or not 1 <= dimensions <= caps.embedding_dimensions
+        ):
+            raise InferenceError(
+                f"dimensions must be an integer from 1 to the model's "
+                f"{caps.embedding_dimensions}; got {dimensions!r}"
+            )
+        if not items:
+            return Embeddings(array("f"), dimensions or caps.embedding_dimensions, 0)
+        return self._kept(lambda: self._embed(items, normalize, truncate, dimensions))
+
+    def embed_batches(
+        self, texts: Iterable[str], *, batch_size: int = 256, **options: Any
+    ) -> Iterator[Embeddings]:
+        """:meth:`embed` of ``texts`` ``batch_size`` at a time, as they are read
+        from the iterable: a million texts never sit in memory at once."""
+        if not is_int(batch_size) or batch_size < 1:
+            raise InferenceError(f"batch_size must be a positive integer; got {batch_size!r}")
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == batch_size:
+                yield self.embed(batch, **options)
+                batch = []
+        if batch:
+            yield self.embed(batch, **options)
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None) -> Ranking:
+        """The documents best first (see :class:`~inference.Reranker`)."""
+        q, docs = check_documents(query, documents, top_n)
+        self._check_open()
+        self._embedding_caps("rerank", "cannot rerank documents")
+        ranking = self._kept(lambda: self._rerank(q, docs))
+        if top_n is None or top_n >= len(ranking):
+            return ranking
+        return Ranking(ranking.results[:top_n], ranking.method)
+
+    def _embedding_caps(self, verb: str, why: str) -> Capabilities:
+        caps = self.capabilities
+        if not getattr(caps, verb):
+            backend, label = self._refusal_names()
+            refused = UnsupportedOptionError(f"{label} {why}", option=verb, backend=backend)
+            self._err = refused
+            raise refused
+        return caps
+
+    def _kept(self, work: Callable[[], _T]) -> _T:
+        """``work()``, its InferenceError kept in ``err``."""
+        try:
+            return work()
+        except InferenceError as exc:
+            self._err = exc
+            raise
+
     def _prompts_door(
         self,
         verb: str,
@@ -153,6 +238,18 @@ class ModelState:
 
     def _batch_generate(self, prompts: list[str], cfg: GenerateConfig) -> list[BatchResult]:
         raise NotImplementedError
+
+    def _embed(
+        self, texts: list[EmbedInput], normalize: bool, truncate: bool, dimensions: int | None
+    ) -> Embeddings:
+        raise NotImplementedError
+
+    def _rerank(self, query: str, documents: list[str]) -> Ranking:
+        """A bi-encoder's ranking: cosine similarity of the embeddings.
+        Override where the model has a classification head."""
+        got = self._embed([query, *documents], True, True, None)
+        vectors = got.vectors
+        return Ranking(tuple(cosine_ranking(vectors[0], vectors[1:], documents)), "cosine")
 
     # -- facts -------------------------------------------------------------------
 

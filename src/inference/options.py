@@ -35,6 +35,7 @@ __all__ = [
     "LOAD_OPTIONS",
     "MIN_TEMPERATURE",
     "PENALTY_RANGE",
+    "POOLINGS",
     "GenerateConfig",
     "LoadConfig",
     "Option",
@@ -57,6 +58,7 @@ __all__ = [
     "with_max_tokens",
     "with_min_p",
     "with_parallel_slots",
+    "with_pooling",
     "with_regex",
     "with_repeat_penalty",
     "with_seed",
@@ -199,6 +201,18 @@ def _timeout(option: str, value: object) -> float | None:
     if number == 0.0:
         raise _fail(option, value, "> 0 seconds (None means no deadline)")
     return number
+
+
+#: How ``embed`` pools a text's token vectors into one (``pooling=`` at load):
+#: their mean, the first (CLS) token's, the last token's, or a cross-encoder's
+#: classification head over the whole text (``rank``, for ``rerank``).
+POOLINGS = ("mean", "cls", "last", "rank")
+
+
+def _pooling(option: str, value: object) -> str:
+    if value != "" and value not in POOLINGS:
+        raise _fail(option, value, f'"" (the model\'s own) or one of {", ".join(POOLINGS)}')
+    return str(value)
 
 
 def _positive_seconds(option: str, value: object) -> float:
@@ -376,7 +390,8 @@ class LoadConfig:
     backend decide; ``api_key`` is for remote backends and never printed;
     ``threads`` 0 lets the backend choose its CPU threads;
     ``constraint_timeout`` and ``constraint_memory_mib`` bound compiling one
-    constraint (see :mod:`inference.compile_guard`).
+    constraint (see :mod:`inference.compile_guard`); ``pooling`` ""
+    follows the model file in ``embed``, or one of :data:`POOLINGS`.
     Checked when made, as :class:`GenerateConfig` is.
     """
 
@@ -389,6 +404,7 @@ class LoadConfig:
     threads: int = _option(0, _at_least(0))
     constraint_timeout: float = _option(compile_guard.DEFAULT_SECONDS, _positive_seconds)
     constraint_memory_mib: int = _option(compile_guard.DEFAULT_MEMORY >> 20, _at_least(16))
+    pooling: str = _option("", _pooling)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -590,6 +606,12 @@ def with_constraint_timeout(seconds: float) -> Option:
 def with_constraint_memory_mib(mib: int) -> Option:
     """Memory (MiB) compiling one constraint may take before the call is refused."""
     return _make("load", "constraint_memory_mib", mib)
+
+
+def with_pooling(pooling: str) -> Option:
+    """How ``embed`` pools token vectors: "" (the model file's), or one of
+    :data:`POOLINGS`."""
+    return _make("load", "pooling", pooling)
 
 
 def with_api_key(key: str) -> Option:

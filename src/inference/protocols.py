@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .capabilities import Capabilities
+    from .embeddings import Embeddings, Ranking
     from .options import GenerateConfig, LoadConfig, Option
     from .stream import TokenStream
     from .types import (
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
         ScoreResult,
     )
 
-__all__ = ["Backend", "Scorer", "TextModel", "Tokenizer"]
+__all__ = ["Backend", "Embedder", "Reranker", "Scorer", "TextModel", "Tokenizer"]
 
 
 @runtime_checkable
@@ -143,6 +144,41 @@ class Scorer(Protocol):
 
     def score_rolling(self, text: str) -> RollingScore:
         """The log-likelihood of all of ``text``, in windows of the context length."""
+        ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Optional capability: vectors for texts (``capabilities.embed``).
+
+    Every model of this library has the verb; one whose capabilities lack
+    ``embed`` refuses it with :class:`~inference.UnsupportedOptionError`.
+    """
+
+    def embed(
+        self,
+        texts: str | Sequence[str | Sequence[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Embeddings:
+        """One vector per text, in order (one string is one text; a text may
+        be its token ids, embedded as they are): pooled as
+        the model says, cut to ``dimensions`` and normalised to unit length
+        unless told not to; a text longer than the context is cut to it
+        (``truncate``) or refused."""
+        ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Optional capability: documents ordered by relevance to a query
+    (``capabilities.rerank``); refused as :class:`Embedder` is."""
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None) -> Ranking:
+        """The documents best first (the ``top_n`` best), each with its index,
+        score and text, and how they were scored."""
         ...
 
 

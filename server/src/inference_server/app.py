@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -43,7 +43,12 @@ from starlette.routing import Route
 
 from inference import (
     ConstraintError,
+    Embedder,
+    Embeddings,
     GenerationError,
+    InferenceError,
+    Ranking,
+    Reranker,
     TextModel,
     Token,
     TokenStream,
@@ -52,12 +57,20 @@ from inference import (
 
 from . import shapes
 from .connections import quiet_accept_errors
+from .embedding import (
+    embed_call,
+    ollama_embed_reply,
+    openai_embed_reply,
+    rerank_call,
+    rerank_reply,
+)
 from .metrics import ServerMetrics
 from .requests import BadRequest, Call, ollama_call, openai_call
 
 __all__ = ["Settings", "create_app"]
 
 _log = logging.getLogger("inference.server")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Settings:
     """How the server admits and bounds requests."""
 
     name: str = "model"
+    #: The name ``/v1/models`` gives the embedding model (``--embed-model``).
+    embed_name: str = "embedder"
     api_key: str = ""
     parallel: int = 1
     queue: int = 128
@@ -129,8 +144,12 @@ def _encodable(text: str) -> str:
 
 
 class _Server:
-    def __init__(self, model: TextModel, settings: Settings) -> None:
+    def __init__(
+        self, model: TextModel, settings: Settings, embedder: TextModel | None = None
+    ) -> None:
         self.model = model
+        #: The model the embedding and rerank routes use (``--embed-model``).
+        self.embedder = embedder or model
         self.s = settings
         self.metrics = ServerMetrics()
         self.slots = asyncio.Semaphore(max(1, settings.parallel))
@@ -223,6 +242,31 @@ class _Server:
         m.active += 1
         try:
             yield stream
+        finally:
+            m.active -= 1
+            self.slots.release()
+
+    async def _admitted(self, work: Callable[[], _T]) -> _T:
+        """Run blocking ``work`` (an embedding, a ranking) as one admitted
+        request: 429 past ``parallel`` running and ``queue`` waiting, a slot
+        while it runs, off the event loop."""
+        m = self.metrics
+        if m.active + m.waiting >= self.s.parallel + self.s.queue:
+            m.rejected += 1
+            raise _Refused(
+                429,
+                "the server is busy: its queue is full",
+                "rate_limit_error",
+                {"Retry-After": "1"},
+            )
+        m.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            m.waiting -= 1
+        m.active += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.starting, work)
         finally:
             m.active -= 1
             self.slots.release()
@@ -403,36 +447,80 @@ class _Server:
             "application/x-ndjson",
         )
 
+    async def embeddings(self, request: Request, *, api: str) -> Response:
+        call = embed_call(await self._body(request), api=api)
+        texts = call.inputs
+
+        model = self.embedder
+        if not isinstance(model, Embedder):
+            raise BadRequest("this model cannot embed text")
+
+        def work() -> Embeddings:
+            try:
+                return model.embed(texts, truncate=call.truncate, dimensions=call.dimensions)
+            except InferenceError as exc:  # the input, or a model that cannot embed
+                raise BadRequest(str(exc)) from None
+
+        got = await self._admitted(work)
+        self.metrics.embedded(got.tokens)
+        if api == "openai":
+            return JSONResponse(openai_embed_reply(got, self.s.name, as_base64=call.base64))
+        return JSONResponse(ollama_embed_reply(got, self.s.name, legacy=call.legacy))
+
+    async def rerank(self, request: Request) -> Response:
+        call = rerank_call(await self._body(request))
+
+        model = self.embedder
+        if not isinstance(model, Reranker):
+            raise BadRequest("this model cannot rerank documents")
+
+        def work() -> Ranking:
+            try:
+                return model.rerank(call.query, call.documents, top_n=call.top_n)
+            except InferenceError as exc:
+                raise BadRequest(str(exc)) from None
+
+        ranking = await self._admitted(work)
+        return JSONResponse(rerank_reply(ranking, call, self.s.name))
+
     def _bounds(self) -> dict[str, int]:
         return {"max_tokens_cap": self.s.max_tokens_cap, "default_max": self.s.default_max_tokens}
 
     async def models(self, request: Request) -> Response:
-        card = {
-            "id": self.s.name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "inference",
-        }
-        return JSONResponse({"object": "list", "data": [card]})
+        names = [self.s.name]
+        if self.embedder is not self.model:
+            names.append(self.s.embed_name)
+        cards = [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "inference"}
+            for name in names
+        ]
+        return JSONResponse({"object": "list", "data": cards})
 
     async def tags(self, request: Request) -> Response:
-        info = self.model.info
-        details = {
-            "format": "gguf" if info.path.endswith(".gguf") else "",
-            "family": info.architecture,
-            "families": [info.architecture],
-            "parameter_size": "",
-            "quantization_level": f"Q{info.quant_bits}" if info.quant_bits else "",
-        }
-        model = {
-            "name": self.s.name,
-            "model": self.s.name,
-            "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
-            "size": 0,
-            "digest": "",
-            "details": details,
-        }
-        return JSONResponse({"models": [model]})
+        served = [(self.s.name, self.model)]
+        if self.embedder is not self.model:
+            served.append((self.s.embed_name, self.embedder))
+        models = []
+        for name, model in served:
+            info = model.info
+            details = {
+                "format": "gguf" if info.path.endswith(".gguf") else "",
+                "family": info.architecture,
+                "families": [info.architecture],
+                "parameter_size": "",
+                "quantization_level": f"Q{info.quant_bits}" if info.quant_bits else "",
+            }
+            models.append(
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
+                    "size": 0,
+                    "digest": "",
+                    "details": details,
+                }
+            )
+        return JSONResponse({"models": models})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(
@@ -487,10 +575,13 @@ async def _until_disconnect(request: Request, work: Awaitable[None]) -> bool:
     return False
 
 
-def create_app(model: TextModel, settings: Settings | None = None) -> Starlette:
-    """The Starlette app serving ``model``."""
+def create_app(
+    model: TextModel, settings: Settings | None = None, *, embedder: TextModel | None = None
+) -> Starlette:
+    """The Starlette app serving ``model`` (and ``embedder`` on the embedding
+    and rerank routes, when given)."""
     s = settings or Settings()
-    server = _Server(model, s)
+    server = _Server(model, s, embedder)
 
     def route(
         path: str, handler: Callable[[Request], Awaitable[Response]], method: str, api: str
@@ -512,6 +603,16 @@ def create_app(model: TextModel, settings: Settings | None = None) -> Starlette:
             route("/api/chat", lambda r: server.ollama(r, chat=True), "POST", "ollama"),
             route("/api/generate", lambda r: server.ollama(r, chat=False), "POST", "ollama"),
             route("/api/tags", server.tags, "GET", "ollama"),
+            route("/v1/embeddings", lambda r: server.embeddings(r, api="openai"), "POST", "openai"),
+            route("/api/embed", lambda r: server.embeddings(r, api="ollama"), "POST", "ollama"),
+            route(
+                "/api/embeddings",
+                lambda r: server.embeddings(r, api="ollama-legacy"),
+                "POST",
+                "ollama",
+            ),
+            route("/v1/rerank", server.rerank, "POST", "openai"),
+            route("/rerank", server.rerank, "POST", "openai"),
             route("/health", server.health, "GET", "openai"),
             route("/metrics", server.prometheus, "GET", "openai"),
         ],

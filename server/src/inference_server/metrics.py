@@ -40,6 +40,11 @@ class ServerMetrics:
                 self.ttft_sum += m.time_to_first_token
                 self.ttft_count += 1
 
+    def embedded(self, tokens: int) -> None:
+        """Count an embedding request's tokens as prompt tokens."""
+        with self._lock:
+            self.prompt_tokens += tokens
+
     def render(self, model: str) -> str:
         label = model.replace("\\", "\\\\").replace('"', '\\"')
         with self._lock:

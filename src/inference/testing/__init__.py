@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from .conformance import TextModelConformance, run_conformance
 from .fake import EOS_ID, FakeBackend, FakeModel
-from .models import backend_fixtures, requantise, requires, smollm2_path
+from .models import (
+    backend_fixtures,
+    minilm_folder,
+    minilm_gguf,
+    minilm_reranker,
+    requantise,
+    requires,
+    smollm2_path,
+)
 from .threads import cancel_after, together, wait_for
 
 __all__ = [
@@ -16,6 +24,9 @@ __all__ = [
     "TextModelConformance",
     "backend_fixtures",
     "cancel_after",
+    "minilm_folder",
+    "minilm_gguf",
+    "minilm_reranker",
     "requantise",
     "requires",
     "run_conformance",

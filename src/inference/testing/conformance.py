@@ -578,6 +578,32 @@ class TextModelConformance:
                 assert isinstance(json.loads(text), dict), f"{kind}: {text!r}"
         assert self._greedy(self.prompt, 1)  # still usable
 
+    def test_embed_and_rerank_capabilities(self) -> None:
+        """A model that embeds gives unit vectors of its dimensions, the same
+        for the same text, and ranks a near copy of the query first; one that
+        does not refuses both, and stays usable."""
+        model: Any = self.model
+        texts = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A cat sat."]
+        if not self.caps.embed:
+            self._refused("embed", lambda: model.embed(texts))
+        else:
+            got = model.embed(texts)
+            dims = self.caps.embedding_dimensions
+            assert got.dimensions == dims and len(got.vectors) == len(texts)
+            for v in got.vectors:
+                assert len(v) == dims and abs(sum(x * x for x in v) - 1.0) < 1e-3
+            again = model.embed(texts[0]).vectors[0]
+            assert max(abs(a - b) for a, b in zip(again, got.vectors[0], strict=True)) < 1e-4
+            assert len(model.embed([])) == 0
+            short = model.embed(texts[0], dimensions=min(8, dims))
+            assert short.dimensions == min(8, dims)
+        if not self.caps.rerank:
+            self._refused("rerank", lambda: model.rerank(texts[0], texts[1:]))
+            return
+        ranking = model.rerank(texts[0], [texts[1], texts[0]])
+        assert [r.index for r in ranking] == [1, 0], ranking
+        assert ranking.method in ("classifier", "cosine")
+
     def test_tool_calls(self) -> None:
         weather = {
             "type": "function",

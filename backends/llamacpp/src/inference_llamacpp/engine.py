@@ -28,19 +28,23 @@ What the engine adds to :class:`inference.BaseTextModel` (through
 
 from __future__ import annotations
 
-import array
 import ctypes
+import functools
 import logging
 import os
 import resource
 import threading
+from array import array
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import llama_cpp as lc
 import numpy as np
 
 from inference import env
+from inference.capabilities import Capabilities
+from inference.embeddings import Embeddings, EmbedInput, Ranked, Ranking, finish
 from inference.errors import Cancelled, GenerationError, ModelLoadError
 from inference.gguf import GGUFHeader, read_header
 from inference.options import GenerateConfig, LoadConfig
@@ -50,6 +54,7 @@ from inference.types import ModelInfo
 
 from . import preflight
 from .batching import Batch, Scheduler, SeqState, log_softmax
+from .embedding import EMBED_CONTEXT_CAP, EMBED_SEQUENCES, POOLING_TYPES, EmbeddingContext
 from .threads import ThreadTuner
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
@@ -83,6 +88,21 @@ _LEVELS = {
     4: logging.DEBUG,
     5: logging.DEBUG,
 }
+
+
+def _groups(seqs: list[list[int]], budget: int) -> Iterator[list[list[int]]]:
+    """``seqs`` in order, in groups of at most EMBED_SEQUENCES and ``budget``
+    tokens (one embedding batch each)."""
+    group: list[list[int]] = []
+    used = 0
+    for ids in seqs:
+        if group and (used + len(ids) > budget or len(group) == EMBED_SEQUENCES):
+            yield group
+            group, used = [], 0
+        group.append(ids)
+        used += len(ids)
+    if group:
+        yield group
 
 
 def default_threads() -> int:
@@ -171,6 +191,7 @@ class LlamaCppModel(ScoringTextModel):
         self._abort_cb: Any = None
         self._abort_for: StreamControl | None = None
         self._tuner: ThreadTuner | None = None
+        self._embedding: EmbeddingContext | None = None  # made on the first embed
         try:
             self._open(header, cfg)
         except BaseException:
@@ -193,6 +214,8 @@ class LlamaCppModel(ScoringTextModel):
         self._vocab = lc.llama_model_get_vocab(self._model)
         n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         trained = lc.llama_model_n_ctx_train(self._model)
+        self._choose_pooling(header, cfg)
+        self._embed_ctx = min(trained or EMBED_CONTEXT_CAP, EMBED_CONTEXT_CAP)
         n_ctx = cfg.context_len or min(trained or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
         n_seq = sequences(cfg)
         cparams = lc.llama_context_default_params()
@@ -207,6 +230,7 @@ class LlamaCppModel(ScoringTextModel):
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False
         threads = cfg.threads or default_threads()
+        self._threads = threads
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
@@ -438,7 +462,7 @@ class LlamaCppModel(ScoringTextModel):
                     logits = None
                     if cfg.return_logits:
                         ptr = lc.llama_get_logits_ith(self._ctx, row)
-                        logits = array.array("f", bytes(self._n_vocab * 4))
+                        logits = array("f", bytes(self._n_vocab * 4))
                         ctypes.memmove(logits.buffer_info()[0], ptr, self._n_vocab * 4)
                     tok = lc.llama_sampler_sample(sampler, self._ctx, row)
                     lc.llama_sampler_reset(sampler)
@@ -537,6 +561,135 @@ class LlamaCppModel(ScoringTextModel):
             self._decode(batch, control)
             control.check()
 
+    # -- embeddings and reranking ----------------------------------------------
+
+    def _choose_pooling(self, header: GGUFHeader, cfg: LoadConfig) -> None:
+        """How ``embed`` and ``rerank`` pool (``pooling=``; else the file's; else
+        ``rank`` for a classifier, the mean for any other), and whether the model
+        is for embedding only: its file names a pooling (a BERT, a
+        Qwen3-Embedding) or says its attention is not causal, so it does not
+        generate."""
+        arch = header.architecture
+        declared = header.get(f"{arch}.pooling_type")
+        known = isinstance(declared, int) and declared > lc.LLAMA_POOLING_TYPE_NONE
+        head = any(t.name.startswith("cls.") for t in header.tensors)  # llama.cpp's cls.*
+        classifier = head and bool(header.get(f"{arch}.classifier.output_labels"))
+        self._embedding_only = known or header.get(f"{arch}.attention.causal") is False
+        if cfg.pooling:
+            self._pooling = POOLING_TYPES[cfg.pooling]
+        elif known:
+            self._pooling = int(declared)
+        else:
+            self._pooling = lc.LLAMA_POOLING_TYPE_RANK if classifier else lc.LLAMA_POOLING_TYPE_MEAN
+        if self._pooling == lc.LLAMA_POOLING_TYPE_RANK and not head:
+            raise ModelLoadError(
+                f"{self._path}: pooling='rank' needs a classification head, "
+                "and this model has none (a cross-encoder reranker has one)",
+                path=self._path,
+            )
+
+    def _capabilities(self) -> Capabilities:
+        caps = super()._capabilities()
+        rank = self._pooling == lc.LLAMA_POOLING_TYPE_RANK
+        caps = replace(
+            caps,
+            embed=not rank,
+            embedding_dimensions=0 if rank else lc.llama_model_n_embd(self._model),
+            rerank=True,
+        )
+        if not self._embedding_only:
+            return caps
+        return replace(
+            caps,
+            generate=False,
+            logprobs=False,
+            top_logprobs=0,
+            logits=False,
+            scoring=False,
+            constraints=frozenset(),
+            tools=False,
+            reasoning=False,
+            seeded_sampling=False,
+        )
+
+    def _embed(
+        self, texts: list[EmbedInput], normalize: bool, truncate: bool, dimensions: int | None
+    ) -> Embeddings:
+        ids = [self._embed_ids(text, truncate) for text in texts]
+        raw, width = self._pooled(ids)
+        vectors = finish(raw, len(texts), normalize=normalize, dimensions=dimensions)
+        return Embeddings(vectors, dimensions or width, sum(len(i) for i in ids))
+
+    def _rerank(self, query: str, documents: list[str]) -> Ranking:
+        if self._pooling != lc.LLAMA_POOLING_TYPE_RANK:
+            return super()._rerank(query, documents)  # a bi-encoder: cosine
+        # A cross-encoder reads the pair as one text: [CLS] query [SEP] document [SEP].
+        head = self._embed_ids(query, True)
+        sep = lc.llama_vocab_sep(self._vocab)
+        tail = [sep] if sep >= 0 else []
+        pairs = []
+        for doc in documents:
+            body = self._tokenize(doc, False, special=False) + tail
+            pairs.append((head + body)[: self._embed_ctx])
+        raw, width = self._pooled(pairs)
+        scores = [raw[i * width] for i in range(len(documents))]
+        ranked = [
+            Ranked(i, float(sc), doc)
+            for i, (sc, doc) in enumerate(zip(scores, documents, strict=True))
+        ]
+        return Ranking(tuple(sorted(ranked, key=lambda r: -r.score)), "classifier")
+
+    def _embed_ids(self, text: EmbedInput, truncate: bool) -> list[int]:
+        """``text``'s tokens for the embedding context (with the special tokens
+        the model adds, BERT's [CLS] and [SEP]; token ids as they are): cut to
+        it, or refused."""
+        if isinstance(text, str):
+            ids = self._tokenize(text, True, special=False)
+        else:
+            bad = next((t for t in text if t >= self._n_vocab), None)
+            if bad is not None:
+                raise GenerationError(
+                    f"token id {bad} is not in the vocabulary (0 to {self._n_vocab - 1})"
+                )
+            ids = list(text)
+        limit = self._embed_ctx
+        if len(ids) <= limit:
+            return ids
+        if not truncate:
+            raise GenerationError(
+                f"a text has {len(ids)} tokens, more than the {limit} one embedding "
+                "holds; shorten it, or embed with truncate=True"
+            )
+        if lc.llama_vocab_get_add_eos(self._vocab):  # keep the end marker ([SEP])
+            return ids[: limit - 1] + ids[-1:]
+        return ids[:limit]
+
+    def _pooled(self, seqs: list[list[int]]) -> tuple[array, int]:  # type: ignore[type-arg]
+        """The pooled vectors of ``seqs``, row after row, and their width:
+        batches of the embedding context, each run between two generation steps."""
+        control = StreamControl()
+        raw = array("f")
+        width = 0
+        with self._hold(control, shared=True):
+            scheduler = self._scheduler
+            assert scheduler is not None
+            for group in _groups(seqs, self._embed_ctx):
+                part, width = scheduler.between_steps(functools.partial(self._run_embedding, group))
+                raw.frombytes(part)
+        return raw, width
+
+    def _run_embedding(self, group: list[list[int]]) -> tuple[bytes, int]:
+        """On the engine thread: one batch through the embedding context."""
+        if self._embedding is None:
+            self._embedding = EmbeddingContext(
+                self._model,
+                n_ctx=self._embed_ctx,
+                pooling=self._pooling,
+                threads=self._tuner.threads if self._tuner else self._threads,
+                path=self._path,
+            )
+        return self._embedding.run(group), self._embedding.width
+
     def _memory(self) -> tuple[int | None, int | None]:
         return _rss()
 
@@ -547,6 +700,9 @@ class LlamaCppModel(ScoringTextModel):
         if self._scheduler is not None:
             self._scheduler.close()
             self._scheduler = None
+        if self._embedding is not None:
+            self._embedding.free()
+            self._embedding = None
         if self._batch is not None:
             self._batch.free()
             self._batch = None

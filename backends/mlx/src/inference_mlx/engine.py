@@ -25,11 +25,15 @@ MLX call of a model runs there, one at a time. What it adds:
 from __future__ import annotations
 
 import array
+import functools
 import gc
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, cast
 
+from inference.capabilities import Capabilities
+from inference.embeddings import Embeddings, EmbedInput, finish
 from inference.errors import GenerationError
 from inference.options import GenerateConfig, LoadConfig
 from inference.scoring import IdPair, ScoringTextModel
@@ -104,6 +108,7 @@ class MlxModel(ScoringTextModel):
         self._device = loaded.device
         self._cpu_only = loaded.cpu_only
         self._mx_stream: Any = None  # made on first use
+        self._last_token_pooling = loaded.cfg.pooling == "last"
         assert self._engine is not None
         self._scheduler = Scheduler(
             engine=self._engine,
@@ -300,6 +305,58 @@ class MlxModel(ScoringTextModel):
         del cache
         mx.clear_cache()
         return out
+
+    # -- embeddings -------------------------------------------------------------
+
+    def _capabilities(self) -> Capabilities:
+        caps = super()._capabilities()
+        inner = getattr(self._model, "model", None)  # mlx-lm's decoder, before the head
+        if not callable(inner):
+            return caps
+        return replace(caps, embed=True, embedding_dimensions=self._info.hidden_size, rerank=True)
+
+    def _embed(
+        self, texts: list[EmbedInput], normalize: bool, truncate: bool, dimensions: int | None
+    ) -> Embeddings:
+        seqs = [self._embed_ids(t, truncate) for t in texts]
+        raw = array.array("f")
+        for ids in seqs:  # each between two generation steps, on the engine thread
+            raw.frombytes(self._scheduler.between_steps(functools.partial(self._pool, ids)))
+        width = len(raw) // len(seqs)
+        vectors = finish(raw, len(seqs), normalize=normalize, dimensions=dimensions)
+        return Embeddings(vectors, dimensions or width, sum(len(s) for s in seqs))
+
+    def _embed_ids(self, text: EmbedInput, truncate: bool) -> list[int]:
+        if isinstance(text, str):
+            ids = self._encode_literal(text)
+            if self._add_bos and self._bos_id is not None:
+                ids.insert(0, self._bos_id)
+        else:
+            bad = next((t for t in text if t >= self._info.vocab_size), None)
+            if bad is not None:
+                raise GenerationError(f"token id {bad} is not in the vocabulary")
+            ids = list(text)
+        limit = self._info.context_length or len(ids)
+        if len(ids) > limit:
+            if not truncate:
+                raise GenerationError(
+                    f"a text has {len(ids)} tokens, more than the model's context of "
+                    f"{limit}; shorten it, or embed with truncate=True"
+                )
+            ids = ids[:limit]
+        return ids
+
+    def _pool(self, ids: list[int]) -> bytes:
+        """On the engine thread: the decoder's final hidden states of ``ids``
+        (after its last norm), pooled by their mean or the last token's."""
+        import mlx.core as mx
+
+        inner = self._live().model
+        with mx.stream(self._stream_for_engine()):
+            states = inner(mx.array([ids]))[0].astype(mx.float32)
+            pooled = states[-1] if self._last_token_pooling else states.mean(axis=0)
+            mx.eval(pooled)
+        return bytes(memoryview(pooled))
 
     def _memory(self) -> tuple[int | None, int | None]:
         try:

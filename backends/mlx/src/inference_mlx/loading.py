@@ -53,6 +53,13 @@ def load(path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> Load
             option="threads",
             backend="mlx",
         )
+    if cfg.pooling in ("rank", "cls"):
+        raise UnsupportedOptionError(
+            f"pooling={cfg.pooling!r}: this backend pools a decoder's hidden states by "
+            "their mean or the last token's",
+            option="pooling",
+            backend="mlx",
+        )
     found = device or detect()  # imports mlx.core and asks it for the device
     if not found.available:
         raise ModelLoadError(f"cannot load {path} with MLX: {found.reason}", path=path)

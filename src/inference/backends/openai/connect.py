@@ -16,6 +16,7 @@ from ...options import LoadConfig
 from ...types import ModelInfo
 from ...values import is_int
 from .dialects import DIALECTS
+from .embedding import probe
 from .model import OpenAIModel
 from .scoring import ScoringOpenAIModel
 from .transport import Client, Failure
@@ -109,6 +110,7 @@ def load(url: str, cfg: LoadConfig, defaults: Settings) -> OpenAIModel:
         caps = props.get("chat_template_caps")
         native_tools = isinstance(caps, dict) and caps.get("supports_tools") is True
     slots = slots or dialect.slots
+    offer = probe(client, name)  # whether it embeds and reranks: how it was started
     notes = [f"server: {dialect.label}", f"model: {name}", f"parallel_slots: {slots}"]
     if dialect.no_scoring:
         notes.append(f"no scoring: {dialect.label} {dialect.no_scoring}")
@@ -131,7 +133,13 @@ def load(url: str, cfg: LoadConfig, defaults: Settings) -> OpenAIModel:
     _log.debug("%s: model %r on %s, %d parallel slots", where, name, dialect.label, slots)
     cls = OpenAIModel if dialect.no_scoring else ScoringOpenAIModel
     return cls(
-        client=client, name=name, dialect=dialect, info=info, slots=slots, native_tools=native_tools
+        client=client,
+        name=name,
+        dialect=dialect,
+        info=info,
+        slots=slots,
+        native_tools=native_tools,
+        offer=offer,
     )
 
 

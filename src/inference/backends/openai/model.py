@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from ...capabilities import Capabilities
 from ...detok import LogprobAssembler, TextAssembler
+from ...embeddings import Embeddings, EmbedInput, Ranking
 from ...errors import Cancelled, GenerationError
 from ...metrics import batch_metrics
 from ...model_state import ModelState
@@ -40,7 +41,9 @@ from ...types import (
     TokenLogprob,
 )
 from ...values import is_int
+from . import embedding
 from .dialects import Dialect
+from .embedding import Offer
 from .retries import Retry
 from .sse import SSEError, SSEParser
 from .structured import (
@@ -83,8 +86,10 @@ class OpenAIModel(ModelState):
         info: ModelInfo,
         slots: int,
         native_tools: bool = True,
+        offer: Offer | None = None,
     ) -> None:
         self._client = client
+        self._offer = offer or Offer()
         self._name = name
         self._dialect = dialect
         #: Whether tools go to the server as ``tools`` (else: the generic format).
@@ -132,7 +137,23 @@ class OpenAIModel(ModelState):
             stop_tokens=bool(d.stop_ids),
             parallel_streams=self._slots,
             context_length=self._info.context_length,
+            embed=self._offer.dimensions > 0,
+            embedding_dimensions=self._offer.dimensions,
+            rerank=self._offer.rerank or self._offer.dimensions > 0,
         )
+
+    def _embed(
+        self, texts: list[EmbedInput], normalize: bool, truncate: bool, dimensions: int | None
+    ) -> Embeddings:
+        # The server cuts a long text (or refuses it) as it was told to at start.
+        return embedding.embed(
+            self._client, self._name, texts, normalize=normalize, dimensions=dimensions
+        )
+
+    def _rerank(self, query: str, documents: list[str]) -> Ranking:
+        if not self._offer.rerank:
+            return super()._rerank(query, documents)  # by the embeddings' cosine
+        return embedding.rerank(self._client, self._name, query, documents)
 
     def _refusal_names(self) -> tuple[str, str]:
         return self._dialect.name, f"{self._url} ({self._dialect.label})"
