@@ -82,3 +82,16 @@ def test_the_limits_are_load_options() -> None:
     assert (cfg.constraint_timeout, cfg.constraint_memory_mib) == (2.5, 64)
     with pytest.raises(ValueError, match="constraint_timeout"):
         load_config(constraint_timeout=0)
+
+
+def test_an_idle_worker_killed_from_outside_is_not_taken_for_a_verdict() -> None:
+    schema = {"type": "object", "properties": {"k": {"type": "string", "pattern": "^x+$"}}}
+    grammar = guidance.grammar_for(Constraint("json_schema", schema))
+    cg.check(grammar, Limits(seconds=30, memory=512 << 20))  # leaves a worker idle
+    idle = [w for w in cg._guard._idle if w.memory == 512 << 20]
+    assert idle
+    for w in idle:
+        w.proc.kill()
+        w.proc.wait()
+    other = guidance.grammar_for(Constraint("regex", "[a-z]{1,7}q"))
+    cg.check(other, Limits(seconds=30, memory=512 << 20))  # a fresh worker, no false refusal

@@ -179,6 +179,9 @@ class _Guard:
 
     def _take(self, memory: int) -> _Worker:
         with self._lock:
+            for w in [w for w in self._idle if w.proc.poll() is not None]:
+                self._idle.remove(w)  # ended while idle (killed from outside)
+                w.kill()
             for i, w in enumerate(self._idle):
                 if w.memory == memory:
                     return self._idle.pop(i)
