@@ -82,6 +82,11 @@ def test_the_limits_are_load_options() -> None:
     assert (cfg.constraint_timeout, cfg.constraint_memory_mib) == (2.5, 64)
     with pytest.raises(ValueError, match="constraint_timeout"):
         load_config(constraint_timeout=0)
+    from inference.options import CONSTRAINT_MEMORY_MIB, CONSTRAINT_SECONDS
+
+    default = load_config()
+    assert Limits() == Limits(default.constraint_timeout, default.constraint_memory_mib << 20)
+    assert (CONSTRAINT_SECONDS, CONSTRAINT_MEMORY_MIB) == (10.0, 1024)  # docs/server.md says so
 
 
 def test_an_idle_worker_killed_from_outside_is_not_taken_for_a_verdict() -> None:

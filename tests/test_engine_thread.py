@@ -58,3 +58,21 @@ def test_stop_runs_the_exit_hook_on_the_engine_thread() -> None:
     engine.call(lambda: None)
     engine.stop()
     assert seen == ["hooked"]
+
+
+def test_settle_puts_a_result_or_an_error_into_a_future_unless_cancelled() -> None:
+    from concurrent.futures import Future
+
+    from inference.engine_thread import settle
+
+    ok: Future[int] = Future()
+    settle(ok, lambda: 7)
+    assert ok.result() == 7
+    bad: Future[int] = Future()
+    settle(bad, lambda: 1 // 0)
+    assert isinstance(bad.exception(), ZeroDivisionError)
+    ran: list[int] = []
+    gone: Future[int] = Future()
+    gone.cancel()
+    settle(gone, lambda: ran.append(1) or 1)
+    assert ran == [] and gone.cancelled()

@@ -40,7 +40,7 @@ from collections.abc import Sequence as Seq
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from .engine_thread import EngineThread
+from .engine_thread import EngineThread, settle
 from .errors import GenerationError
 from .stream import StreamControl
 
@@ -219,12 +219,7 @@ class Scheduler:
         done: Future[_T] = Future()
 
         def job() -> None:
-            if not done.set_running_or_notify_cancel():
-                return
-            try:
-                done.set_result(work())
-            except BaseException as exc:
-                done.set_exception(exc)
+            settle(done, work)
 
         with self._cond:
             if self._stopping:

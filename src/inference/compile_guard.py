@@ -35,13 +35,10 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .errors import ConstraintError
+from .options import CONSTRAINT_MEMORY_MIB, CONSTRAINT_SECONDS
 
-__all__ = ["DEFAULT_MEMORY", "DEFAULT_SECONDS", "Limits", "check"]
+__all__ = ["Limits", "check"]
 
-#: Address space a worker may add beyond what it holds once started (bytes).
-DEFAULT_MEMORY = 1 << 30
-#: Seconds a grammar may take to compile.
-DEFAULT_SECONDS = 10.0
 #: Verdicts remembered, by grammar digest.
 _CACHE_SIZE = 512
 #: Workers compiling at once (a check beyond waits its turn) and kept idle.
@@ -55,10 +52,10 @@ _POLL = 0.02
 @dataclass(frozen=True)
 class Limits:
     """What compiling one grammar may cost: ``seconds`` of time and ``memory``
-    bytes of address space beyond the worker's own."""
+    bytes of address space beyond what the worker holds once started."""
 
-    seconds: float = DEFAULT_SECONDS
-    memory: int = DEFAULT_MEMORY
+    seconds: float = CONSTRAINT_SECONDS
+    memory: int = CONSTRAINT_MEMORY_MIB << 20
 
 
 class _Worker:

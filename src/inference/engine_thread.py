@@ -23,10 +23,21 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-__all__ = ["EngineThread"]
+__all__ = ["EngineThread", "settle"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
+
+
+def settle(future: Future[_T], fn: Callable[[], _T]) -> None:
+    """Run ``fn`` into ``future``: its result, or the exception it raised
+    (nothing, if the future was cancelled first)."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 class EngineThread:
@@ -71,12 +82,7 @@ class EngineThread:
         future: Future[_T] = Future()
 
         def job() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:
-                future.set_exception(exc)
+            settle(future, fn)
 
         self._jobs.put(job)
         return future.result()

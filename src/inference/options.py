@@ -26,11 +26,12 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
-from . import compile_guard
 from .tool_calls import Tool, to_tool, tool_choice
 from .values import is_int, is_number
 
 __all__ = [
+    "CONSTRAINT_MEMORY_MIB",
+    "CONSTRAINT_SECONDS",
     "GENERATE_OPTIONS",
     "LOAD_OPTIONS",
     "MIN_TEMPERATURE",
@@ -202,6 +203,12 @@ def _timeout(option: str, value: object) -> float | None:
         raise _fail(option, value, "> 0 seconds (None means no deadline)")
     return number
 
+
+#: What compiling one constraint may take by default (LoadConfig's
+#: ``constraint_timeout`` and ``constraint_memory_mib``; see
+#: :mod:`inference.compile_guard`).
+CONSTRAINT_SECONDS = 10.0
+CONSTRAINT_MEMORY_MIB = 1024
 
 #: How ``embed`` pools a text's token vectors into one (``pooling=`` at load):
 #: their mean, the first (CLS) token's, the last token's, or a cross-encoder's
@@ -402,8 +409,8 @@ class LoadConfig:
     adapter_path: str = _option("", _path)
     api_key: str = _option("", _str, repr=False)
     threads: int = _option(0, _at_least(0))
-    constraint_timeout: float = _option(compile_guard.DEFAULT_SECONDS, _positive_seconds)
-    constraint_memory_mib: int = _option(compile_guard.DEFAULT_MEMORY >> 20, _at_least(16))
+    constraint_timeout: float = _option(CONSTRAINT_SECONDS, _positive_seconds)
+    constraint_memory_mib: int = _option(CONSTRAINT_MEMORY_MIB, _at_least(16))
     pooling: str = _option("", _pooling)
 
     def __post_init__(self) -> None:

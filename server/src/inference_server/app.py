@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -215,10 +216,12 @@ class _Server:
         return body
 
     @contextlib.asynccontextmanager
-    async def _slot(self, call: Call) -> AsyncIterator[TokenStream]:
-        """Admit ``call`` (429 when ``parallel`` run and ``queue`` wait), make
-        its stream while it waits (a constraint compiles there, holding no
-        slot), then hold a slot while it runs."""
+    async def _slot(self, prepare: Callable[[threading.Event], _T]) -> AsyncIterator[_T]:
+        """Admit a request (429 when ``parallel`` run and ``queue`` wait),
+        run ``prepare`` off the event loop while it waits (a stream is made
+        there: its constraint compiles holding no slot; the event it is given
+        is set if the client leaves meanwhile), then hold a slot while the
+        request runs."""
         m = self.metrics
         if m.active + m.waiting >= self.s.parallel + self.s.queue:
             m.rejected += 1
@@ -229,10 +232,10 @@ class _Server:
                 {"Retry-After": "1"},
             )
         m.waiting += 1
-        cancel = threading.Event()  # a client gone ends its constraint's compiling too
+        cancel = threading.Event()
         try:
             loop = asyncio.get_running_loop()
-            stream = await loop.run_in_executor(self.starting, self._start, call, cancel)
+            made = await loop.run_in_executor(self.starting, prepare, cancel)
             await self.slots.acquire()
         except BaseException:
             cancel.set()
@@ -241,35 +244,16 @@ class _Server:
             m.waiting -= 1
         m.active += 1
         try:
-            yield stream
+            yield made
         finally:
             m.active -= 1
             self.slots.release()
 
     async def _admitted(self, work: Callable[[], _T]) -> _T:
         """Run blocking ``work`` (an embedding, a ranking) as one admitted
-        request: 429 past ``parallel`` running and ``queue`` waiting, a slot
-        while it runs, off the event loop."""
-        m = self.metrics
-        if m.active + m.waiting >= self.s.parallel + self.s.queue:
-            m.rejected += 1
-            raise _Refused(
-                429,
-                "the server is busy: its queue is full",
-                "rate_limit_error",
-                {"Retry-After": "1"},
-            )
-        m.waiting += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            m.waiting -= 1
-        m.active += 1
-        try:
+        request, off the event loop."""
+        async with self._slot(lambda _cancel: None):
             return await asyncio.get_running_loop().run_in_executor(self.starting, work)
-        finally:
-            m.active -= 1
-            self.slots.release()
 
     def _start(self, call: Call, cancel: threading.Event) -> TokenStream:
         if self.s.log_prompts:
@@ -307,7 +291,7 @@ class _Server:
         """Admit, start, and wait for the first token (so that a failure before
         it is an HTTP error, not a broken stream)."""
         stack = contextlib.AsyncExitStack()
-        stream = await stack.enter_async_context(self._slot(call))
+        stream = await stack.enter_async_context(self._slot(functools.partial(self._start, call)))
         try:
             tokens = stream.__aiter__()
             stack.push_async_callback(_aclose, tokens)
