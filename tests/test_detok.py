@@ -116,6 +116,9 @@ def test_the_earliest_of_several_stops_wins(text: str, stops: list[str], cuts: l
     emitted, flushed = feed(asm, chunks(text.encode("utf-8"), cuts))
     found = [i for i in (text.find(s) for s in stops) if i != -1]
     assert text_of(emitted) + text_of(flushed) == text[: min(found, default=len(text))]
+    # It says which stop ended the text: the one found first.
+    first = min(stops, key=lambda s: text.find(s) if s in text else len(text) + 1)
+    assert asm.matched == (first if found else None)
 
 
 def test_a_stop_across_token_boundaries_is_never_emitted() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import uvicorn
@@ -30,13 +30,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(
-    model: inference.TextModel, *, embedder: inference.TextModel | None = None, **settings: object
+    model: inference.TextModel | Mapping[str, inference.TextModel], **settings: object
 ) -> Iterator[Running]:
-    """``model`` (and ``embedder`` for the embedding routes) served by
-    uvicorn in a thread, until the block ends."""
+    """``model`` (or several, by name) served by uvicorn in a thread, until
+    the block ends."""
     port = free_port()
     s = Settings(**settings)  # type: ignore[arg-type]
-    app = create_app(model, s, embedder=embedder)
+    app = create_app(model, s)
     server = uvicorn.Server(uvicorn_config(app, s, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, name="inference-serve-test", daemon=True)
     thread.start()
@@ -45,7 +45,8 @@ def running(
             raise RuntimeError("the server did not start")
         thread.join(0.01)
     try:
-        yield Running(f"http://127.0.0.1:{port}", model)
+        first = model if isinstance(model, inference.TextModel) else next(iter(model.values()))
+        yield Running(f"http://127.0.0.1:{port}", first)
     finally:
         server.should_exit = True
         thread.join(10)

@@ -85,7 +85,7 @@ def test_ollama_client_embed_and_the_legacy_route(
     want = minilm.embed(TEXTS).tolist()
     got = ollama.Client(host=embed_server.url).embed(model="minilm", input=TEXTS)
     assert all(close(g, w) for g, w in zip(got.embeddings, want, strict=True))
-    status, legacy = post(embed_server.url, "/api/embeddings", {"model": "m", "prompt": "hi"})
+    status, legacy = post(embed_server.url, "/api/embeddings", {"model": "minilm", "prompt": "hi"})
     assert status == 200 and close(legacy["embedding"], want[2])
 
 
@@ -96,7 +96,7 @@ def test_rerank_route(embed_server: Running) -> None:
             embed_server.url,
             path,
             {
-                "model": "m",
+                "model": "minilm",
                 "query": "What is the capital of France?",
                 "documents": docs,
                 "top_n": 2,
@@ -113,27 +113,27 @@ def test_bad_embedding_requests_are_400s_and_the_server_keeps_serving(
     embed_server: Running,
 ) -> None:
     bad: list[tuple[str, Any]] = [
-        ("/v1/embeddings", {"model": "m", "input": ""}),
-        ("/v1/embeddings", {"model": "m", "input": [1.5]}),
-        ("/v1/embeddings", {"model": "m", "input": ["a", 3]}),
-        ("/v1/embeddings", {"model": "m", "input": "a", "dimensions": 385}),
-        ("/v1/embeddings", {"model": "m", "input": "a", "encoding_format": "hex"}),
-        ("/v1/embeddings", {"model": "m"}),
-        ("/v1/embeddings", {"model": "m", "input": "a", "surprise": 1}),
-        ("/api/embed", {"model": "m", "input": "a", "truncate": "yes"}),
-        ("/api/embed", {"model": "m", "input": "word " * 2000, "truncate": False}),
-        ("/api/embeddings", {"model": "m"}),
-        ("/v1/rerank", {"model": "m", "query": "q", "documents": []}),
-        ("/v1/rerank", {"model": "m", "query": "", "documents": ["d"]}),
-        ("/v1/rerank", {"model": "m", "query": "q", "documents": ["d"], "top_n": 0}),
+        ("/v1/embeddings", {"model": "minilm", "input": ""}),
+        ("/v1/embeddings", {"model": "minilm", "input": [1.5]}),
+        ("/v1/embeddings", {"model": "minilm", "input": ["a", 3]}),
+        ("/v1/embeddings", {"model": "minilm", "input": "a", "dimensions": 385}),
+        ("/v1/embeddings", {"model": "minilm", "input": "a", "encoding_format": "hex"}),
+        ("/v1/embeddings", {"model": "minilm"}),
+        ("/v1/embeddings", {"model": "minilm", "input": "a", "surprise": 1}),
+        ("/api/embed", {"model": "minilm", "input": "a", "truncate": "yes"}),
+        ("/api/embed", {"model": "minilm", "input": "word " * 2000, "truncate": False}),
+        ("/api/embeddings", {"model": "minilm"}),
+        ("/v1/rerank", {"model": "minilm", "query": "q", "documents": []}),
+        ("/v1/rerank", {"model": "minilm", "query": "", "documents": ["d"]}),
+        ("/v1/rerank", {"model": "minilm", "query": "q", "documents": ["d"], "top_n": 0}),
     ]
     for path, body in bad:
         status, reply = post(embed_server.url, path, body)
         assert status == 400, (path, body, reply)
         assert reply["error"]
-    empty = post(embed_server.url, "/v1/embeddings", {"model": "m", "input": []})
+    empty = post(embed_server.url, "/v1/embeddings", {"model": "minilm", "input": []})
     assert empty[0] == 200 and empty[1]["data"] == []
-    assert post(embed_server.url, "/v1/embeddings", {"model": "m", "input": "ok"})[0] == 200
+    assert post(embed_server.url, "/v1/embeddings", {"model": "minilm", "input": "ok"})[0] == 200
 
 
 def test_concurrent_clients_embed_beside_each_other(
@@ -141,7 +141,7 @@ def test_concurrent_clients_embed_beside_each_other(
 ) -> None:
     want = minilm.embed(TEXTS).tolist()
     replies = together(
-        [lambda: post(embed_server.url, "/v1/embeddings", {"model": "m", "input": TEXTS})] * 8
+        [lambda: post(embed_server.url, "/v1/embeddings", {"model": "minilm", "input": TEXTS})] * 8
     )
     for status, body in replies:
         assert status == 200
@@ -153,9 +153,9 @@ def test_a_chat_model_embeds_too_and_an_encoder_refuses_to_chat(
 ) -> None:
     status, body = post(served.url, "/v1/embeddings", {"model": "smollm2", "input": "hi"})
     assert status == 200 and len(body["data"][0]["embedding"]) == 576
-    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    chat = {"model": "minilm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     status, body = post(embed_server.url, "/v1/chat/completions", chat)
-    assert status == 400 and "does not generate" in body["error"]["message"]
+    assert status == 400 and "cannot generate text" in body["error"]["message"]
 
 
 def test_the_openai_backend_embeds_and_reranks_through_a_server(
@@ -186,17 +186,63 @@ def test_the_openai_backend_embeds_and_reranks_through_a_server(
 def test_one_server_chats_with_one_model_and_embeds_with_another(
     smol: inference.TextModel, minilm: inference.TextModel
 ) -> None:
-    with running(smol, embedder=minilm, name="smollm2", embed_name="minilm") as r:
+    """Two models in one server, each chosen by the request's model: the
+    lists show both with what each can do, a name not served is a 404 that
+    lists them, and a model asked for what it cannot do is a 400."""
+    with running({"smollm2": smol, "minilm": minilm}) as r:
         client = openai.OpenAI(base_url=f"{r.url}/v1", api_key="x", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["smollm2", "minilm"]
+        listed = client.models.list().data
+        assert [m.id for m in listed] == ["smollm2", "minilm"]
+        caps = {m.id: m.model_extra["capabilities"] for m in listed if m.model_extra}
+        assert caps["smollm2"]["generate"] and not caps["minilm"]["generate"]
+        assert caps["minilm"]["embed"] and caps["minilm"]["embedding_dimensions"] == 384
+        assert client.models.retrieve("minilm").id == "minilm"
+        with pytest.raises(openai.NotFoundError, match="smollm2, minilm"):
+            client.models.retrieve("gpt-4o")
         reply = client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
-        assert reply.choices[0].message.content
+        assert reply.choices[0].message.content and reply.model == "smollm2"
+        with pytest.raises(openai.NotFoundError, match="'gpt-4o' is not served"):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+        with pytest.raises(openai.BadRequestError, match="'minilm' cannot generate"):
+            client.chat.completions.create(
+                model="minilm", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
         got = client.embeddings.create(model="minilm", input=TEXTS)
+        assert got.model == "minilm"
         assert all(
             close(d.embedding, w)
             for d, w in zip(got.data, minilm.embed(TEXTS).tolist(), strict=True)
         )
-        tags = ollama.Client(host=r.url).list()
-        assert [m.model for m in tags.models] == ["smollm2", "minilm"]
+        # Without a model, each route takes a model that can serve it.
+        status, body = post(r.url, "/v1/embeddings", {"input": "hi"})
+        assert status == 200 and body["model"] == "minilm"
+        hello = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+        status, body = post(r.url, "/api/chat", {**hello, "options": {"num_predict": 2}})
+        assert status == 200 and body["model"] == "smollm2"
+        ol = ollama.Client(host=r.url)
+        assert [m.model for m in ol.list().models] == ["smollm2", "minilm"]
+        assert [m.model for m in ol.ps().models] == ["smollm2", "minilm"]
+        shown = ol.show("smollm2:latest")  # Ollama's tag names the model
+        assert "completion" in (shown.capabilities or []) and "<|im_start|>" in (
+            shown.template or ""
+        )
+        assert ol.show("minilm").capabilities == ["embedding"]
+        with pytest.raises(ollama.ResponseError) as missing:
+            ol.chat(model="llama3", messages=[{"role": "user", "content": "hi"}])
+        assert missing.value.status_code == 404 and "smollm2, minilm" in missing.value.error
+        metrics = _get(r.url)
+        assert 'inference_generated_tokens_total{model="smollm2"}' in metrics
+        assert 'inference_prompt_tokens_total{model="minilm"}' in metrics
+
+
+def _get(url: str, path: str = "/metrics") -> str:
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()

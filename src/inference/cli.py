@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import re
 import statistics
 import sys
@@ -102,7 +103,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parallel", type=int, default=4, help="requests generated at once, batched (default: 4)"
     )
-    p.add_argument("--api-key", default="", help="require this bearer token")
+    p.add_argument(
+        "more",
+        nargs="*",
+        metavar="MODEL",
+        help="more models to serve; each PATH or NAME=PATH, chosen by a request's model",
+    )
+    p.add_argument(
+        "--api-key",
+        default="",
+        help=f"require this key of clients (also ${env.INFERENCE_SERVE_API_KEY}; "
+        "--api-key-file keeps it out of ps)",
+    )
+    p.add_argument("--api-key-file", default="", help="read the required key from this file")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browsers on ORIGIN call the server (CORS); repeatable, * for any",
+    )
     p.add_argument("--queue", type=int, default=128, help="requests that may wait (then 429)")
     p.add_argument("--max-tokens-cap", type=int, default=8192, help="the most max_tokens allowed")
     p.add_argument("--log-prompts", action="store_true", help="log each request's prompt")
@@ -116,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=None, help="open connections allowed")
     p.add_argument("--max-body-bytes", type=int, default=None, help="the largest request body")
     p.add_argument(
-        "--embed-model", default="", help="a second model for the embedding and rerank routes"
+        "--embed-model", default="", help="one more model, for the embedding and rerank routes"
     )
 
     p = sub.add_parser("embed", help="embed TEXTs (or stdin's lines, with -): a vector each")
@@ -558,14 +578,15 @@ def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     }
     settings = inference_server.Settings(
         parallel=args.parallel,
-        api_key=args.api_key,
+        api_key=_serve_key(args),
+        cors_origins=tuple(args.cors_origin),
         queue=args.queue,
         max_tokens_cap=args.max_tokens_cap,
         log_prompts=args.log_prompts,
         **limits,
     )
     return inference_server.serve(
-        args.model,
+        [args.model, *args.more],
         host=args.host,
         port=args.port,
         settings=settings,
@@ -573,6 +594,23 @@ def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         out=out,
         **_load_options(args),
     )
+
+
+def _serve_key(args: argparse.Namespace) -> str:
+    """The key clients must send: ``--api-key``, else ``--api-key-file``'s
+    first line, else the environment's."""
+    if args.api_key:
+        return str(args.api_key)
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except OSError as exc:
+            raise InferenceError(f"cannot read the API key file: {exc}") from None
+        if not key:
+            raise InferenceError(f"the API key file {args.api_key_file} is empty")
+        return key
+    return os.environ.get(env.INFERENCE_SERVE_API_KEY, "").strip()
 
 
 def main(

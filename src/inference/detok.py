@@ -42,7 +42,16 @@ def _failure(pattern: str) -> list[int]:
 class TextAssembler:
     """Turns (id, bytes) pairs into tokens to emit; one per generation."""
 
-    __slots__ = ("_buf", "_decode", "_fail", "_matched", "_pending", "_stops", "stopped")
+    __slots__ = (
+        "_buf",
+        "_decode",
+        "_fail",
+        "_matched",
+        "_pending",
+        "_stops",
+        "matched",
+        "stopped",
+    )
 
     def __init__(self, stop: Sequence[str] = ()) -> None:
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
@@ -54,6 +63,8 @@ class TextAssembler:
         self._buf = ""
         #: Set once a stop string has matched; nothing more is emitted.
         self.stopped = False
+        #: The stop string that matched (the earliest in the text), once one has.
+        self.matched: str | None = None
 
     def push(self, token_id: int, data: bytes) -> list[Token]:
         """Add one token; return the tokens that are now safe to emit."""
@@ -79,7 +90,8 @@ class TextAssembler:
                     k += 1
                 if k == size:  # this stop string's first occurrence
                     begin = start + offset + 1 - size
-                    cut = begin if cut == -1 else min(cut, begin)
+                    if cut == -1 or begin < cut:
+                        cut, self.matched = begin, stop
                     break
             self._matched[j] = k
         if cut != -1:

@@ -1,26 +1,29 @@
 """Every environment variable the library reads, in one place.
 
-=========================  ==================================================
-``INFERENCE_BACKEND``      backend name to use when none is given in code
-``INFERENCE_LOG``          ``debug``, ``info``, ``warning``...: log level of
-                           the ``inference`` logger; ``debug`` also lets the
-                           engines' own logs through
-``INFERENCE_API_KEY``      API key for the ``openai`` remote backend
-``OPENAI_API_KEY``         read when ``INFERENCE_API_KEY`` is unset
-``INFERENCE_CACHE_DIR``    where backends keep converted models and engine
-                           self-test verdicts (default:
-                           ``$XDG_CACHE_HOME/inference`` or
-                           ``~/.cache/inference``)
-``LLAMA_CPP_LIB_PATH``     llama-cpp-python's own: the directory of the
-                           llama.cpp libraries it loads; the ``llama_cpp``
-                           backend's self-test tests that build, and the
-                           ``rocm`` backend looks there for a HIP build
-``ROCR_VISIBLE_DEVICES``   ROCm's own, read (never set) by the ``rocm``
-``HIP_VISIBLE_DEVICES``    backend: which AMD GPUs HIP shows; with none
-``CUDA_VISIBLE_DEVICES``   set, it picks the discrete GPU with the most VRAM
-                           (HIP reads ``CUDA_VISIBLE_DEVICES`` when
-                           ``HIP_VISIBLE_DEVICES`` is empty)
-=========================  ==================================================
+==========================  =================================================
+``INFERENCE_BACKEND``       backend name to use when none is given in code
+``INFERENCE_LOG``           ``debug``, ``info``, ``warning``...: log level of
+                            the ``inference`` logger; ``debug`` also lets the
+                            engines' own logs through
+``INFERENCE_API_KEY``       API key for the ``openai`` remote backend
+``OPENAI_API_KEY``          read when ``INFERENCE_API_KEY`` is unset
+``INFERENCE_SERVE_API_KEY`` the key ``inference serve`` requires of its
+                            clients, unless ``--api-key`` or
+                            ``--api-key-file`` gives one
+``INFERENCE_CACHE_DIR``     where backends keep converted models and engine
+                            self-test verdicts (default:
+                            ``$XDG_CACHE_HOME/inference`` or
+                            ``~/.cache/inference``)
+``LLAMA_CPP_LIB_PATH``      llama-cpp-python's own: the directory of the
+                            llama.cpp libraries it loads; the ``llama_cpp``
+                            backend's self-test tests that build, and the
+                            ``rocm`` backend looks there for a HIP build
+``ROCR_VISIBLE_DEVICES``    ROCm's own, read (never set) by the ``rocm``
+``HIP_VISIBLE_DEVICES``     backend: which AMD GPUs HIP shows; with none
+``CUDA_VISIBLE_DEVICES``    set, it picks the discrete GPU with the most VRAM
+                            (HIP reads ``CUDA_VISIBLE_DEVICES`` when
+                            ``HIP_VISIBLE_DEVICES`` is empty)
+==========================  =================================================
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "INFERENCE_BACKEND",
     "INFERENCE_CACHE_DIR",
     "INFERENCE_LOG",
+    "INFERENCE_SERVE_API_KEY",
     "LLAMA_CPP_LIB_PATH",
     "OPENAI_API_KEY",
     "ROCR_VISIBLE_DEVICES",
@@ -51,6 +55,7 @@ INFERENCE_BACKEND = "INFERENCE_BACKEND"
 INFERENCE_LOG = "INFERENCE_LOG"
 INFERENCE_API_KEY = "INFERENCE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
+INFERENCE_SERVE_API_KEY = "INFERENCE_SERVE_API_KEY"
 INFERENCE_CACHE_DIR = "INFERENCE_CACHE_DIR"
 LLAMA_CPP_LIB_PATH = "LLAMA_CPP_LIB_PATH"
 ROCR_VISIBLE_DEVICES = "ROCR_VISIBLE_DEVICES"

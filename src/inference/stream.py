@@ -31,7 +31,16 @@ class StreamControl:
     :class:`~inference.DeadlineExceeded`.
     """
 
-    __slots__ = ("_event", "_user", "deadline", "guide", "metrics", "timeout", "tool_calls")
+    __slots__ = (
+        "_event",
+        "_user",
+        "deadline",
+        "guide",
+        "metrics",
+        "stop_sequence",
+        "timeout",
+        "tool_calls",
+    )
 
     def __init__(
         self,
@@ -49,6 +58,8 @@ class StreamControl:
         self.guide: Any = None
         #: The tool calls of the reply, set by the producer as it ends.
         self.tool_calls: tuple[ToolCall, ...] = ()
+        #: The stop string that ended the reply, set by the producer.
+        self.stop_sequence: str | None = None
 
     def cancel(self) -> None:
         """Ask the producer to stop at its next check."""
@@ -264,6 +275,14 @@ class TokenStream(Iterator[Token]):
         """The calls the model made (``chat`` with ``tools``), once the stream
         has ended: ``()`` before, and when it made none."""
         return self._control.tool_calls if self._done else ()
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string (of ``stop=``) that ended the stream, once it has
+        ended with ``finish_reason == "stop"`` because of one; None when it
+        ended otherwise (an end-of-generation token, a length, an error), or
+        when a remote server did not say which."""
+        return self._control.stop_sequence if self._done else None
 
     @property
     def reasoning(self) -> str:

@@ -5,6 +5,8 @@ decoder (SmolLM2) embedding beside its own streams."""
 from __future__ import annotations
 
 import math
+import time
+from array import array
 from collections.abc import Iterator
 
 import pytest
@@ -154,6 +156,75 @@ def test_embed_batches_reads_an_iterable_as_it_goes(minilm: inference.TextModel)
     whole = minilm.embed([SENTENCES[i % len(SENTENCES)] for i in range(10)])
     got = [v for b in [first, *rest] for v in b.vectors]
     assert all(cosine(a, b) > 0.99999 for a, b in zip(got, whole.vectors, strict=True))
+
+
+def test_concurrent_callers_share_batches_and_get_their_own_vectors(
+    minilm: inference.TextModel,
+) -> None:
+    """Eight threads embedding at once: fewer llama_decode calls than
+    requests (the batches are merged), and each caller's vectors equal its
+    texts' vectors alone, in its order."""
+    from inference_llamacpp.embedding import EmbeddingContext
+
+    asks = [[SENTENCES[(i + k) % len(SENTENCES)] for k in range(3)] for i in range(8)]
+    alone = [minilm.embed(texts).vectors for texts in asks]
+    calls = 0
+    real = EmbeddingContext.run
+
+    def counted(self: EmbeddingContext, seqs: list[list[int]]) -> bytes:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.05)  # long enough for the other callers to queue
+        return real(self, seqs)
+
+    EmbeddingContext.run = counted  # type: ignore[method-assign]
+    try:
+        got = together([lambda texts=texts: minilm.embed(texts) for texts in asks])
+    finally:
+        EmbeddingContext.run = real  # type: ignore[method-assign]
+    assert calls < len(asks)
+    for mine, reference in zip(got, alone, strict=True):
+        assert len(mine) == 3
+        assert all(cosine(a, b) > 0.99999 for a, b in zip(mine.vectors, reference, strict=True))
+
+
+def test_the_embed_queue_takes_requests_in_turn_and_fails_only_the_batchs_own() -> None:
+    """A long request does not hold a short one behind all of its batches,
+    and a batch that fails fails only the requests it held."""
+    from inference_llamacpp.embedding import EMBED_SEQUENCES, EmbedQueue
+
+    runs: list[list[list[int]]] = []
+
+    def run(group: list[list[int]]) -> tuple[bytes, int]:
+        runs.append(group)
+        if any(ids == [666] for ids in group):
+            raise RuntimeError("boom")
+        return array("f", [float(ids[0]) for ids in group]).tobytes(), 1
+
+    queue = EmbedQueue(budget=1000, run=run)
+    long = queue.put([[1000 + i] for i in range(3 * EMBED_SEQUENCES)])
+    short = queue.put([[1], [2]])
+    queue.step()
+    assert short.done() and array("f", short.result()[0]).tolist() == [1.0, 2.0]
+    assert not long.done()
+    while not long.done():
+        queue.step()
+    assert array("f", long.result()[0]).tolist() == [1000.0 + i for i in range(3 * EMBED_SEQUENCES)]
+    assert len(runs) == 4  # 2 + 62, then 64, 64, 2
+    assert queue.put([]).result() == (b"", 0)
+    with pytest.raises(ValueError, match="longer than"):
+        queue.put([[1] * 1001])
+    one_at_a_time = EmbedQueue(budget=1, run=run)  # a batch of one text
+    bad, good = one_at_a_time.put([[666]]), one_at_a_time.put([[7]])
+    one_at_a_time.step()
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result()
+    assert not good.done()
+    one_at_a_time.step()
+    assert array("f", good.result()[0]).tolist() == [7.0]
+    runs.clear()
+    queue.step()  # nothing waits: nothing runs
+    assert runs == []
 
 
 def test_a_decoder_embeds_between_its_own_streams_steps(model: inference.TextModel) -> None:

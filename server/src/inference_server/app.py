@@ -28,20 +28,24 @@ import functools
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import inference
 from inference import (
     ConstraintError,
     Embedder,
@@ -57,6 +61,8 @@ from inference import (
 )
 
 from . import shapes
+from .anthropic import count_reply, error_body, message_events, message_whole, messages_call
+from .anthropic import new_id as new_message_id
 from .connections import quiet_accept_errors
 from .embedding import (
     embed_call,
@@ -67,6 +73,7 @@ from .embedding import (
 )
 from .metrics import ServerMetrics
 from .requests import BadRequest, Call, ollama_call, openai_call
+from .served import Catalogue, Served, UnknownModel
 
 __all__ = ["Settings", "create_app"]
 
@@ -78,9 +85,8 @@ _T = TypeVar("_T")
 class Settings:
     """How the server admits and bounds requests."""
 
+    #: The name a lone model is served under (``create_app(model)``).
     name: str = "model"
-    #: The name ``/v1/models`` gives the embedding model (``--embed-model``).
-    embed_name: str = "embedder"
     api_key: str = ""
     parallel: int = 1
     queue: int = 128
@@ -96,6 +102,8 @@ class Settings:
     keep_alive_timeout: float = 5.0
     #: Open connections beyond which a new one is answered 503 and closed.
     max_connections: int = 512
+    #: Origins a browser may call from (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
 
 
 class _Refused(Exception):
@@ -145,36 +153,36 @@ def _encodable(text: str) -> str:
 
 
 class _Server:
-    def __init__(
-        self, model: TextModel, settings: Settings, embedder: TextModel | None = None
-    ) -> None:
-        self.model = model
-        #: The model the embedding and rerank routes use (``--embed-model``).
-        self.embedder = embedder or model
+    def __init__(self, models: Mapping[str, TextModel], settings: Settings) -> None:
+        self.served = Catalogue(models, settings.parallel)
         self.s = settings
-        self.metrics = ServerMetrics()
-        self.slots = asyncio.Semaphore(max(1, settings.parallel))
+        self.metrics = ServerMetrics(self.served.names)
+        #: Requests running and waiting, over every model, before a 429.
+        self.capacity = max(1, settings.parallel) * len(self.served) + settings.queue
         # Streams are made off the event loop (a constraint compiles, the
         # first constrained call builds the engine's view of the vocabulary),
         # one thread for each request admitted, so none waits behind another's.
         self.starting = ThreadPoolExecutor(
-            max_workers=max(1, settings.parallel) + settings.queue,
-            thread_name_prefix="inference-start",
+            max_workers=self.capacity, thread_name_prefix="inference-start"
         )
         self.created = int(time.time())
 
     # -- admission ------------------------------------------------------------
 
     def _authorised(self, request: Request) -> bool:
+        """Whether the request carries the key: ``Authorization: Bearer KEY``
+        (OpenAI's and Ollama's clients) or ``x-api-key: KEY`` (Anthropic's)."""
         if not self.s.api_key:
             return True
+        key = self.s.api_key.encode()
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
         # Starlette decodes a header's bytes as latin-1: encoded back, they
         # are what the client sent, so a UTF-8 key can match too.
         sent = token.strip().encode("latin-1", "replace")
-        ok = hmac.compare_digest(sent, self.s.api_key.encode())
-        return ok and scheme.lower() == "bearer"
+        bearer = hmac.compare_digest(sent, key) and scheme.lower() == "bearer"
+        other = request.headers.get("x-api-key", "").strip().encode("latin-1", "replace")
+        return bearer | hmac.compare_digest(other, key)  # both compared, in constant time
 
     async def _body(self, request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
@@ -216,14 +224,18 @@ class _Server:
         return body
 
     @contextlib.asynccontextmanager
-    async def _slot(self, prepare: Callable[[threading.Event], _T]) -> AsyncIterator[_T]:
-        """Admit a request (429 when ``parallel`` run and ``queue`` wait),
-        run ``prepare`` off the event loop while it waits (a stream is made
-        there: its constraint compiles holding no slot; the event it is given
-        is set if the client leaves meanwhile), then hold a slot while the
-        request runs."""
+    async def _slot(
+        self, served: Served, prepare: Callable[[threading.Event], _T], *, hold: bool = True
+    ) -> AsyncIterator[_T]:
+        """Admit a request (429 when ``parallel`` run on each model and
+        ``queue`` wait), run ``prepare`` off the event loop while it waits (a
+        stream is made there: its constraint compiles holding no slot; the
+        event it is given is set if the client leaves meanwhile), then hold
+        one of ``served``'s slots while the request runs (unless ``hold`` is
+        False: work that never waits for the engine, such as counting a
+        prompt's tokens)."""
         m = self.metrics
-        if m.active + m.waiting >= self.s.parallel + self.s.queue:
+        if m.active + m.waiting >= self.capacity:
             m.rejected += 1
             raise _Refused(
                 429,
@@ -236,7 +248,8 @@ class _Server:
         try:
             loop = asyncio.get_running_loop()
             made = await loop.run_in_executor(self.starting, prepare, cancel)
-            await self.slots.acquire()
+            if hold:
+                await served.slots.acquire()
         except BaseException:
             cancel.set()
             raise
@@ -247,38 +260,40 @@ class _Server:
             yield made
         finally:
             m.active -= 1
-            self.slots.release()
+            if hold:
+                served.slots.release()
 
-    async def _admitted(self, work: Callable[[], _T]) -> _T:
-        """Run blocking ``work`` (an embedding, a ranking) as one admitted
-        request, off the event loop."""
-        async with self._slot(lambda _cancel: None):
+    async def _admitted(self, served: Served, work: Callable[[], _T]) -> _T:
+        """Run blocking ``work`` (an embedding, a ranking) on ``served`` as
+        one admitted request, off the event loop."""
+        async with self._slot(served, lambda _cancel: None):
             return await asyncio.get_running_loop().run_in_executor(self.starting, work)
 
-    def _start(self, call: Call, cancel: threading.Event) -> TokenStream:
+    def _start(self, served: Served, call: Call, cancel: threading.Event) -> TokenStream:
         if self.s.log_prompts:
             _log.info("prompt: %s", call.messages if call.chat else call.prompt)
+        model = served.model
         try:
             if call.chat:
-                return self.model.chat(call.messages, cancel=cancel, **call.options)
-            return self.model.generate(call.prompt, cancel=cancel, **call.options)
+                return model.chat(call.messages, cancel=cancel, **call.options)
+            return model.generate(call.prompt, cancel=cancel, **call.options)
         except (UnsupportedOptionError, ConstraintError, ValueError, TypeError) as exc:
             raise BadRequest(str(exc)) from None
 
-    def _count(self, stream: TokenStream) -> None:
-        """Add ``stream``'s tokens and times to the metrics once it has ended:
-        a stream its client left ends in its own thread, within a token of
-        the cancel, and is counted then."""
+    def _count(self, served: Served, stream: TokenStream) -> None:
+        """Add ``stream``'s tokens and times to ``served``'s metrics once it
+        has ended: a stream its client left ends in its own thread, within a
+        token of the cancel, and is counted then."""
         stream.cancel()  # a no-op for a stream that has ended
         if stream.done:
-            self.metrics.finished(stream.metrics)
+            self.metrics.finished(served.name, stream.metrics)
             return
 
         def when_done() -> None:
             deadline = time.monotonic() + _COUNT_WAIT
             while not stream.done and time.monotonic() < deadline:
                 time.sleep(0.01)
-            self.metrics.finished(stream.metrics)
+            self.metrics.finished(served.name, stream.metrics)
 
         with contextlib.suppress(RuntimeError):  # shutting down: no one reads them now
             self.starting.submit(when_done)
@@ -286,40 +301,50 @@ class _Server:
     # -- the generation, streamed or whole ---------------------------------------
 
     async def _tokens(
-        self, request: Request, call: Call
+        self, served: Served, call: Call, *, wait: bool = True
     ) -> tuple[TokenStream, AsyncIterator[Token], Token | None, contextlib.AsyncExitStack]:
         """Admit, start, and wait for the first token (so that a failure before
-        it is an HTTP error, not a broken stream)."""
+        it is an HTTP error, not a broken stream), unless ``wait`` is False
+        (the API's stream answers at once: Anthropic's pings while it waits)."""
         stack = contextlib.AsyncExitStack()
-        stream = await stack.enter_async_context(self._slot(functools.partial(self._start, call)))
+        stream = await stack.enter_async_context(
+            self._slot(served, functools.partial(self._start, served, call))
+        )
         try:
             tokens = stream.__aiter__()
             stack.push_async_callback(_aclose, tokens)
-            first = await _next(tokens)
+            first = await _next(tokens) if wait else None
         except GenerationError as exc:  # before any token: the prompt, mostly
             await stack.aclose()
             raise BadRequest(str(exc)) from None
         except BaseException:  # the client left during the prefill, mostly
             await stack.aclose()
-            self._count(stream)  # what it cost is still counted
+            self._count(served, stream)  # what it cost is still counted
             raise
         return stream, tokens, first, stack
 
     async def generation(
         self,
         request: Request,
+        served: Served,
         call: Call,
         route: str,
         shape: Callable[[TokenStream, AsyncIterator[Token], Token | None], AsyncIterator[str]],
         whole: Callable[[TokenStream, list[Token]], dict[str, Any]],
         media: str,
+        *,
+        early: bool = False,
     ) -> Response:
+        """Run ``call`` on ``served``: streamed through ``shape`` (from the
+        first token; with ``early``, at once, ``shape`` awaiting the first
+        token itself) or answered whole through ``whole``."""
         # From admission to the first token (waiting in the queue, the
         # prefill), a client that leaves takes its work with it.
         admitted: list[tuple[TokenStream, AsyncIterator[Token], Token | None, Any]] = []
+        wait = not (early and call.stream)
 
         async def admit() -> None:
-            admitted.append(await self._tokens(request, call))
+            admitted.append(await self._tokens(served, call, wait=wait))
 
         if not await _until_disconnect(request, admit()):
             return Response(status_code=499)  # nobody will read it
@@ -334,7 +359,7 @@ class _Server:
                     sent = True
                 finally:
                     await stack.aclose()
-                    self._count(stream)
+                    self._count(served, stream)
                     # A stream its client abandoned is a 499 in the metrics,
                     # though its head already said 200.
                     self.metrics.request(route, 200 if sent else 499)
@@ -348,7 +373,7 @@ class _Server:
                 return Response(status_code=499)
         finally:
             await stack.aclose()
-            self._count(stream)
+            self._count(served, stream)
         if stream.finish_reason == "error":
             raise _Refused(500, f"the generation failed: {stream.err}", "server_error")
         self.metrics.request(route, 200)
@@ -368,8 +393,9 @@ class _Server:
                     return self._fail(
                         api,
                         401,
-                        "a valid API key is required (Authorization: Bearer KEY)",
+                        "a valid API key is required (Authorization: Bearer KEY, or x-api-key)",
                         "authentication_error",
+                        headers={"WWW-Authenticate": 'Bearer realm="inference"'},
                     )
                 response = await handler(request)
                 status = response.status_code
@@ -377,6 +403,9 @@ class _Server:
             except BadRequest as exc:
                 status = 400
                 return self._fail(api, 400, str(exc), "invalid_request_error", exc.param)
+            except UnknownModel as exc:
+                status = 404
+                return self._fail(api, 404, str(exc), "not_found_error", "model")
             except _Refused as exc:
                 status = exc.status
                 return self._fail(api, exc.status, str(exc), exc.kind, headers=exc.headers)
@@ -404,14 +433,34 @@ class _Server:
         message, param = _encodable(message), _encodable(param)
         if api == "ollama":
             return JSONResponse({"error": message}, status_code=status, headers=headers)
+        if api == "anthropic":
+            return JSONResponse(error_body(status, message), status_code=status, headers=headers)
         return _error(status, message, kind, param, headers)
 
+    async def unrouted(self, request: Request, exc: Exception) -> Response:
+        """A path no route serves (404) or a method it does not take (405),
+        in the error shape of the API the path belongs to."""
+        status = getattr(exc, "status_code", 404)
+        path = request.url.path
+        api = _api_of(path)
+        if status == 405:
+            message, kind = f"{request.method} is not allowed on {path}", "invalid_request_error"
+            route = path  # a served route: a bounded label
+        else:
+            message, kind, route = f"there is no route {path}", "not_found_error", "(unrouted)"
+        self.metrics.request(route, status)
+        headers = dict(getattr(exc, "headers", None) or {})
+        return self._fail(api, status, message, kind, headers=headers)
+
     async def openai(self, request: Request, *, chat: bool) -> Response:
-        call = openai_call(await self._body(request), chat=chat, **self._bounds())
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "generate")
+        call = openai_call(body, chat=chat, **self._bounds())
         cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        name = self.s.name
+        name = served.name
         return await self.generation(
             request,
+            served,
             call,
             "/v1/chat/completions" if chat else "/v1/completions",
             lambda s, t, f: shapes.openai_events(s, t, f, call, cid, name, chat),
@@ -420,10 +469,13 @@ class _Server:
         )
 
     async def ollama(self, request: Request, *, chat: bool) -> Response:
-        call = ollama_call(await self._body(request), chat=chat, **self._bounds())
-        name = self.s.name
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "generate")
+        call = ollama_call(body, chat=chat, **self._bounds())
+        name = served.name
         return await self.generation(
             request,
+            served,
             call,
             "/api/chat" if chat else "/api/generate",
             lambda s, t, f: shapes.ollama_lines(s, t, f, name, chat),
@@ -431,13 +483,47 @@ class _Server:
             "application/x-ndjson",
         )
 
-    async def embeddings(self, request: Request, *, api: str) -> Response:
-        call = embed_call(await self._body(request), api=api)
-        texts = call.inputs
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's ``POST /v1/messages``."""
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "generate")
+        reasons = served.model.capabilities.reasoning
+        asked = messages_call(body, reasons=reasons, max_tokens_cap=self.s.max_tokens_cap)
+        mid, name = new_message_id(), served.name
+        return await self.generation(
+            request,
+            served,
+            asked.call,
+            "/v1/messages",
+            lambda s, t, _first: message_events(s, t, mid, name),
+            lambda s, toks: message_whole(s, toks, mid, name),
+            "text/event-stream",
+            early=True,
+        )
 
-        model = self.embedder
-        if not isinstance(model, Embedder):
-            raise BadRequest("this model cannot embed text")
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's ``POST /v1/messages/count_tokens``: the prompt's tokens,
+        the template and tools included, without generating."""
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "generate")
+        reasons = served.model.capabilities.reasoning
+        call = messages_call(
+            body, reasons=reasons, max_tokens_cap=self.s.max_tokens_cap, count=True
+        ).call
+
+        def count(cancel: threading.Event) -> dict[str, int]:
+            return count_reply(self._start(served, call, cancel))
+
+        async with self._slot(served, count, hold=False) as counted:
+            return JSONResponse(counted)
+
+    async def embeddings(self, request: Request, *, api: str) -> Response:
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "embed")
+        call = embed_call(body, api=api)
+        texts = call.inputs
+        model = served.model
+        assert isinstance(model, Embedder)
 
         def work() -> Embeddings:
             try:
@@ -445,18 +531,18 @@ class _Server:
             except InferenceError as exc:  # the input, or a model that cannot embed
                 raise BadRequest(str(exc)) from None
 
-        got = await self._admitted(work)
-        self.metrics.embedded(got.tokens)
+        got = await self._admitted(served, work)
+        self.metrics.embedded(served.name, got.tokens)
         if api == "openai":
-            return JSONResponse(openai_embed_reply(got, self.s.name, as_base64=call.base64))
-        return JSONResponse(ollama_embed_reply(got, self.s.name, legacy=call.legacy))
+            return JSONResponse(openai_embed_reply(got, served.name, as_base64=call.base64))
+        return JSONResponse(ollama_embed_reply(got, served.name, legacy=call.legacy))
 
     async def rerank(self, request: Request) -> Response:
-        call = rerank_call(await self._body(request))
-
-        model = self.embedder
-        if not isinstance(model, Reranker):
-            raise BadRequest("this model cannot rerank documents")
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "rerank")
+        call = rerank_call(body)
+        model = served.model
+        assert isinstance(model, Reranker)
 
         def work() -> Ranking:
             try:
@@ -464,57 +550,102 @@ class _Server:
             except InferenceError as exc:
                 raise BadRequest(str(exc)) from None
 
-        ranking = await self._admitted(work)
-        return JSONResponse(rerank_reply(ranking, call, self.s.name))
+        ranking = await self._admitted(served, work)
+        return JSONResponse(rerank_reply(ranking, call, served.name))
 
     def _bounds(self) -> dict[str, int]:
         return {"max_tokens_cap": self.s.max_tokens_cap, "default_max": self.s.default_max_tokens}
 
     async def models(self, request: Request) -> Response:
-        names = [self.s.name]
-        if self.embedder is not self.model:
-            names.append(self.s.embed_name)
-        cards = [
-            {"id": name, "object": "model", "created": self.created, "owned_by": "inference"}
-            for name in names
-        ]
+        cards = [served.card(self.created) for served in self.served]
         return JSONResponse({"object": "list", "data": cards})
 
+    async def model(self, request: Request) -> Response:
+        served = self.served.find(request.path_params["name"])
+        return JSONResponse(served.card(self.created))
+
+    def _tag(self, served: Served) -> dict[str, Any]:
+        info = served.model.info
+        size = os.path.getsize(info.path) if os.path.isfile(info.path) else 0
+        return {
+            "name": served.name,
+            "model": served.name,
+            "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
+            "size": size,
+            "digest": "",
+            "details": served.details(),
+        }
+
     async def tags(self, request: Request) -> Response:
-        served = [(self.s.name, self.model)]
-        if self.embedder is not self.model:
-            served.append((self.s.embed_name, self.embedder))
+        return JSONResponse({"models": [self._tag(served) for served in self.served]})
+
+    async def running(self, request: Request) -> Response:
+        """Ollama's ``/api/ps``: every served model is loaded, and stays so."""
         models = []
-        for name, model in served:
-            info = model.info
-            details = {
-                "format": "gguf" if info.path.endswith(".gguf") else "",
-                "family": info.architecture,
-                "families": [info.architecture],
-                "parameter_size": "",
-                "quantization_level": f"Q{info.quant_bits}" if info.quant_bits else "",
-            }
-            models.append(
-                {
-                    "name": name,
-                    "model": name,
-                    "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
-                    "size": 0,
-                    "digest": "",
-                    "details": details,
-                }
-            )
+        for served in self.served:
+            tag = self._tag(served)
+            del tag["modified_at"]
+            models.append({**tag, "expires_at": _NEVER, "size_vram": 0})
         return JSONResponse({"models": models})
 
-    async def health(self, request: Request) -> Response:
+    async def show(self, request: Request) -> Response:
+        """Ollama's ``/api/show``: a model's details, template and capabilities."""
+        body = await self._body(request)
+        asked = body.get("model", body.get("name"))
+        if not isinstance(asked, str) or not asked:
+            raise BadRequest("model must name a served model", "model")
+        served = self.served.find(asked)
+        info = served.model.info
+        arch = info.architecture or "unknown"
+        model_info = {
+            "general.architecture": arch,
+            f"{arch}.context_length": served.model.capabilities.context_length
+            or info.context_length,
+            f"{arch}.embedding_length": info.hidden_size,
+            f"{arch}.block_count": info.layers,
+            "tokenizer.ggml.vocab_size": info.vocab_size,
+        }
         return JSONResponse(
-            {"status": "ok", "model": self.s.name, "backend": self.model.info.backend}
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": str(getattr(served.model, "chat_template", "")),
+                "details": served.details(),
+                "model_info": model_info,
+                "capabilities": served.abilities(),
+                "modified_at": datetime.fromtimestamp(self.created, timezone.utc).isoformat(),
+            }
+        )
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": inference.__version__})
+
+    async def health(self, request: Request) -> Response:
+        first = self.served.first
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": first.name,
+                "backend": first.model.info.backend,
+                "models": self.served.names,
+            }
         )
 
     async def prometheus(self, request: Request) -> Response:
-        return PlainTextResponse(
-            self.metrics.render(self.s.name), media_type="text/plain; version=0.0.4"
-        )
+        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _api_of(path: str) -> str:
+    """The API a path belongs to, whose error shape its errors take."""
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+#: When a loaded model is unloaded, as ``/api/ps`` says it: never.
+_NEVER = "9999-12-31T23:59:59Z"
 
 
 async def _next(tokens: AsyncIterator[Token]) -> Token | None:
@@ -560,12 +691,13 @@ async def _until_disconnect(request: Request, work: Awaitable[None]) -> bool:
 
 
 def create_app(
-    model: TextModel, settings: Settings | None = None, *, embedder: TextModel | None = None
+    models: TextModel | Mapping[str, TextModel], settings: Settings | None = None
 ) -> Starlette:
-    """The Starlette app serving ``model`` (and ``embedder`` on the embedding
-    and rerank routes, when given)."""
+    """The Starlette app serving ``models`` (by name; a lone model is served
+    as ``settings.name``)."""
     s = settings or Settings()
-    server = _Server(model, s, embedder)
+    served = {s.name: models} if isinstance(models, TextModel) else dict(models)
+    server = _Server(served, s)
 
     def route(
         path: str, handler: Callable[[Request], Awaitable[Response]], method: str, api: str
@@ -578,15 +710,33 @@ def create_app(
         yield
         server.starting.shutdown(wait=False, cancel_futures=True)
 
+    middleware = []
+    if s.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(s.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+            )
+        )
     app = Starlette(
         lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={404: server.unrouted, 405: server.unrouted},
         routes=[
             route("/v1/chat/completions", lambda r: server.openai(r, chat=True), "POST", "openai"),
             route("/v1/completions", lambda r: server.openai(r, chat=False), "POST", "openai"),
+            route("/v1/messages", server.messages, "POST", "anthropic"),
+            route("/v1/messages/count_tokens", server.count_tokens, "POST", "anthropic"),
             route("/v1/models", server.models, "GET", "openai"),
+            route("/v1/models/{name:path}", server.model, "GET", "openai"),
             route("/api/chat", lambda r: server.ollama(r, chat=True), "POST", "ollama"),
             route("/api/generate", lambda r: server.ollama(r, chat=False), "POST", "ollama"),
             route("/api/tags", server.tags, "GET", "ollama"),
+            route("/api/show", server.show, "POST", "ollama"),
+            route("/api/ps", server.running, "GET", "ollama"),
+            route("/api/version", server.version, "GET", "ollama"),
             route("/v1/embeddings", lambda r: server.embeddings(r, api="openai"), "POST", "openai"),
             route("/api/embed", lambda r: server.embeddings(r, api="ollama"), "POST", "ollama"),
             route(

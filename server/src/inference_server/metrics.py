@@ -4,49 +4,65 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from inference import GenerateMetrics
 
 __all__ = ["ServerMetrics"]
 
 
-class ServerMetrics:
-    """Requests by route and status, the queue, tokens and time to first token."""
+@dataclass
+class _Tokens:
+    """One model's token counts and times."""
 
-    def __init__(self) -> None:
+    prompt: int = 0
+    generated: int = 0
+    decode_seconds: float = 0.0
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+
+
+class ServerMetrics:
+    """Requests by route and status, the queue, and each model's tokens and
+    time to first token."""
+
+    def __init__(self, models: list[str]) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.active = 0
         self.waiting = 0
-        self.prompt_tokens = 0
-        self.generated_tokens = 0
-        self.decode_seconds = 0.0
-        self.ttft_sum = 0.0
-        self.ttft_count = 0
         self.rejected = 0
+        self._models = {name: _Tokens() for name in models}
 
     def request(self, route: str, status: int) -> None:
         with self._lock:
             self.requests[(route, status)] += 1
 
-    def finished(self, m: GenerateMetrics | None) -> None:
+    def finished(self, model: str, m: GenerateMetrics | None) -> None:
         if m is None:
             return
         with self._lock:
-            self.prompt_tokens += m.prompt_tokens
-            self.generated_tokens += m.generated_tokens
-            self.decode_seconds += m.decode_seconds
+            t = self._models[model]
+            t.prompt += m.prompt_tokens
+            t.generated += m.generated_tokens
+            t.decode_seconds += m.decode_seconds
             if m.generated_tokens:
-                self.ttft_sum += m.time_to_first_token
-                self.ttft_count += 1
+                t.ttft_sum += m.time_to_first_token
+                t.ttft_count += 1
 
-    def embedded(self, tokens: int) -> None:
+    def embedded(self, model: str, tokens: int) -> None:
         """Count an embedding request's tokens as prompt tokens."""
         with self._lock:
-            self.prompt_tokens += tokens
+            self._models[model].prompt += tokens
 
-    def render(self, model: str) -> str:
-        label = model.replace("\\", "\\\\").replace('"', '\\"')
+    def tokens(self, model: str) -> tuple[int, int]:
+        """``model``'s prompt and generated tokens so far."""
+        with self._lock:
+            t = self._models[model]
+            return t.prompt, t.generated
+
+    def render(self) -> str:
         with self._lock:
             lines = [
                 "# HELP inference_requests_total HTTP requests by route and status.",
@@ -54,35 +70,39 @@ class ServerMetrics:
             ]
             for (route, status), n in sorted(self.requests.items()):
                 lines.append(f'inference_requests_total{{route="{route}",status="{status}"}} {n}')
-            tps = self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
-            rows = [
-                ("inference_active_requests", "gauge", "Generations running now.", self.active),
+            for name, kind, text, value in [
+                ("inference_active_requests", "gauge", "Requests running now.", self.active),
                 ("inference_queue_depth", "gauge", "Requests waiting for a slot.", self.waiting),
                 ("inference_rejected_total", "counter", "Requests answered 429.", self.rejected),
-                ("inference_prompt_tokens_total", "counter", "Prompt tokens.", self.prompt_tokens),
+            ]:
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+            per_model: list[tuple[str, str, str, Callable[[_Tokens], float]]] = [
+                ("inference_prompt_tokens_total", "counter", "Prompt tokens.", lambda t: t.prompt),
                 (
                     "inference_generated_tokens_total",
                     "counter",
                     "Generated tokens.",
-                    self.generated_tokens,
+                    lambda t: t.generated,
                 ),
                 (
                     "inference_decode_tokens_per_second",
                     "gauge",
                     "Generated tokens over decode time.",
-                    tps,
+                    lambda t: t.generated / t.decode_seconds if t.decode_seconds else 0.0,
                 ),
             ]
-            for name, kind, text, value in rows:
-                lines += [
-                    f"# HELP {name} {text}",
-                    f"# TYPE {name} {kind}",
-                    f'{name}{{model="{label}"}} {value}',
-                ]
-            lines += [
-                "# HELP inference_time_to_first_token_seconds Time to the first token.",
-                "# TYPE inference_time_to_first_token_seconds summary",
-                f'inference_time_to_first_token_seconds_sum{{model="{label}"}} {self.ttft_sum}',
-                f'inference_time_to_first_token_seconds_count{{model="{label}"}} {self.ttft_count}',
-            ]
+            for name, kind, text, read in per_model:
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+                for model, counts in self._models.items():
+                    lines.append(f'{name}{{model="{_label(model)}"}} {read(counts)}')
+            ttft = "inference_time_to_first_token_seconds"
+            lines += [f"# HELP {ttft} Time to the first token.", f"# TYPE {ttft} summary"]
+            for m, t in self._models.items():
+                lines.append(f'{ttft}_sum{{model="{_label(m)}"}} {t.ttft_sum}')
+                lines.append(f'{ttft}_count{{model="{_label(m)}"}} {t.ttft_count}')
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """``value`` as a Prometheus label value."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

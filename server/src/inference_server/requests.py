@@ -18,7 +18,15 @@ from inference import Message
 from inference.options import generate_config
 from inference.values import is_number
 
-__all__ = ["BadRequest", "Call", "ollama_call", "openai_call"]
+__all__ = [
+    "BadRequest",
+    "Call",
+    "checked_options",
+    "number",
+    "ollama_call",
+    "openai_call",
+    "sampling_limit",
+]
 
 
 class BadRequest(ValueError):
@@ -93,13 +101,21 @@ def _unknown(body: Mapping[str, Any], known: set[str]) -> None:
         raise BadRequest(f"unknown field {extra[0]!r}", extra[0])
 
 
-def _number(body: Mapping[str, Any], key: str) -> Any:
+def number(body: Mapping[str, Any], key: str) -> Any:
+    """``body[key]`` when it is a finite number, None when absent; else BadRequest."""
     value = body.get(key)
     if value is not None and not is_number(value):
         raise BadRequest(f"{key} must be a number", key)
     if value is not None and not _finite(value):
         raise BadRequest(f"{key} must be a finite number", key)
     return value
+
+
+def sampling_limit(value: object, cap: int, name: str) -> int:
+    """A request's token limit, checked and cut to ``cap`` (more ends as "length")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"{name} must be an int >= 0", name)
+    return min(value, cap)
 
 
 def _finite(value: float) -> bool:
@@ -117,11 +133,9 @@ def _neutral(body: Mapping[str, Any], key: str, neutral: Any) -> None:
 def _sampling(body: Mapping[str, Any], max_tokens_cap: int, default_max: int) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is None:
-        limit = default_max
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise BadRequest("max_tokens must be an int >= 0", "max_tokens")
-    opts["max_tokens"] = min(limit, max_tokens_cap)  # bounded: more ends as "length"
+    opts["max_tokens"] = sampling_limit(
+        default_max if limit is None else limit, max_tokens_cap, "max_tokens"
+    )
     for key, option in (
         ("temperature", "temperature"),
         ("top_p", "top_p"),
@@ -130,7 +144,7 @@ def _sampling(body: Mapping[str, Any], max_tokens_cap: int, default_max: int) ->
         ("repeat_penalty", "repeat_penalty"),
         ("repetition_penalty", "repeat_penalty"),
     ):
-        value = _number(body, key)
+        value = number(body, key)
         if value is not None:
             opts[option] = int(value) if option == "top_k" else float(value)
     if opts.get("top_k", 0) < 0:
@@ -187,12 +201,17 @@ def _messages(raw: object) -> list[Message]:
     return out
 
 
-def _checked(call: Call) -> Call:
-    """Run the core's own checks on the options, as a 400."""
+def checked_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options``, once the core's own checks pass on them (else a 400)."""
     try:
-        generate_config(**call.options)
+        generate_config(**options)
     except (ValueError, TypeError) as exc:
         raise BadRequest(str(exc)) from None
+    return options
+
+
+def _checked(call: Call) -> Call:
+    checked_options(call.options)
     return call
 
 

@@ -1,23 +1,31 @@
-"""Load a model and serve it on uvicorn until Ctrl-C."""
+"""Bind the port, load the models, and serve them on uvicorn until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
+import signal
+import socket
 import sys
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 import inference
 
 from .app import Settings, create_app
 from .connections import uvicorn_config
+from .served import model_name
 
 __all__ = ["serve"]
 
 
+class _Stop(Exception):
+    """SIGINT or SIGTERM, raised again by uvicorn once it has shut down."""
+
+
 def serve(
-    model: str,
+    models: str | Sequence[str],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -26,38 +34,78 @@ def serve(
     out: TextIO | None = None,
     **load: Any,
 ) -> int:
-    """Load ``model`` (with the load options ``load``, and
-    ``settings.parallel`` slots), print where it is served, and serve it
-    within ``settings``' limits until interrupted; returns the exit status."""
+    """Serve ``models`` (each a path, or ``NAME=PATH``; ``embed_model`` is one
+    more) loaded with the load options ``load`` and ``settings.parallel``
+    slots each, within ``settings``' limits, until SIGINT or SIGTERM; returns
+    the exit status (0 once stopped, 1 when the address cannot be bound)."""
     import uvicorn
 
     say = out or sys.stdout
     s = settings or Settings()
+    wanted = [models] if isinstance(models, str) else list(models)
+    named = [model_name(m) for m in [*wanted, *([embed_model] if embed_model else [])]]
+    names = [name for name, _ in named]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        say.write(f"inference serve: two models are named {twice!r}; name them with NAME=PATH\n")
+        return 2
+    # The port first: a port in use is said before minutes of loading.
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        say.write(f"inference serve: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
+        return 1
     with contextlib.ExitStack() as stack:
-        m = stack.enter_context(inference.load_model(model, parallel_slots=s.parallel, **load))
-        embedder = None
-        if embed_model:
-            embedder = stack.enter_context(inference.load_model(embed_model, **load))
-        s = dataclasses.replace(s, name=_name(model), embed_name=_name(embed_model or model))
-        app = create_app(m, s, embedder=embedder)
+        stack.enter_context(sock)
+        loaded = {
+            name: stack.enter_context(inference.load_model(path, parallel_slots=s.parallel, **load))
+            for name, path in named
+        }
+        app = create_app(loaded, s)
         server = uvicorn.Server(uvicorn_config(app, s, host=host, port=port))
-        name = s.name
         where = f"http://{host}:{port}"
+        served = ", ".join(f"{name} on {m.info.backend}" for name, m in loaded.items())
         say.write(
-            f"inference serve: {name} on {m.info.backend}, {s.parallel} at a time; "
+            f"inference serve: {served}; {s.parallel} at a time each; "
             f"OpenAI at {where}/v1, Ollama at {where}/api"
-            f"{' (API key required)' if s.api_key else ''}"
-            f"{f'; embeddings by {s.embed_name}' if embedder is not None else ''}\n"
+            f"{' (API key required)' if s.api_key else ''}\n"
         )
         say.flush()
-        # Returns on SIGINT or SIGTERM, after finishing the open requests; uvicorn
-        # raises a captured Ctrl-C again once it has stopped.
-        with contextlib.suppress(KeyboardInterrupt):
-            server.run()
+        # uvicorn finishes the open requests on SIGINT or SIGTERM, then raises
+        # the signal again: here, as _Stop, so that the models are closed and
+        # the exit status is 0 for both.
+        with _signals_stop(), contextlib.suppress(_Stop, KeyboardInterrupt):
+            server.run(sockets=[sock])
         say.write("inference serve: stopped\n")
         say.flush()
     return 0
 
 
-def _name(path: str) -> str:
-    return os.path.basename(os.fspath(path).rstrip("/")) or "model"
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, as uvicorn would bind it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    def stop(sig: int, frame: FrameType | None) -> None:
+        raise _Stop(signal.Signals(sig).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only: whoever runs this one stops it
+        return
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

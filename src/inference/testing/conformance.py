@@ -202,6 +202,17 @@ class TextModelConformance:
         assert stop not in text
         assert text == full[: full.index(stop)]
         assert stream.finish_reason == "stop"
+        # The stream says which stop string ended it (the earliest of several);
+        # a server that does not say gives None, never a wrong one.
+        never = "\x00never\x00"
+        stream = self.model.generate(self.prompt, max_tokens=self.max_tokens, stop=[never, stop])
+        stream.text()
+        assert stream.stop_sequence in (stop, None)
+        if self.model.info.backend != "openai":
+            assert stream.stop_sequence == stop
+        ended = self.model.generate(self.prompt, max_tokens=2, stop=[never])
+        ended.text()
+        assert ended.finish_reason == "length" and ended.stop_sequence is None
 
     # -- chat --------------------------------------------------------------
 

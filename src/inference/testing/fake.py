@@ -11,7 +11,8 @@ generation), so multi-byte UTF-8 really is split across tokens. Greedy
 output is ``reply`` (a string, or a function of the prompt); with a
 temperature above zero the bytes are drawn from a seeded generator, so the
 same seed gives the same output. ``delay`` slows each token down, for tests
-of cancellation and timeouts.
+of cancellation and timeouts. ``chat_template`` replaces the default one
+(a template that writes ``<think>`` makes a model that reasons).
 
 Its distribution, for ``logprobs`` and scoring: at every step the logit of
 the byte the reply would give next is 10 and every other logit is 0 (after a
@@ -73,6 +74,7 @@ class FakeModel(ByteTokens, ScoringTextModel):
         delay: float = 0.0,
         context_length: int = 4096,
         repeat: bool = True,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__(
             info=ModelInfo(
@@ -85,6 +87,7 @@ class FakeModel(ByteTokens, ScoringTextModel):
                 path=path,
             ),
             eog_ids=(EOS_ID,),
+            chat_template=chat_template,
             bos_token="",
             eos_token="",
         )
@@ -206,6 +209,7 @@ class FakeBackend:
         context_length: int = 4096,
         repeat: bool = True,
         declines: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.name = name
         self.declines = declines
@@ -219,6 +223,7 @@ class FakeBackend:
             "delay": delay,
             "context_length": context_length,
             "repeat": repeat,
+            "chat_template": chat_template,
         }
         self.loads: list[LoadConfig] = []
 

@@ -29,7 +29,6 @@ What the engine adds to :class:`inference.BaseTextModel` (through
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import resource
@@ -54,7 +53,12 @@ from inference.types import ModelInfo
 
 from . import preflight
 from .batching import Batch, Scheduler, SeqState, log_softmax
-from .embedding import EMBED_CONTEXT_CAP, EMBED_SEQUENCES, POOLING_TYPES, EmbeddingContext
+from .embedding import (
+    EMBED_CONTEXT_CAP,
+    POOLING_TYPES,
+    EmbeddingContext,
+    EmbedQueue,
+)
 from .threads import ThreadTuner
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
@@ -88,21 +92,6 @@ _LEVELS = {
     4: logging.DEBUG,
     5: logging.DEBUG,
 }
-
-
-def _groups(seqs: list[list[int]], budget: int) -> Iterator[list[list[int]]]:
-    """``seqs`` in order, in groups of at most EMBED_SEQUENCES and ``budget``
-    tokens (one embedding batch each)."""
-    group: list[list[int]] = []
-    used = 0
-    for ids in seqs:
-        if group and (used + len(ids) > budget or len(group) == EMBED_SEQUENCES):
-            yield group
-            group, used = [], 0
-        group.append(ids)
-        used += len(ids)
-    if group:
-        yield group
 
 
 def default_threads() -> int:
@@ -216,6 +205,7 @@ class LlamaCppModel(ScoringTextModel):
         trained = lc.llama_model_n_ctx_train(self._model)
         self._choose_pooling(header, cfg)
         self._embed_ctx = min(trained or EMBED_CONTEXT_CAP, EMBED_CONTEXT_CAP)
+        self._embed_queue = EmbedQueue(self._embed_ctx, self._run_embedding)
         n_ctx = cfg.context_len or min(trained or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
         n_seq = sequences(cfg)
         cparams = lc.llama_context_default_params()
@@ -666,16 +656,20 @@ class LlamaCppModel(ScoringTextModel):
 
     def _pooled(self, seqs: list[list[int]]) -> tuple[array, int]:  # type: ignore[type-arg]
         """The pooled vectors of ``seqs``, row after row, and their width:
-        batches of the embedding context, each run between two generation steps."""
+        batches of the embedding context shared with concurrent callers
+        (:class:`~inference_llamacpp.embedding.EmbedQueue`), each run between
+        two generation steps."""
         control = StreamControl()
-        raw = array("f")
-        width = 0
         with self._hold(control, shared=True):
             scheduler = self._scheduler
             assert scheduler is not None
-            for group in _groups(seqs, self._embed_ctx):
-                part, width = scheduler.between_steps(functools.partial(self._run_embedding, group))
-                raw.frombytes(part)
+            done = self._embed_queue.put(seqs)
+            # Each step is one merged batch; another caller's step may run ours.
+            while not done.done():
+                scheduler.between_steps(self._embed_queue.step)
+            part, width = done.result()
+        raw = array("f")
+        raw.frombytes(part)
         return raw, width
 
     def _run_embedding(self, group: list[list[int]]) -> tuple[bytes, int]:

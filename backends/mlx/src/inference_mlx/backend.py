@@ -90,6 +90,11 @@ class MlxBackend:
         unsupported model.
         """
         cfg = load_config(*opts, **kwargs)
+        where = os.fspath(path)
+        from .encoder import MlxEncoder, encoder_config
+
+        if os.path.isdir(where) and encoder_config(where) is not None:
+            return MlxEncoder.load(where, cfg)
         from .engine import MlxModel
 
-        return MlxModel.load(os.fspath(path), cfg)
+        return MlxModel.load(where, cfg)

@@ -327,7 +327,10 @@ class OpenAIModel(ModelState):
         while True:
             control.check()
             try:
-                return (yield from self._attempt(suffix, payload, cfg, control, state, asm))
+                reason = yield from self._attempt(suffix, payload, cfg, control, state, asm)
+                if plain.stopped:  # a stop string this client matched
+                    control.stop_sequence = plain.matched
+                return reason
             except Failure as exc:
                 if control.stop_requested():
                     control.check()
@@ -545,6 +548,9 @@ class OpenAIModel(ModelState):
                     yield tok
                 return None, cut
         reason = choice.get("finish_reason")
+        said = choice.get("stop_reason")  # vLLM's: the stop string it matched
+        if isinstance(said, str) and said in cfg.stop:
+            control.stop_sequence = said
         if isinstance(reason, str) and reason:
             mapped = FINISH.get(reason.lower())
             if mapped is None:
