@@ -449,3 +449,28 @@ def test_inference_log_debug_shows_the_traceback(
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.endswith(f"inference: error: {missing}: no such file or directory\n")
+
+
+def test_the_serve_key_comes_from_the_flag_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from inference import env
+    from inference.cli import _serve_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\nignored\n")
+    monkeypatch.setenv(env.INFERENCE_SERVE_API_KEY, " from-env ")
+    args = argparse.Namespace(api_key="", api_key_file="")
+    assert _serve_key(args) == "from-env"
+    args.api_key_file = str(key_file)
+    assert _serve_key(args) == "from-file"
+    args.api_key = "from-flag"
+    assert _serve_key(args) == "from-flag"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(inference.InferenceError, match="is empty"):
+        _serve_key(argparse.Namespace(api_key="", api_key_file=str(empty)))
+    with pytest.raises(inference.InferenceError, match="cannot read"):
+        _serve_key(argparse.Namespace(api_key="", api_key_file=str(tmp_path / "none")))

@@ -256,3 +256,22 @@ def test_drain_many_bounds_the_width_and_keeps_order() -> None:
     with pytest.raises(KeyError):
         map_concurrently(boom, [1, 2], 2, on_abort=lambda: stopped.append(True))
     assert stopped == [True]
+
+
+def test_a_failing_admission_ends_the_calls_not_the_engine(toy: _Toy) -> None:
+    """The step loop itself failing (an engine's admission raising) ends the
+    calls it holds with an error, at once; the next call runs as usual."""
+    real = toy.steps._admit
+    broken = True
+
+    def admit(seq: Seq) -> bool:
+        if broken:
+            raise RuntimeError("an engine bug")
+        return real(seq)
+
+    toy.steps._admit = admit  # type: ignore[method-assign]
+    with pytest.raises(GenerationError, match="the engine failed"):
+        toy.generate("alpha", max_tokens=3).text()
+    broken = False
+    again = toy.generate("alpha", max_tokens=3)
+    assert len(again.text()) == 3 and again.err is None

@@ -32,6 +32,7 @@ PUBLIC_MODULES = (
     "inference.constraints",
     "inference.detok",
     "inference.discovery",
+    "inference.disk_cache",
     "inference.engine_thread",
     "inference.env",
     "inference.errors",

@@ -105,6 +105,9 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
         [0, -1, None, float("nan"), float("inf")],
     ),
     (inference.with_constraint_memory_mib, "constraint_memory_mib", [(64, 64)], [0, 15, None]),
+    (inference.with_cache_host_mib, "cache_host_mib", [(0, 0), (512, 512)], [-1, None, 1.5]),
+    (inference.with_cache_dir, "cache_dir", [("", ""), ("/tmp/kv", "/tmp/kv")], [None, 3]),
+    (inference.with_cache_disk_mib, "cache_disk_mib", [(1, 1), (8192, 8192)], [0, -1, None]),
     (
         inference.with_adapter_path,
         "adapter_path",
@@ -438,3 +441,10 @@ def test_configure_logging_leaves_logging_alone_without_the_variable(
     assert not env.engine_logs_enabled()
     inference_logger.setLevel(logging.DEBUG)  # the application asked for debug
     assert env.engine_logs_enabled()
+
+
+def test_the_prefix_cache_s_host_budget_defaults_to_its_constant() -> None:
+    from inference.options import CACHE_DISK_MIB, CACHE_HOST_MIB, LoadConfig
+
+    assert LoadConfig().cache_host_mib == CACHE_HOST_MIB == 256  # docs/backends.md says so
+    assert LoadConfig().cache_disk_mib == CACHE_DISK_MIB == 4096

@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from inference_server import Settings, create_app
@@ -54,3 +55,27 @@ def running(
 
 def fake(delay: float = 0.0, reply: str = "Hello from the fake model.") -> inference.TextModel:
     return FakeBackend(delay=delay, reply=reply).load_model("fake-model")
+
+
+#: A ChatML template that writes <think>: a model with it reasons.
+THINKING_TEMPLATE = (
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{%- endif %}{%- endif %}"
+)
+
+
+class Recording:
+    """A model that records the messages and options each chat gets."""
+
+    def __init__(self, model: inference.TextModel) -> None:
+        self.model = model
+        self.seen: list[tuple[list[inference.Message], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def chat(self, messages: Any, **options: Any) -> inference.TokenStream:
+        self.seen.append((list(messages), {k: v for k, v in options.items() if k != "cancel"}))
+        return self.model.chat(messages, **options)

@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 import pytest
-from serving import Running, running
+from serving import THINKING_TEMPLATE, Recording, Running, running
 
 import inference
 from inference.testing import FakeBackend
@@ -29,13 +29,6 @@ WEATHER = {
         "required": ["city"],
     },
 }
-
-THINKING_TEMPLATE = (
-    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{%- endif %}{%- endif %}"
-)
 
 
 def client(r: Running, **kw: Any) -> anthropic.Anthropic:
@@ -65,10 +58,15 @@ def test_whole_and_streamed_replies_agree(served: Running) -> None:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert text == whole.content[0].text == final.content[0].text
-    assert final.usage.input_tokens == whole.usage.input_tokens
+
+    def prompt(usage: anthropic.types.Usage) -> int:  # the cached part is counted apart
+        return usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+    assert prompt(final.usage) == prompt(whole.usage)
+    assert final.usage.cache_read_input_tokens  # the same prompt again: its KV reused
     assert final.usage.output_tokens == whole.usage.output_tokens
     counted = c.messages.count_tokens(model="smollm2", messages=ask)
-    assert counted.input_tokens == whole.usage.input_tokens
+    assert counted.input_tokens == prompt(whole.usage)
 
 
 def test_stop_reasons(served: Running) -> None:
@@ -250,21 +248,6 @@ def test_pings_while_the_first_token_is_awaited(monkeypatch: pytest.MonkeyPatch)
     assert text == "Done."
 
 
-class Recording:
-    """A model that records the messages and options each chat gets."""
-
-    def __init__(self, model: inference.TextModel) -> None:
-        self.model = model
-        self.seen: list[tuple[list[inference.Message], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def chat(self, messages: Any, **options: Any) -> inference.TokenStream:
-        self.seen.append((list(messages), {k: v for k, v in options.items() if k != "cancel"}))
-        return self.model.chat(messages, **options)
-
-
 def test_every_option_reaches_the_model(thinker: Running) -> None:
     model = FakeBackend(reply="ok", chat_template=THINKING_TEMPLATE, repeat=False).load_model("t")
     rec = Recording(model)
@@ -312,3 +295,16 @@ def test_a_conversation_renders_each_turn_as_a_prefix_of_the_next() -> None:
     assert len(prompts) == 5
     for before, after in itertools.pairwise(prompts):
         assert after.startswith(before), (before, after)
+
+
+def test_the_key_goes_in_x_api_key() -> None:
+    model = FakeBackend(reply="ok", repeat=False).load_model("k")
+    with running(model, name="k", api_key="sk-ant-local") as r:
+        hi = [{"role": "user", "content": "hi"}]
+        got = client(r, api_key="sk-ant-local").messages.create(
+            model="k", max_tokens=4, messages=hi
+        )
+        assert got.content[0].text == "ok"  # type: ignore[union-attr]
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            client(r, api_key="wrong").messages.create(model="k", max_tokens=4, messages=hi)
+        assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]

@@ -145,6 +145,36 @@ def test_ollama_chat_and_generate(served: Running, smol: inference.TextModel) ->
     assert [m.model for m in c.list().models] == ["smollm2"]
 
 
+def test_ollama_logprobs_think_and_num_ctx(served: Running, smol: inference.TextModel) -> None:
+    """Ollama's logprobs as it returns them; think and an oversized num_ctx
+    refused (SmolLM2 does not reason; it is loaded with 2048 tokens)."""
+    c = ollama.Client(host=served.url)
+    reply = c.chat(
+        model="smollm2", messages=ASK, logprobs=True, top_logprobs=3, options={"num_predict": 6}
+    )
+    assert reply.logprobs is not None and len(reply.logprobs) >= 1
+    mine = smol.chat(ASK, max_tokens=6, logprobs=3)
+    expected = [t for t in mine if t.text]
+    assert [p.token for p in reply.logprobs] == [t.text for t in expected]
+    assert all(
+        abs(p.logprob - (t.logprob or 0.0)) < 1e-3
+        for p, t in zip(reply.logprobs, expected, strict=True)
+    )
+    assert all(len(p.top_logprobs or []) == 3 for p in reply.logprobs)
+    parts = list(
+        c.generate(
+            model="smollm2", prompt="Hi", logprobs=True, stream=True, options={"num_predict": 4}
+        )
+    )
+    assert sum(len(p.logprobs or []) for p in parts) >= 1
+    with pytest.raises(ollama.ResponseError, match="does not support thinking"):
+        c.chat(model="smollm2", messages=ASK, think=True)
+    assert c.chat(model="smollm2", messages=ASK, think=False, options={"num_predict": 2}).done
+    with pytest.raises(ollama.ResponseError, match="loaded context of 2048"):
+        c.chat(model="smollm2", messages=ASK, options={"num_ctx": 8192})
+    assert c.chat(model="smollm2", messages=ASK, options={"num_ctx": 1024, "num_predict": 2}).done
+
+
 class TestConformanceThroughInferenceServe(TextModelConformance):
     """The whole contract, over HTTP: the openai backend against inference serve."""
 

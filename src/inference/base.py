@@ -501,9 +501,24 @@ class BaseTextModel(ModelState):
         return ids
 
     def _measure(
-        self, prompt_tokens: int, generated: int, start: float, first: float, end: float
+        self,
+        prompt_tokens: int,
+        generated: int,
+        start: float,
+        first: float,
+        end: float,
+        control: StreamControl | None = None,
     ) -> GenerateMetrics:
-        return call_metrics(prompt_tokens, generated, start, first, end, memory=self._memory())
+        return call_metrics(
+            prompt_tokens,
+            generated,
+            start,
+            first,
+            end,
+            memory=self._memory(),
+            cached_tokens=control.cached_tokens if control is not None else 0,
+            cache_tier=control.cache_tier if control is not None else "",
+        )
 
     def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:
         """Run a non-streaming call alone on the model (on its engine thread,
@@ -660,7 +675,7 @@ class BaseTextModel(ModelState):
                     reason = "stop"
         finally:
             _close(engine)
-            control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf())
+            control.metrics = self._measure(len(ids), n, start, first or _perf(), _perf(), control)
         if asm.stopped:
             control.stop_sequence = asm.matched
         else:

@@ -290,10 +290,21 @@ class Scheduler:
                 if ready is not None:
                     self._run_step(ready)
         except BaseException:
+            # The loop itself failed (admitting a sequence, say): every
+            # sequence it holds ends with an error, none waits for a step
+            # that will never come; the next call starts a new loop.
+            # Not raised again: it would end the engine thread too.
+            _log.warning("the step loop failed", exc_info=True)
             with self._cond:
+                for seq in [*self._inbox, *self._running]:
+                    if not seq.halted:
+                        seq.fail(GenerationError(STEP_FAILED))
+                    try:
+                        self._drop(seq)
+                    except Exception:
+                        _log.debug("freeing a sequence after the loop failed", exc_info=True)
                 self._looping = False
                 self._cond.notify_all()
-            raise
 
     def _run_step(self, ready: list[Sequence]) -> None:
         try:

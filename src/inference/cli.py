@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="MiB compiling one constraint may take",
         )
+        p.add_argument(
+            "--cache-dir",
+            default=None,
+            help=f"keep prompts' KV in this folder across restarts "
+            f"(default: ${env.INFERENCE_KV_CACHE_DIR}, else none)",
+        )
 
     def common_gen(p: argparse.ArgumentParser, **defaults: Any) -> None:
         _generate_flags(p.add_argument_group("generation options"), defaults)
@@ -136,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=None, help="open connections allowed")
     p.add_argument("--max-body-bytes", type=int, default=None, help="the largest request body")
     p.add_argument(
+        "--responses-store-mib",
+        type=int,
+        default=None,
+        help="MiB of recent /v1/responses replies kept for previous_response_id",
+    )
+    p.add_argument(
         "--embed-model", default="", help="one more model, for the embedding and rerank routes"
     )
 
@@ -159,6 +171,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("documents", nargs="+", metavar="DOC")
     p.add_argument("--top-n", type=int, default=None, help="only the N best")
     p.add_argument("--json", action="store_true", help="one JSON object (default: a line each)")
+
+    p = sub.add_parser("cache", help="list, size or clear a prefix cache folder")
+    p.add_argument(
+        "folder",
+        nargs="?",
+        default=None,
+        help=f"the folder (default: ${env.INFERENCE_KV_CACHE_DIR})",
+    )
+    p.add_argument("--clear", action="store_true", help="delete every entry in it")
+    p.add_argument("--json", action="store_true", help="one JSON object")
 
     p = sub.add_parser("bench", help="time prefill and decode over a few runs")
     common_load(p)
@@ -274,6 +296,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "constraint_timeout": args.constraint_timeout,
         "constraint_memory_mib": args.constraint_memory,
         "pooling": args.pooling,
+        "cache_dir": args.cache_dir,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -558,6 +581,39 @@ def _cmd_rerank(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace, out: TextIO) -> int:
+    """``inference cache [FOLDER]``: the prefix cache's entries, their size;
+    ``--clear`` deletes them."""
+    from . import disk_cache
+
+    folder = env.kv_cache_dir(args.folder or "")
+    if not folder:
+        raise InferenceError(
+            f"name a folder, or set {env.INFERENCE_KV_CACHE_DIR} (the cache_dir models use)"
+        )
+    files = disk_cache.entry_files(folder)
+    if args.clear:
+        for path, *_ in files:
+            os.unlink(path)
+        out.write(f"{folder}: {len({f[3] for f in files})} entries deleted\n")
+        return 0
+    # One entry is one file with a name for each of its blocks (hard links).
+    entries: dict[int, dict[str, Any]] = {}
+    for path, _size, used, inode in files:
+        entry = entries.setdefault(
+            inode, {**disk_cache.describe(path), "names": 0, "last_used": used}
+        )
+        entry["names"] += 1
+    total = sum({inode: size for _, size, _, inode in files}.values())
+    if args.json:
+        return _dump({"folder": folder, "bytes": total, "entries": list(entries.values())}, out)
+    for e in sorted(entries.values(), key=lambda e: -e["last_used"]):
+        what = e.get("error") or f"{e['tokens']} tokens of {e['model']}"
+        out.write(f"{e.get('bytes', 0) / (1 << 20):9.1f} MiB  {what}\n")
+    out.write(f"{folder}: {len(entries)} entries, {total / (1 << 20):.1f} MiB\n")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     try:
         import inference_server
@@ -573,6 +629,7 @@ def _cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "keep_alive_timeout",
             "max_connections",
             "max_body_bytes",
+            "responses_store_mib",
         )
         if getattr(args, name) is not None
     }
@@ -639,6 +696,8 @@ def main(
             return _cmd_rerank(args, out)
         if args.command == "bench":
             return _cmd_bench(args, out)
+        if args.command == "cache":
+            return _cmd_cache(args, out)
         if args.command == "serve":
             return _cmd_serve(args, out)
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@
 ``INFERENCE_SERVE_API_KEY`` the key ``inference serve`` requires of its
                             clients, unless ``--api-key`` or
                             ``--api-key-file`` gives one
+``INFERENCE_KV_CACHE_DIR``  the prefix cache's folder (prompts' KV kept
+                            across restarts) when ``cache_dir`` is not given
 ``INFERENCE_CACHE_DIR``     where backends keep converted models and engine
                             self-test verdicts (default:
                             ``$XDG_CACHE_HOME/inference`` or
@@ -41,6 +43,7 @@ __all__ = [
     "INFERENCE_API_KEY",
     "INFERENCE_BACKEND",
     "INFERENCE_CACHE_DIR",
+    "INFERENCE_KV_CACHE_DIR",
     "INFERENCE_LOG",
     "INFERENCE_SERVE_API_KEY",
     "LLAMA_CPP_LIB_PATH",
@@ -49,6 +52,7 @@ __all__ = [
     "cache_dir",
     "configure_logging",
     "engine_logs_enabled",
+    "kv_cache_dir",
 ]
 
 INFERENCE_BACKEND = "INFERENCE_BACKEND"
@@ -57,6 +61,7 @@ INFERENCE_API_KEY = "INFERENCE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
 INFERENCE_SERVE_API_KEY = "INFERENCE_SERVE_API_KEY"
 INFERENCE_CACHE_DIR = "INFERENCE_CACHE_DIR"
+INFERENCE_KV_CACHE_DIR = "INFERENCE_KV_CACHE_DIR"
 LLAMA_CPP_LIB_PATH = "LLAMA_CPP_LIB_PATH"
 ROCR_VISIBLE_DEVICES = "ROCR_VISIBLE_DEVICES"
 HIP_VISIBLE_DEVICES = "HIP_VISIBLE_DEVICES"
@@ -103,3 +108,9 @@ def cache_dir(*parts: str) -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = (Path(xdg) if xdg else Path.home() / ".cache") / "inference"
     return base.joinpath(*parts)
+
+
+def kv_cache_dir(given: str = "") -> str:
+    """The prefix cache's folder: ``given`` (the ``cache_dir`` load option),
+    else ``INFERENCE_KV_CACHE_DIR``, else "" (no disk tier)."""
+    return given or os.environ.get(INFERENCE_KV_CACHE_DIR, "").strip()

@@ -26,9 +26,12 @@ def call_metrics(
     prefill_rate: float | None = None,
     decode_rate: float | None = None,
     memory: tuple[int | None, int | None] = (None, None),
+    cached_tokens: int = 0,
+    cache_tier: str = "",
 ) -> GenerateMetrics:
     """Metrics of one call that began at ``start``, produced its first token
-    at ``first`` and ended at ``end`` (``perf_counter`` seconds).
+    at ``first`` and ended at ``end`` (``perf_counter`` seconds), with
+    ``cached_tokens`` of its prompt taken from ``cache_tier``.
 
     An engine or server that measured its own prefill and decode times or
     rates passes them; they replace the ones derived from the timestamps.
@@ -56,6 +59,8 @@ def call_metrics(
         decode_tokens_per_second=decode_rate,
         peak_memory_bytes=peak,
         active_memory_bytes=active,
+        cached_tokens=cached_tokens,
+        cache_tier=cache_tier,
     )
 
 

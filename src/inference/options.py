@@ -30,6 +30,8 @@ from .tool_calls import Tool, to_tool, tool_choice
 from .values import is_int, is_number
 
 __all__ = [
+    "CACHE_DISK_MIB",
+    "CACHE_HOST_MIB",
     "CONSTRAINT_MEMORY_MIB",
     "CONSTRAINT_SECONDS",
     "GENERATE_OPTIONS",
@@ -45,6 +47,9 @@ __all__ = [
     "with_adapter_path",
     "with_api_key",
     "with_backend",
+    "with_cache_dir",
+    "with_cache_disk_mib",
+    "with_cache_host_mib",
     "with_cancel",
     "with_choice",
     "with_constraint_memory_mib",
@@ -209,6 +214,10 @@ def _timeout(option: str, value: object) -> float | None:
 #: :mod:`inference.compile_guard`).
 CONSTRAINT_SECONDS = 10.0
 CONSTRAINT_MEMORY_MIB = 1024
+#: The prefix cache's default host-memory budget (MiB), per model.
+CACHE_HOST_MIB = 256
+#: The prefix cache's default disk budget (MiB), per folder.
+CACHE_DISK_MIB = 4096
 
 #: How ``embed`` pools a text's token vectors into one (``pooling=`` at load):
 #: their mean, the first (CLS) token's, the last token's, or a cross-encoder's
@@ -398,7 +407,11 @@ class LoadConfig:
     ``threads`` 0 lets the backend choose its CPU threads;
     ``constraint_timeout`` and ``constraint_memory_mib`` bound compiling one
     constraint (see :mod:`inference.compile_guard`); ``pooling`` ""
-    follows the model file in ``embed``, or one of :data:`POOLINGS`.
+    follows the model file in ``embed``, or one of :data:`POOLINGS`;
+    ``cache_host_mib`` is the host-memory budget of the prefix cache, for
+    prompts' KV evicted from the engine's slots (0: none kept);
+    ``cache_dir`` a folder where it keeps prompts' KV across restarts (""
+    is ``$INFERENCE_KV_CACHE_DIR``, else none), within ``cache_disk_mib``.
     Checked when made, as :class:`GenerateConfig` is.
     """
 
@@ -412,6 +425,9 @@ class LoadConfig:
     constraint_timeout: float = _option(CONSTRAINT_SECONDS, _positive_seconds)
     constraint_memory_mib: int = _option(CONSTRAINT_MEMORY_MIB, _at_least(16))
     pooling: str = _option("", _pooling)
+    cache_host_mib: int = _option(CACHE_HOST_MIB, _at_least(0))
+    cache_dir: str = _option("", _path)
+    cache_disk_mib: int = _option(CACHE_DISK_MIB, _at_least(1))
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -613,6 +629,21 @@ def with_constraint_timeout(seconds: float) -> Option:
 def with_constraint_memory_mib(mib: int) -> Option:
     """Memory (MiB) compiling one constraint may take before the call is refused."""
     return _make("load", "constraint_memory_mib", mib)
+
+
+def with_cache_dir(path: str) -> Option:
+    """A folder where the prefix cache keeps prompts' KV across restarts."""
+    return _make("load", "cache_dir", path)
+
+
+def with_cache_disk_mib(mib: int) -> Option:
+    """Disk (MiB) the prefix cache's folder may take."""
+    return _make("load", "cache_disk_mib", mib)
+
+
+def with_cache_host_mib(mib: int) -> Option:
+    """Host memory (MiB) the prefix cache keeps evicted prompts' KV in (0: none)."""
+    return _make("load", "cache_host_mib", mib)
 
 
 def with_pooling(pooling: str) -> Option:

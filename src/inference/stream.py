@@ -34,6 +34,8 @@ class StreamControl:
     __slots__ = (
         "_event",
         "_user",
+        "cache_tier",
+        "cached_tokens",
         "deadline",
         "guide",
         "metrics",
@@ -60,6 +62,10 @@ class StreamControl:
         self.tool_calls: tuple[ToolCall, ...] = ()
         #: The stop string that ended the reply, set by the producer.
         self.stop_sequence: str | None = None
+        #: Prompt tokens an engine took from cached KV, and from where (see
+        #: :class:`~inference.GenerateMetrics`), set as it admits the call.
+        self.cached_tokens = 0
+        self.cache_tier = ""
 
     def cancel(self) -> None:
         """Ask the producer to stop at its next check."""

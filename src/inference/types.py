@@ -232,6 +232,12 @@ class GenerateMetrics:
     decode_tokens_per_second: float = 0.0
     peak_memory_bytes: int | None = None
     active_memory_bytes: int | None = None
+    #: Prompt tokens whose KV came from a cache instead of a prefill, and
+    #: where from: "slot" (the sequence's own, kept from its last call),
+    #: "sequence" (copied from another sequence, running or idle), "host"
+    #: (restored from host memory), "disk" (from the cache folder), "" none.
+    cached_tokens: int = 0
+    cache_tier: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""inference serve: any inference model behind OpenAI- and Ollama-compatible HTTP.
+"""inference serve: inference models behind OpenAI-, Anthropic- and
+Ollama-compatible HTTP.
 
-    inference serve MODEL [--host H] [--port P] [--parallel N] [--api-key KEY]
+    inference serve MODEL [NAME=MODEL...] [--host H] [--port P] [--parallel N]
 
 or from Python, :func:`create_app` for any ASGI server and :func:`serve`
-to load a model and run it on uvicorn.
+to load the models and run them on uvicorn.
 """
 
 from __future__ import annotations

@@ -332,12 +332,15 @@ def _stop_reason(stream: TokenStream) -> str:
 
 
 def _usage(stream: TokenStream) -> dict[str, int]:
+    """Anthropic's usage: ``input_tokens`` are those not read from the cache
+    (``cache_read_input_tokens``), as Anthropic counts them."""
     m = stream.metrics
+    cached = m.cached_tokens if m else 0
     return {
-        "input_tokens": m.prompt_tokens if m else 0,
+        "input_tokens": (m.prompt_tokens if m else 0) - cached,
         "output_tokens": m.generated_tokens if m else 0,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": cached,
     }
 
 

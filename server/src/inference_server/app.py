@@ -73,6 +73,8 @@ from .embedding import (
 )
 from .metrics import ServerMetrics
 from .requests import BadRequest, Call, ollama_call, openai_call
+from .responses import NotStored, ResponseStore, response_events, response_whole, responses_call
+from .responses import new_id as new_response_id
 from .served import Catalogue, Served, UnknownModel
 
 __all__ = ["Settings", "create_app"]
@@ -104,6 +106,8 @@ class Settings:
     max_connections: int = 512
     #: Origins a browser may call from (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
+    #: MiB of recent Responses-API responses kept for previous_response_id.
+    responses_store_mib: int = 64
 
 
 class _Refused(Exception):
@@ -166,6 +170,7 @@ class _Server:
             max_workers=self.capacity, thread_name_prefix="inference-start"
         )
         self.created = int(time.time())
+        self.store = ResponseStore(settings.responses_store_mib << 20)
 
     # -- admission ------------------------------------------------------------
 
@@ -406,6 +411,9 @@ class _Server:
             except UnknownModel as exc:
                 status = 404
                 return self._fail(api, 404, str(exc), "not_found_error", "model")
+            except NotStored as exc:
+                status = 404
+                return self._fail(api, 404, str(exc), "not_found_error")
             except _Refused as exc:
                 status = exc.status
                 return self._fail(api, exc.status, str(exc), exc.kind, headers=exc.headers)
@@ -471,15 +479,22 @@ class _Server:
     async def ollama(self, request: Request, *, chat: bool) -> Response:
         body = await self._body(request)
         served = self.served.pick(body.get("model"), "generate")
-        call = ollama_call(body, chat=chat, **self._bounds())
+        caps = served.model.capabilities
+        call = ollama_call(
+            body,
+            chat=chat,
+            reasons=caps.reasoning,
+            context=caps.context_length or served.model.info.context_length,
+            **self._bounds(),
+        )
         name = served.name
         return await self.generation(
             request,
             served,
             call,
             "/api/chat" if chat else "/api/generate",
-            lambda s, t, f: shapes.ollama_lines(s, t, f, name, chat),
-            lambda s, toks: shapes.ollama_whole(s, toks, name, chat),
+            lambda s, t, f: shapes.ollama_lines(s, t, f, call, name, chat),
+            lambda s, toks: shapes.ollama_whole(s, toks, call, name, chat),
             "application/x-ndjson",
         )
 
@@ -500,6 +515,36 @@ class _Server:
             "text/event-stream",
             early=True,
         )
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's ``POST /v1/responses``."""
+        body = await self._body(request)
+        served = self.served.pick(body.get("model"), "generate")
+        asked = responses_call(
+            body,
+            reasons=served.model.capabilities.reasoning,
+            max_tokens_cap=self.s.max_tokens_cap,
+            default_max=self.s.default_max_tokens,
+            store=self.store,
+        )
+        rid, name, store = new_response_id(), served.name, self.store
+        return await self.generation(
+            request,
+            served,
+            asked.call,
+            "/v1/responses",
+            lambda s, t, first: response_events(s, t, first, asked, rid, name, store),
+            lambda s, toks: response_whole(s, toks, asked, rid, name, store),
+            "text/event-stream",
+        )
+
+    async def stored_response(self, request: Request) -> Response:
+        """``GET`` or ``DELETE /v1/responses/{id}``: a kept response."""
+        rid = request.path_params["rid"]
+        if request.method == "DELETE":
+            self.store.delete(rid)
+            return JSONResponse({"id": rid, "object": "response.deleted", "deleted": True})
+        return JSONResponse(self.store.get(rid).response)
 
     async def count_tokens(self, request: Request) -> Response:
         """Anthropic's ``POST /v1/messages/count_tokens``: the prompt's tokens,
@@ -729,6 +774,12 @@ def create_app(
             route("/v1/completions", lambda r: server.openai(r, chat=False), "POST", "openai"),
             route("/v1/messages", server.messages, "POST", "anthropic"),
             route("/v1/messages/count_tokens", server.count_tokens, "POST", "anthropic"),
+            route("/v1/responses", server.responses, "POST", "openai"),
+            Route(
+                "/v1/responses/{rid}",
+                server.guarded("/v1/responses/{id}", server.stored_response, api="openai"),
+                methods=["GET", "DELETE"],
+            ),
             route("/v1/models", server.models, "GET", "openai"),
             route("/v1/models/{name:path}", server.model, "GET", "openai"),
             route("/api/chat", lambda r: server.ollama(r, chat=True), "POST", "ollama"),

@@ -17,6 +17,7 @@ class _Tokens:
     """One model's token counts and times."""
 
     prompt: int = 0
+    cached: int = 0
     generated: int = 0
     decode_seconds: float = 0.0
     ttft_sum: float = 0.0
@@ -45,6 +46,7 @@ class ServerMetrics:
         with self._lock:
             t = self._models[model]
             t.prompt += m.prompt_tokens
+            t.cached += m.cached_tokens
             t.generated += m.generated_tokens
             t.decode_seconds += m.decode_seconds
             if m.generated_tokens:
@@ -78,6 +80,12 @@ class ServerMetrics:
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
             per_model: list[tuple[str, str, str, Callable[[_Tokens], float]]] = [
                 ("inference_prompt_tokens_total", "counter", "Prompt tokens.", lambda t: t.prompt),
+                (
+                    "inference_cached_prompt_tokens_total",
+                    "counter",
+                    "Prompt tokens whose KV came from a cache.",
+                    lambda t: t.cached,
+                ),
                 (
                     "inference_generated_tokens_total",
                     "counter",

@@ -26,6 +26,7 @@ __all__ = [
     "ollama_call",
     "openai_call",
     "sampling_limit",
+    "strict_schema",
 ]
 
 
@@ -263,6 +264,53 @@ def openai_call(
     return _checked(call)
 
 
+#: Keys whose value is a map of names to schemas, and keys holding a schema
+#: or a list of them: where strict mode looks for nested objects.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_KEYS = ("items", "prefixItems", "anyOf", "allOf", "oneOf", "not")
+
+
+def strict_schema(schema: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``schema`` under OpenAI's strict mode: every object closed
+    (``additionalProperties: false``, added where absent) and every property
+    required. A schema strict mode cannot express (an object open to other
+    keys, an optional property) is refused, naming where, as OpenAI does."""
+    out = dict(schema)
+    props = out.get("properties")
+    if out.get("type") == "object" or isinstance(props, dict):
+        extra = out.get("additionalProperties", False)
+        if extra is not False:
+            raise BadRequest(
+                f"{where}: strict mode needs additionalProperties false on every object"
+            )
+        out["additionalProperties"] = False
+        names = list(props) if isinstance(props, dict) else []
+        required = out.get("required", [])
+        missing = [n for n in names if n not in required] if isinstance(required, list) else names
+        if missing:
+            raise BadRequest(
+                f"{where}: strict mode needs every property required; {missing[0]!r} is not "
+                "(give it a null type instead)"
+            )
+    for key in _SCHEMA_MAPS:
+        inner = out.get(key)
+        if isinstance(inner, dict):
+            out[key] = {
+                name: strict_schema(sub, f"{where}.{key}.{name}") if isinstance(sub, dict) else sub
+                for name, sub in inner.items()
+            }
+    for key in _SCHEMA_KEYS:
+        inner = out.get(key)
+        if isinstance(inner, dict):
+            out[key] = strict_schema(inner, f"{where}.{key}")
+        elif isinstance(inner, list):
+            out[key] = [
+                strict_schema(sub, f"{where}.{key}.{i}") if isinstance(sub, dict) else sub
+                for i, sub in enumerate(inner)
+            ]
+    return out
+
+
 def _response_format(fmt: object) -> dict[str, Any]:
     if not isinstance(fmt, dict):
         raise BadRequest("response_format must be an object", "response_format")
@@ -279,11 +327,24 @@ def _response_format(fmt: object) -> dict[str, Any]:
             raise BadRequest(
                 "response_format.json_schema.schema must be an object", "response_format"
             )
+        if inner.get("strict") is True:  # type: ignore[union-attr]
+            schema = strict_schema(schema, "response_format.json_schema.schema")
         return {"json_schema": schema}
     raise BadRequest(f"response_format type {kind!r} is not supported", "response_format")
 
 
-_OLLAMA_CHAT = {"model", "messages", "stream", "format", "options", "tools", "think", "keep_alive"}
+_OLLAMA_CHAT = {
+    "model",
+    "messages",
+    "stream",
+    "format",
+    "options",
+    "tools",
+    "think",
+    "keep_alive",
+    "logprobs",
+    "top_logprobs",
+}
 _OLLAMA_GENERATE = {
     "model",
     "prompt",
@@ -298,6 +359,8 @@ _OLLAMA_GENERATE = {
     "context",
     "template",
     "suffix",
+    "logprobs",
+    "top_logprobs",
 }
 _OLLAMA_OPTIONS = {
     "num_predict": "max_tokens",
@@ -312,13 +375,32 @@ _OLLAMA_OPTIONS = {
 
 
 def ollama_call(
-    body: Mapping[str, Any], *, chat: bool, max_tokens_cap: int, default_max: int
+    body: Mapping[str, Any],
+    *,
+    chat: bool,
+    max_tokens_cap: int,
+    default_max: int,
+    reasons: bool = False,
+    context: int = 0,
 ) -> Call:
-    """An Ollama ``/api/chat`` or ``/api/generate`` body as a Call (streamed by default)."""
+    """An Ollama ``/api/chat`` or ``/api/generate`` body as a Call (streamed
+    by default), for a model that reasons (or not: then ``think`` is
+    refused) with a loaded context of ``context`` tokens (a larger
+    ``num_ctx`` is refused)."""
     _unknown(body, _OLLAMA_CHAT if chat else _OLLAMA_GENERATE)
     raw_options = body.get("options") or {}
     if not isinstance(raw_options, dict):
         raise BadRequest("options must be an object", "options")
+    num_ctx = raw_options.get("num_ctx")
+    if num_ctx is not None:
+        if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1:
+            raise BadRequest("num_ctx must be a positive int", "options")
+        if context and num_ctx > context:
+            raise BadRequest(
+                f"num_ctx {num_ctx} is larger than the model's loaded context of {context} "
+                "tokens (load it with a larger --context-len)",
+                "options",
+            )
     mapped: dict[str, Any] = {}
     for key, value in raw_options.items():
         if key in _OLLAMA_OPTIONS and value is not None:
@@ -338,8 +420,19 @@ def ollama_call(
     elif fmt not in (None, ""):
         raise BadRequest("format must be 'json' or a JSON schema", "format")
     think = body.get("think")
-    if isinstance(think, bool) and chat:
-        call.options["enable_thinking"] = think
+    if think is not None:
+        if think not in (True, False, "high", "medium", "low"):
+            raise BadRequest('think must be true, false, "high", "medium" or "low"', "think")
+        if think is not False and not reasons:
+            raise BadRequest(f'"{body.get("model") or "the model"}" does not support thinking')
+        if reasons and not body.get("raw"):
+            call.options["enable_thinking"] = think is not False
+    if body.get("logprobs"):
+        top = body.get("top_logprobs", 0)
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise BadRequest("top_logprobs must be an int from 0 to 20", "top_logprobs")
+        call.options["logprobs"] = top
+        call.logprobs = True
     if chat:
         call.messages = _messages(body.get("messages"))
         if body.get("tools"):

@@ -31,7 +31,7 @@ def _finish(stream: TokenStream) -> str:
     return "length" if stream.finish_reason == "length" else "stop"
 
 
-def _usage(stream: TokenStream) -> dict[str, int]:
+def _usage(stream: TokenStream) -> dict[str, Any]:
     m = stream.metrics
     prompt = m.prompt_tokens if m else 0
     completion = m.generated_tokens if m else 0
@@ -39,6 +39,7 @@ def _usage(stream: TokenStream) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": m.cached_tokens if m else 0},
     }
 
 
@@ -206,8 +207,26 @@ def _ollama_calls(stream: TokenStream) -> list[dict[str, Any]]:
     return [{"function": {"name": c.name, "arguments": c.arguments}} for c in stream.tool_calls]
 
 
+def _ollama_logprob(tok: Token) -> dict[str, Any]:
+    """One token's log-probabilities, as Ollama returns them."""
+    return {
+        "token": tok.text,
+        "logprob": tok.logprob,
+        "bytes": list(tok.text.encode()),
+        "top_logprobs": [
+            {"token": a.text, "logprob": a.logprob, "bytes": list(a.text.encode())}
+            for a in tok.top_logprobs
+        ],
+    }
+
+
 async def ollama_lines(
-    stream: TokenStream, tokens: AsyncIterator[Token], first: Token | None, model: str, chat: bool
+    stream: TokenStream,
+    tokens: AsyncIterator[Token],
+    first: Token | None,
+    call: Call,
+    model: str,
+    chat: bool,
 ) -> AsyncIterator[str]:
     async for tok in _rest(first, tokens):
         if not tok.text:
@@ -219,6 +238,8 @@ async def ollama_lines(
             body = {"response": "" if tok.reasoning else tok.text}
             if tok.reasoning:
                 body["thinking"] = tok.text
+        if call.logprobs and not tok.reasoning:
+            body["logprobs"] = [_ollama_logprob(tok)]
         yield (
             json.dumps(
                 {"model": model, "created_at": _now(), **body, "done": False}, ensure_ascii=False
@@ -240,10 +261,12 @@ async def ollama_lines(
 
 
 def ollama_whole(
-    stream: TokenStream, tokens: list[Token], model: str, chat: bool
+    stream: TokenStream, tokens: list[Token], call: Call, model: str, chat: bool
 ) -> dict[str, Any]:
     text = "".join(t.text for t in tokens if not t.reasoning)
     out: dict[str, Any] = {"model": model, "created_at": _now()}
+    if call.logprobs:
+        out["logprobs"] = [_ollama_logprob(t) for t in tokens if t.text and not t.reasoning]
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if stream.reasoning:

@@ -14,7 +14,12 @@ sampler goes then, and a cancelled or failed sequence's KV cells go at once.
 
 A finished sequence's cells stay in its slot as a cached prompt: the next
 call whose prompt starts with them (the next turn of a chat, the same system
-prompt) is given that slot and prefills only the rest.
+prompt) is given that slot and prefills only the rest. The prefix cache
+goes further (see :meth:`Scheduler._admit`): a longer prefix in another
+slot, running or idle, is copied in; one another sequence is still
+prefilling is waited for, then copied; and a slot's KV about to be
+overwritten is kept in host memory (:mod:`inference_llamacpp.host_cache`)
+and restored for a later prompt that begins with it.
 
 Why a KV stream per slot rather than one unified cache shared by every
 sequence: llama.cpp's attention sums over a sequence's cells in cell order,
@@ -32,23 +37,42 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 
 from __future__ import annotations
 
+import ctypes
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 
 from inference import batching
+from inference.disk_cache import BLOCK, DiskCache
 from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
 
+from .host_cache import SPILL_AT_LEAST, HostCache, Kept
 from .threads import ThreadTuner
 
-__all__ = ["ABORTABLE_PREFILL", "PREFILL_CHUNK", "Batch", "Scheduler", "SeqState", "log_softmax"]
+__all__ = [
+    "ABORTABLE_PREFILL",
+    "COPY_AT_LEAST",
+    "PREFILL_CHUNK",
+    "Batch",
+    "Scheduler",
+    "SeqState",
+    "log_softmax",
+]
 
 #: Prompt tokens prefilled per step while other sequences are decoding.
 PREFILL_CHUNK = 64
+#: The fewest more prompt tokens another slot must hold than the slot taken
+#: for its KV to be copied: a copy moves a whole KV stream (tens of MiB), a
+#: prefill of a few dozen tokens costs less.
+COPY_AT_LEAST = 64
+#: Writes to the disk tier that may wait at once; more are not kept.
+DISK_WRITES = 2
 #: A step that prefills at least this many tokens can be aborted part-way.
 ABORTABLE_PREFILL = 64
 
@@ -96,13 +120,16 @@ class SeqState:
     """A sequence's part of the engine: its sampler chain (owned: freed
     with the sequence) and its slot."""
 
-    __slots__ = ("fed", "prompt_len", "sampler", "slot")
+    __slots__ = ("fed", "prompt_len", "sampler", "slot", "wait_for")
 
     def __init__(self, sampler: Any, prompt_len: int) -> None:
         self.sampler = sampler
         self.prompt_len = prompt_len
         self.slot: _Slot | None = None
         self.fed = 0  # tokens this step puts into the batch
+        #: (a slot, its sequence, n): the first n tokens of the prompt are
+        #: being prefilled there; this one waits for them, then copies them.
+        self.wait_for: tuple[_Slot, batching.Sequence | None, int] | None = None
 
     @property
     def unfed(self) -> int:
@@ -151,9 +178,17 @@ class Scheduler(batching.Scheduler):
         n_vocab: int,
         engine: EngineThread,
         tuner: ThreadTuner | None = None,
+        host: HostCache | None = None,
+        disk: DiskCache | None = None,
     ) -> None:
         super().__init__(name="inference-llama_cpp", engine=engine)
         self._ctx = ctx
+        self._host = host
+        self._disk = disk
+        #: Writes to the disk tier, off the engine thread (at most
+        #: :data:`DISK_WRITES` waiting; more are not kept).
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes = threading.Semaphore(DISK_WRITES)
         self._tuner = tuner
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
@@ -163,9 +198,11 @@ class Scheduler(batching.Scheduler):
         self._step_no = 0
         self._abort_for: list[batching.Sequence] = []
         self._abort_cb = lc.ggml_abort_callback(lambda _data: self._all_stopped())
-        #: Since the model was loaded: prompt tokens prefilled, and the most
-        #: prompt tokens one step prefilled beside a decoding sequence.
+        #: Since the model was loaded: prompt tokens prefilled, prompt tokens
+        #: taken from cached KV instead, and the most prompt tokens one step
+        #: prefilled beside a decoding sequence.
         self.prefilled = 0
+        self.reused = 0
         self.widest_prefill_beside_decode = 0
 
     def forget(self) -> None:
@@ -178,37 +215,189 @@ class Scheduler(batching.Scheduler):
     def close(self) -> None:
         super().close()
         self._batch.free()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # a restart finds what was written
 
     # -- the engine's part -------------------------------------------------------------
 
     def _admit(self, seq: batching.Sequence) -> bool:
-        """The idle slot whose cached cells share the longest prefix with
-        the prompt, else an empty one, else the one idle longest."""
+        """Take an idle slot for ``seq``, starting from the longest prefix of
+        its prompt whose KV any slot holds:
+
+        - an idle slot that holds it is taken as it is (its tail trimmed);
+        - a prefix held by another slot, busy or idle, at least
+          :data:`COPY_AT_LEAST` tokens longer, is copied into the slot taken
+          (``llama_memory_seq_cp``: with a KV stream per sequence, the whole
+          stream is copied before the next decode), then trimmed to the
+          prefix; eight requests with one system prompt prefill it once;
+        - else the lowest empty slot, else the one idle longest.
+
+        A trim the cache cannot make (a sliding-window or recurrent cache
+        past its window) gives no reuse: the slot starts empty, never from
+        a state that is not the prefix's.
+        """
         free = sorted((s for s in self._slots if s.owner is None), key=lambda s: s.used)
         if not free:
             return False
         prompt = seq.prompt
         limit = len(prompt) - 1  # at least one prompt token is decoded
-        target, shared = None, 0
+        own, shared = None, 0  # the idle slot holding the longest prefix
         for slot in free:
             n = _common(slot.tokens, prompt, min(slot.cells, limit))
             if n > shared:
-                target, shared = slot, n
-        if target is None:  # the lowest empty slot (see _step), else the one idle longest
+                own, shared = slot, n
+        others = [s for s in self._slots if s is not own and s.tokens]
+        source, held = None, shared  # a prefix held elsewhere, worth a copy
+        for slot in others:
+            n = _common(slot.tokens, prompt, min(slot.cells, limit))
+            if n >= held + COPY_AT_LEAST:
+                source, held = slot, n
+        kept: tuple[Kept, int, str] | None = None
+        if self._host is not None:
+            found = self._host.find(prompt, limit)
+            if found is not None and found[1] >= held + COPY_AT_LEAST:
+                kept = (found[0], found[1], "host")
+        if self._disk is not None:
+            floor = (kept[1] if kept else held) + COPY_AT_LEAST
+            on_disk = self._disk.find(prompt, limit, floor)
+            if on_disk is not None:
+                entry, n = on_disk
+                kept = (Kept(entry.tokens, entry.state), n, "disk")
+        best = kept[1] if kept is not None else held
+        coming, planned = None, best  # one being prefilled elsewhere, worth a wait
+        for slot in others:
+            if slot.owner is not None and slot.cells < limit:
+                n = _common(slot.tokens, prompt, min(len(slot.tokens), limit))
+                if n >= planned + COPY_AT_LEAST and n > slot.cells:
+                    coming, planned = slot, n
+        spare = [s for s in free if s is not source]
+        if (source is not None or coming is not None or kept is not None) and spare:
+            # Any idle slot but the source: an empty one first, else the one idle longest.
+            target = min(spare, key=lambda s: (bool(s.cells), s.used, s.id))
+        elif own is not None:
+            target, source, coming, kept = own, None, None, None
+        else:  # the lowest empty slot (see _step), else the one idle longest
             empty = [s for s in free if not s.cells]
             target = min(empty, key=lambda s: s.id) if empty else free[0]
-        if not shared or not lc.llama_memory_seq_rm(self._mem, target.id, shared, -1):
-            self._free(target)
-        else:
-            target.cells = shared
+            source, coming, kept = None, None, None
+        if target.cells - (shared if target is own else 0) >= SPILL_AT_LEAST:
+            self._spill(target)  # much of its KV is about to go: keep it in host memory
         target.tokens = list(prompt)
         target.owner = seq
         target.used = self._step_no
-        _state(seq).slot = target
+        state = _state(seq)
+        state.slot = target
+        if coming is not None:
+            # Another sequence is prefilling a longer prefix of this prompt:
+            # wait for it rather than compute it twice.
+            self._free_cells(target)
+            state.wait_for = (coming, coming.owner, planned)
+        elif kept is not None:
+            self._started(seq, self._restore(kept[0], target, kept[1]), kept[2])
+        elif source is not None:
+            self._started(seq, self._copy(source, target, held), "sequence")
+        elif shared and lc.llama_memory_seq_rm(self._mem, target.id, shared, -1):
+            target.cells = shared
+            self._started(seq, shared, "slot")
+        else:
+            self._free_cells(target)
+            self._started(seq, 0, "")
+        return True
+
+    def _copy(self, source: _Slot, target: _Slot, n: int) -> int:
+        """Start ``target`` from the first ``n`` cells of ``source``'s KV;
+        the cells it starts with (0 when the cache cannot be trimmed so)."""
+        lc.llama_memory_seq_cp(self._mem, source.id, target.id, -1, -1)
+        if not lc.llama_memory_seq_rm(self._mem, target.id, n, -1):
+            self._free_cells(target)
+            return 0
+        target.cells = n
+        return n
+
+    def _spill(self, slot: _Slot) -> None:
+        """Keep ``slot``'s KV in the host tier (llama.cpp's state of its
+        sequence), unless it is kept already."""
+        host = self._host
+        if host is None:
+            return
+        tokens = slot.tokens[: slot.cells]
+        if host.covers(tokens):
+            return
+        state = self._state(slot)
+        if state:
+            host.keep(tokens, state)
+
+    def _state(self, slot: _Slot) -> bytes:
+        """llama.cpp's state of ``slot``'s sequence (b"" if it gives none)."""
+        size = lc.llama_state_seq_get_size(self._ctx, slot.id)
+        buf = (ctypes.c_uint8 * size)()
+        got = lc.llama_state_seq_get_data(self._ctx, buf, size, slot.id)
+        return bytes(buf)[:got]
+
+    def _persist(self, slot: _Slot) -> None:
+        """Write ``slot``'s KV to the disk tier (off the engine thread),
+        unless it is shorter than a block, written already, or the writer
+        is behind."""
+        disk = self._disk
+        if disk is None or not disk.enabled or slot.cells < BLOCK:
+            return
+        tokens = slot.tokens[: slot.cells]
+        if disk.has(tokens) or not self._writes.acquire(blocking=False):
+            return
+        state = self._state(slot)
+        if not state:
+            self._writes.release()
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="inference-kv-write")
+
+        def write() -> None:
+            try:
+                disk.put(tokens, state)
+            finally:
+                self._writes.release()
+
+        self._writer.submit(write)
+
+    def _restore(self, kept: Kept, target: _Slot, n: int) -> int:
+        """Start ``target`` from the first ``n`` tokens of ``kept``; the
+        cells it starts with (0 when the state does not load or trim)."""
+        self._free_cells(target)
+        state = kept.state
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not lc.llama_state_seq_set_data(self._ctx, buf, len(state), target.id):
+            self._free_cells(target)
+            return 0
+        if not lc.llama_memory_seq_rm(self._mem, target.id, n, -1):
+            self._free_cells(target)
+            return 0
+        target.cells = n
+        return n
+
+    def _started(self, seq: batching.Sequence, cached: int, tier: str) -> None:
+        seq.control.cached_tokens, seq.control.cache_tier = cached, tier
+        self.reused += cached
+
+    def _waited(self, seq: batching.Sequence, state: SeqState) -> bool:
+        """Whether ``seq``, waiting for another sequence's prefill of its
+        prefix, may go on: that prefill is done (its KV is copied in) or
+        will not be (it goes on from nothing)."""
+        assert state.wait_for is not None and state.slot is not None
+        source, owner, n = state.wait_for
+        if source.owner is owner and owner is not None and not owner.halted and source.cells < n:
+            return False
+        state.wait_for = None
+        shared = 0
+        if source.cells >= n and source.tokens[:n] == seq.prompt[:n]:
+            shared = self._copy(source, state.slot, n)
+        self._started(seq, shared, "sequence" if shared else "")
         return True
 
     def _ready(self, seq: batching.Sequence) -> bool:
-        return _state(seq).unfed > 0 or super()._ready(seq)
+        state = _state(seq)
+        if state.wait_for is not None and not self._waited(seq, state):
+            return False
+        return state.unfed > 0 or super()._ready(seq)
 
     def _cancelled(self, seq: batching.Sequence) -> None:
         slot = _state(seq).slot
@@ -224,12 +413,17 @@ class Scheduler(batching.Scheduler):
                 self._free(slot)  # cancelled, failed, or its prefill unfinished
             else:
                 del slot.tokens[slot.cells :]  # a cached prompt for the next call
+                self._persist(slot)
         lc.llama_sampler_free(state.sampler)
 
     def _free(self, slot: _Slot) -> None:
-        if slot.cells:
-            lc.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
-        slot.tokens, slot.cells = [], 0
+        self._free_cells(slot)
+        slot.tokens = []
+
+    def _free_cells(self, slot: _Slot) -> None:
+        """Empty ``slot``'s KV (its planned tokens stay)."""
+        lc.llama_memory_seq_rm(self._mem, slot.id, -1, -1)
+        slot.cells = 0
 
     def _step(self, ready: list[batching.Sequence]) -> None:
         """Build the batch, decode, sample."""

@@ -43,6 +43,7 @@ import numpy as np
 
 from inference import env
 from inference.capabilities import Capabilities
+from inference.disk_cache import DiskCache
 from inference.embeddings import Embeddings, EmbedInput, Ranked, Ranking, finish
 from inference.errors import Cancelled, GenerationError, ModelLoadError
 from inference.gguf import GGUFHeader, read_header
@@ -59,6 +60,7 @@ from .embedding import (
     EmbeddingContext,
     EmbedQueue,
 )
+from .host_cache import HostCache
 from .threads import ThreadTuner
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
@@ -298,7 +300,34 @@ class LlamaCppModel(ScoringTextModel):
             n_vocab=n_vocab,
             engine=self._engine,
             tuner=self._tuner,
+            host=HostCache(cfg.cache_host_mib << 20) if cfg.cache_host_mib else None,
+            disk=self._disk_cache(cfg, cparams, n_ctx),
         )
+
+    def _disk_cache(self, cfg: LoadConfig, cparams: Any, n_ctx: int) -> DiskCache | None:
+        """The prefix cache's disk tier, keyed by all that shapes the KV (the
+        model file, the engine build and device, the KV's types and layout),
+        or None when no folder is given."""
+        folder = env.kv_cache_dir(cfg.cache_dir)
+        if not folder:
+            return None
+        st = os.stat(self._path)
+        key = {
+            "format": 1,
+            "model": os.path.realpath(self._path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "engine": f"llama.cpp {lc.__version__}",
+            "system": lc.llama_print_system_info().decode("utf-8", "replace"),
+            "gpu_layers": cfg.gpu_layers,
+            "main_gpu": self._main_gpu,
+            "type_k": int(cparams.type_k),
+            "type_v": int(cparams.type_v),
+            "flash_attn": int(cparams.flash_attn_type),
+            "swa_full": bool(cparams.swa_full),
+            "n_ctx": n_ctx,
+        }
+        return DiskCache(folder, key, cfg.cache_disk_mib << 20)
 
     # -- primitives ------------------------------------------------------------
 

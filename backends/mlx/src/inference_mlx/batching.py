@@ -117,6 +117,7 @@ class Scheduler(batching.Scheduler):
 
             processors = [capture, *processors]
         cache, reused = self._cache.take(self._model(), seq.prompt, state.cfg)
+        seq.control.cached_tokens, seq.control.cache_tier = reused, "slot" if reused else ""
         gen = self._generator()
         (state.uid,) = gen.insert(
             [seq.prompt[reused:]],
