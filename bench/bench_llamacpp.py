@@ -58,8 +58,12 @@ def _model_path(arg: str | None) -> str:
 def make_inference(path: str):  # type: ignore[no-untyped-def]
     import inference
 
-    # One sequence, as llama-cpp-python's Llama holds: the same KV cache.
-    model = inference.load_model(path, backend="llama_cpp", context_len=N_CTX, parallel_slots=1)
+    # One sequence, as llama-cpp-python's Llama holds: the same KV cache;
+    # no host tier of the prefix cache, so every prefill here is cold, as
+    # the others' are (bench_prefix.py and bench_restart.py measure it).
+    model = inference.load_model(
+        path, backend="llama_cpp", context_len=N_CTX, parallel_slots=1, cache_host_mib=0
+    )
 
     def decode(prompt: str, n: int) -> tuple[float, float, int]:
         stream = model.generate(prompt, max_tokens=n)
