@@ -78,3 +78,13 @@ def test_a_ranking_reads_as_a_sequence_best_first() -> None:
     )
     assert len(ranking) == 2 and ranking[0].document == "b"
     assert [r.index for r in ranking] == [1, 0] and ranking.method == "cosine"
+
+
+def test_an_embedding_only_model_states_nothing_that_generates() -> None:
+    from inference.capabilities import Capabilities, embedding_only
+
+    full = Capabilities(logprobs=True, top_logprobs=20, tools=True, reasoning=True, embed=True)
+    got = embedding_only(full)
+    assert not (got.generate or got.logprobs or got.tools or got.reasoning or got.scoring)
+    assert got.top_logprobs == 0 and got.constraints == frozenset()
+    assert got.embed  # what it can do stays

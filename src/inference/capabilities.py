@@ -11,13 +11,13 @@ sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from .constraints import KINDS, constraint_of
 from .errors import UnsupportedOptionError
 from .options import GenerateConfig
 
-__all__ = ["Capabilities", "refuse_unsupported"]
+__all__ = ["Capabilities", "embedding_only", "refuse_unsupported"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,24 @@ class Capabilities:
                 value = [k for k in KINDS if k in value]
             out[f.name] = value
         return out
+
+
+def embedding_only(caps: Capabilities) -> Capabilities:
+    """``caps`` of a model that only embeds (an encoder, or a file made for
+    embedding): nothing that generates, so ``generate`` and ``chat`` are
+    refused at the front door like any other missing capability."""
+    return replace(
+        caps,
+        generate=False,
+        logprobs=False,
+        top_logprobs=0,
+        logits=False,
+        scoring=False,
+        constraints=frozenset(),
+        tools=False,
+        reasoning=False,
+        seeded_sampling=False,
+    )
 
 
 def refuse_unsupported(

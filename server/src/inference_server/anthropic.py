@@ -28,7 +28,7 @@ from typing import Any
 
 from inference import GenerationError, Message, Token, TokenStream, ToolCall
 
-from .requests import BadRequest, Call, checked_options, number, sampling_limit
+from .requests import BadRequest, Call, checked_options, number, sampling_limit, stop_strings
 
 __all__ = [
     "ERROR_TYPES",
@@ -121,13 +121,8 @@ def messages_call(
             if value is not None:
                 options[key] = int(value) if key == "top_k" else float(value)
         stops = body.get("stop_sequences")
-        if stops is not None:
-            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-                raise BadRequest("stop_sequences must be a list of strings", "stop_sequences")
-            if len(stops) > 16:
-                raise BadRequest("stop_sequences takes at most 16 strings", "stop_sequences")
-            if stops := [s for s in stops if s]:
-                options["stop"] = stops
+        if stops is not None and (stops := stop_strings(stops, "stop_sequences")):
+            options["stop"] = stops
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("stream must be a boolean", "stream")

@@ -1,22 +1,31 @@
-"""The HTTP server: one model behind OpenAI's and Ollama's endpoints (Starlette).
+"""The HTTP server: models behind OpenAI's, Anthropic's and Ollama's
+endpoints (Starlette), each picked by the request's ``model``
+(:mod:`inference_server.served`).
 
 - OpenAI: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streamed
-  as server-sent events or whole, with usage), ``GET /v1/models``;
+  as server-sent events or whole, with usage), ``POST /v1/responses`` and
+  its kept responses (:mod:`inference_server.responses`), ``GET /v1/models``
+  and ``/v1/models/{id}``, ``POST /v1/embeddings``, ``POST /v1/rerank``;
+- Anthropic: ``POST /v1/messages`` and ``/v1/messages/count_tokens``
+  (:mod:`inference_server.anthropic`);
 - Ollama: ``POST /api/chat``, ``POST /api/generate`` (streamed as NDJSON by
-  default), ``GET /api/tags``;
+  default), ``POST /api/embed``, ``GET /api/tags``, ``POST /api/show``,
+  ``GET /api/ps``, ``GET /api/version``;
 - ``GET /health`` and ``GET /metrics`` (Prometheus text).
 
 Limits (docs/server.md lists them with their defaults): request bodies are
 bounded in size (413) and time (408), ``max_tokens`` is capped; beyond
-``parallel`` running and ``queue`` waiting requests the answer is 429 with
-``Retry-After``; malformed JSON, unknown fields and bad values get 400 with
-an OpenAI-style error body. A request's stream (and its constraint, compiled
-in :mod:`inference.compile_guard`'s bounded worker) is made before it takes
-a slot. A client that disconnects cancels its generation within one token
-(the stream's own cancellation), or its compile or its wait. With an API
-key, every route but ``/health`` needs ``Authorization: Bearer KEY``,
-compared in constant time. Prompts are never logged unless asked. The
-connection-level limits (request heads, idle and open connections) are
+``parallel`` running requests on each model and ``queue`` waiting the answer
+is 429 with ``Retry-After``; malformed JSON, unknown fields and bad values
+get 400, an unknown model 404, and a path no route serves 404 (405 for a
+method), each in the error shape of its API. A request's stream (and its
+constraint, compiled in :mod:`inference.compile_guard`'s bounded worker) is
+made before it takes a slot. A client that disconnects cancels its
+generation within one token (the stream's own cancellation), or its compile
+or its wait. With an API key, every route but ``/health`` needs
+``Authorization: Bearer KEY`` or ``x-api-key: KEY``, compared in constant
+time. Prompts are never logged unless asked. The connection-level limits
+(request heads, idle and open connections) are
 :mod:`inference_server.connections`'.
 """
 

@@ -26,6 +26,7 @@ __all__ = [
     "ollama_call",
     "openai_call",
     "sampling_limit",
+    "stop_strings",
     "strict_schema",
 ]
 
@@ -112,6 +113,21 @@ def number(body: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+#: The most stop strings one request may give.
+MAX_STOPS = 16
+
+
+def stop_strings(value: object, name: str) -> list[str]:
+    """A request's stop strings (a string or a list of them), checked, the
+    empty ones left out."""
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise BadRequest(f"{name} must be a string or a list of strings", name)
+    if len(stops) > MAX_STOPS:
+        raise BadRequest(f"{name} takes at most {MAX_STOPS} strings", name)
+    return [s for s in stops if s]
+
+
 def sampling_limit(value: object, cap: int, name: str) -> int:
     """A request's token limit, checked and cut to ``cap`` (more ends as "length")."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -156,14 +172,8 @@ def _sampling(body: Mapping[str, Any], max_tokens_cap: int, default_max: int) ->
             raise BadRequest("seed must be an int", "seed")
         opts["seed"] = seed & 0xFFFFFFFF
     stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise BadRequest("stop must be a string or a list of strings", "stop")
-        if len(stops) > 16:
-            raise BadRequest("stop takes at most 16 strings", "stop")
-        if stops := [s for s in stops if s]:
-            opts["stop"] = stops
+    if stop is not None and (stops := stop_strings(stop, "stop")):
+        opts["stop"] = stops
     _neutral(body, "n", 1)
     _neutral(body, "presence_penalty", 0)
     _neutral(body, "frequency_penalty", 0)

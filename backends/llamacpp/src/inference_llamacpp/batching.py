@@ -222,19 +222,25 @@ class Scheduler(batching.Scheduler):
 
     def _admit(self, seq: batching.Sequence) -> bool:
         """Take an idle slot for ``seq``, starting from the longest prefix of
-        its prompt whose KV any slot holds:
+        its prompt whose KV is kept anywhere (each tier is taken only for at
+        least :data:`COPY_AT_LEAST` tokens more than the one before it):
 
-        - an idle slot that holds it is taken as it is (its tail trimmed);
-        - a prefix held by another slot, busy or idle, at least
-          :data:`COPY_AT_LEAST` tokens longer, is copied into the slot taken
-          (``llama_memory_seq_cp``: with a KV stream per sequence, the whole
-          stream is copied before the next decode), then trimmed to the
-          prefix; eight requests with one system prompt prefill it once;
+        - an idle slot that holds a prefix is taken as it is (its tail trimmed);
+        - a prefix held by another slot, running or idle, is copied into the
+          slot taken (``llama_memory_seq_cp``: with a KV stream per
+          sequence, the whole stream is copied before the next decode), then
+          trimmed to the prefix;
+        - a prefix kept in host memory, else on disk, is restored into it
+          (``llama_state_seq_set_data``), then trimmed;
+        - a prefix another running sequence is still prefilling is waited
+          for (:meth:`_waited`), then copied: eight requests with one system
+          prompt prefill it once;
         - else the lowest empty slot, else the one idle longest.
 
-        A trim the cache cannot make (a sliding-window or recurrent cache
-        past its window) gives no reuse: the slot starts empty, never from
-        a state that is not the prefix's.
+        A slot whose KV is about to be overwritten is kept in host memory
+        first (:meth:`_spill`). A trim the cache cannot make (a
+        sliding-window or recurrent cache past its window) gives no reuse:
+        the slot starts empty, never from a state that is not the prefix's.
         """
         free = sorted((s for s in self._slots if s.owner is None), key=lambda s: s.used)
         if not free:

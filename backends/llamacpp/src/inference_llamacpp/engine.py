@@ -42,7 +42,7 @@ import llama_cpp as lc
 import numpy as np
 
 from inference import env
-from inference.capabilities import Capabilities
+from inference.capabilities import Capabilities, embedding_only
 from inference.disk_cache import DiskCache
 from inference.embeddings import Embeddings, EmbedInput, Ranked, Ranking, finish
 from inference.errors import Cancelled, GenerationError, ModelLoadError
@@ -616,20 +616,7 @@ class LlamaCppModel(ScoringTextModel):
             embedding_dimensions=0 if rank else lc.llama_model_n_embd(self._model),
             rerank=True,
         )
-        if not self._embedding_only:
-            return caps
-        return replace(
-            caps,
-            generate=False,
-            logprobs=False,
-            top_logprobs=0,
-            logits=False,
-            scoring=False,
-            constraints=frozenset(),
-            tools=False,
-            reasoning=False,
-            seeded_sampling=False,
-        )
+        return embedding_only(caps) if self._embedding_only else caps
 
     def _embed(
         self, texts: list[EmbedInput], normalize: bool, truncate: bool, dimensions: int | None

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from inference.base import BaseTextModel
-from inference.capabilities import Capabilities
+from inference.capabilities import Capabilities, embedding_only
 from inference.embeddings import Embeddings, EmbedInput, finish
 from inference.errors import GenerationError, ModelLoadError, UnsupportedOptionError
 from inference.options import LoadConfig
@@ -126,22 +126,8 @@ class MlxEncoder(BaseTextModel):
     # -- what it can do -----------------------------------------------------------
 
     def _capabilities(self) -> Capabilities:
-        caps = super()._capabilities()
-        return replace(
-            caps,
-            generate=False,
-            logprobs=False,
-            top_logprobs=0,
-            logits=False,
-            scoring=False,
-            constraints=frozenset(),
-            tools=False,
-            reasoning=False,
-            seeded_sampling=False,
-            embed=True,
-            embedding_dimensions=self._info.hidden_size,
-            rerank=True,
-        )
+        caps = embedding_only(super()._capabilities())
+        return replace(caps, embed=True, embedding_dimensions=self._info.hidden_size, rerank=True)
 
     # -- tokens -------------------------------------------------------------------
 
