@@ -108,6 +108,15 @@ def test_a_json_schema_format_is_followed(served: Running) -> None:
     )
     person = json.loads(got.output_text)
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+    fmt = {"format": {"type": "json_schema", "name": "p", "schema": PERSON, "strict": True}}
+    with c.responses.stream(
+        model="smollm2",
+        input="Invent a person.",
+        text=fmt,
+        max_output_tokens=64,  # type: ignore[arg-type]
+    ) as s:
+        streamed = s.get_final_response()
+    assert json.loads(streamed.output_text) == person  # greedy: the same person
     loose = {"type": "object", "properties": {"name": {"type": "string"}}}
     with pytest.raises(openai.BadRequestError, match="every property required"):
         c.responses.create(
@@ -156,6 +165,14 @@ def test_previous_response_id_continues_and_the_store_is_bounded(served: Running
         input="What is my name?",
         max_output_tokens=16,
     )
+    with c.responses.stream(
+        model="smollm2",
+        previous_response_id=first.id,
+        input="What is my name?",
+        max_output_tokens=16,
+    ) as s:
+        events = list(s)
+    assert events[-1].response.output_text == follow.output_text  # type: ignore[union-attr]
     assert follow.usage is not None and first.usage is not None
     assert follow.usage.input_tokens > first.usage.input_tokens  # the history came along
     assert follow.usage.input_tokens_details.cached_tokens > 0  # and its KV was reused

@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system message")
     p.add_argument("--json", action="store_true", help="one JSON object per reply")
 
-    p = sub.add_parser("serve", help="serve a model over OpenAI- and Ollama-compatible HTTP")
+    p = sub.add_parser(
+        "serve", help="serve models over OpenAI-, Anthropic- and Ollama-compatible HTTP"
+    )
     common_load(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
