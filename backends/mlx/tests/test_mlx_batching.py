@@ -69,3 +69,28 @@ def test_a_failing_constraint_ends_its_own_stream_alone(wide: Any) -> None:
         rest = victim.text()
     assert reason == "error" and "constraint engine" in message and "<state>" not in message
     assert first.text + rest == alone and victim.err is None
+
+
+def test_prompts_seen_before_come_back_from_the_kept_caches(model_path: str) -> None:
+    """Two prompts in turn on one sequence: the first's cache, no longer the
+    last one kept, is reused from host memory for its next call (tier
+    "host"), whose answer equals its first; the last one kept is "slot"."""
+    rules = " ".join(f"Rule {i}: be brief." for i in range(12))
+    first = [Message("system", rules), Message("user", "Name a colour.")]
+    other = [Message("system", rules[::-1]), Message("user", "Name a bird.")]
+    with inference.load_model(model_path, backend="mlx", parallel_slots=1) as m:
+        cold = m.chat(first, max_tokens=3).text()
+        m.chat(other, max_tokens=3).text()
+        again = m.chat(first, max_tokens=3)
+        assert again.text() == cold
+        assert again.metrics is not None and again.metrics.cache_tier == "host"
+        assert again.metrics.cached_tokens == again.metrics.prompt_tokens - 1
+        last = m.chat(first, max_tokens=3)
+        last.text()
+        assert last.metrics is not None and last.metrics.cache_tier == "slot"
+    with inference.load_model(model_path, backend="mlx", parallel_slots=1, cache_host_mib=0) as m:
+        m.chat(first, max_tokens=3).text()
+        m.chat(other, max_tokens=3).text()
+        again = m.chat(first, max_tokens=3)
+        again.text()
+        assert again.metrics is not None and again.metrics.cache_tier != "host"

@@ -116,8 +116,8 @@ class Scheduler(batching.Scheduler):
                 return logits
 
             processors = [capture, *processors]
-        cache, reused = self._cache.take(self._model(), seq.prompt, state.cfg)
-        seq.control.cached_tokens, seq.control.cache_tier = reused, "slot" if reused else ""
+        cache, reused, tier = self._cache.take(self._model(), seq.prompt, state.cfg)
+        seq.control.cached_tokens, seq.control.cache_tier = reused, tier
         gen = self._generator()
         (state.uid,) = gen.insert(
             [seq.prompt[reused:]],

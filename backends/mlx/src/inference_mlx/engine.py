@@ -102,8 +102,8 @@ class MlxModel(ScoringTextModel):
         self._tokenizer: Any = tokenizer
         bos_id = getattr(tokenizer, "bos_token_id", None)
         self._bos_id: int | None = bos_id if isinstance(bos_id, int) else None
-        #: The last finished sequence's KV cache and the tokens it holds.
-        self._prompt_cache = PromptCache()
+        #: Finished sequences' KV caches and the tokens each holds.
+        self._prompt_cache = PromptCache(loaded.cfg.cache_host_mib << 20)
         self._table = TokenTable(tokenizer)
         self._device = loaded.device
         self._cpu_only = loaded.cpu_only
