@@ -29,6 +29,7 @@ from typing import Any
 from inference import GenerationError, Message, Token, TokenStream, ToolCall
 
 from .requests import BadRequest, Call, checked_options, number, sampling_limit, stop_strings
+from .shapes import next_token, rest
 
 __all__ = [
     "ERROR_TYPES",
@@ -405,7 +406,7 @@ async def message_events(
         "usage": {"input_tokens": 0, "output_tokens": 0},
     }
     yield _event("message_start", {"message": start})
-    first_task = asyncio.ensure_future(_next(tokens))
+    first_task = asyncio.ensure_future(next_token(tokens))
     try:
         while not first_task.done():
             done, _ = await asyncio.wait({first_task}, timeout=PING_EVERY)
@@ -436,14 +437,7 @@ async def message_events(
         out.append(_event("content_block_start", {"index": index, "content_block": block}))
         return out
 
-    async def rest() -> AsyncIterator[Token]:
-        if first is not None:
-            yield first
-        with contextlib.suppress(GenerationError):
-            async for tok in tokens:
-                yield tok
-
-    async for tok in rest():
+    async for tok in rest(first, tokens):
         if not tok.text:
             continue
         kind = "thinking" if tok.reasoning else "text"
@@ -473,10 +467,3 @@ async def message_events(
     delta["stop_sequence"] = stream.stop_sequence
     yield _event("message_delta", {"delta": delta, "usage": usage})
     yield _event("message_stop", {})
-
-
-async def _next(tokens: AsyncIterator[Token]) -> Token | None:
-    try:
-        return await tokens.__anext__()
-    except StopAsyncIteration:
-        return None

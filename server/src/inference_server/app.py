@@ -327,7 +327,7 @@ class _Server:
         try:
             tokens = stream.__aiter__()
             stack.push_async_callback(_aclose, tokens)
-            first = await _next(tokens) if wait else None
+            first = await shapes.next_token(tokens) if wait else None
         except GenerationError as exc:  # before any token: the prompt, mostly
             await stack.aclose()
             raise BadRequest(str(exc)) from None
@@ -700,13 +700,6 @@ def _api_of(path: str) -> str:
 
 #: When a loaded model is unloaded, as ``/api/ps`` says it: never.
 _NEVER = "9999-12-31T23:59:59Z"
-
-
-async def _next(tokens: AsyncIterator[Token]) -> Token | None:
-    try:
-        return await tokens.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 async def _aclose(tokens: AsyncIterator[Token]) -> None:

@@ -27,9 +27,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference import GenerationError, Message, Token, TokenStream, ToolCall
+from inference import Message, Token, TokenStream, ToolCall
 
 from .requests import BadRequest, Call, checked_options, number, sampling_limit, strict_schema
+from .shapes import rest
 
 __all__ = [
     "NotStored",
@@ -558,16 +559,7 @@ async def response_events(
             ),
         ]
 
-    async def rest() -> AsyncIterator[Token]:
-        if first is not None:
-            yield first
-        try:
-            async for tok in tokens:
-                yield tok
-        except GenerationError:
-            return  # the stream keeps it in err
-
-    async for tok in rest():
+    async for tok in rest(first, tokens):
         if not tok.text:
             continue
         kind = "reasoning" if tok.reasoning else "message"

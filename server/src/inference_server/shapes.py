@@ -18,7 +18,14 @@ from inference import GenerationError, Token, TokenStream
 
 from .requests import Call
 
-__all__ = ["ollama_lines", "ollama_whole", "openai_events", "openai_whole"]
+__all__ = [
+    "next_token",
+    "ollama_lines",
+    "ollama_whole",
+    "openai_events",
+    "openai_whole",
+    "rest",
+]
 
 
 def _sse(obj: Any) -> str:
@@ -74,7 +81,15 @@ def _calls(stream: TokenStream) -> list[dict[str, Any]]:
     return [c.to_dict() for c in stream.tool_calls]
 
 
-async def _rest(first: Token | None, tokens: AsyncIterator[Token]) -> AsyncIterator[Token]:
+async def next_token(tokens: AsyncIterator[Token]) -> Token | None:
+    """The next token of ``tokens``, or None at its end."""
+    try:
+        return await tokens.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def rest(first: Token | None, tokens: AsyncIterator[Token]) -> AsyncIterator[Token]:
     """The first token and the rest; a failure ends it (the stream keeps it in ``err``)."""
     if first is not None:
         yield first
@@ -111,7 +126,7 @@ async def openai_events(
         yield chunk(
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         )
-    async for tok in _rest(first, tokens):
+    async for tok in rest(first, tokens):
         if not tok.text:
             continue
         if chat:
@@ -228,7 +243,7 @@ async def ollama_lines(
     model: str,
     chat: bool,
 ) -> AsyncIterator[str]:
-    async for tok in _rest(first, tokens):
+    async for tok in rest(first, tokens):
         if not tok.text:
             continue
         if chat:

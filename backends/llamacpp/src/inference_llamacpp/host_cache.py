@@ -87,8 +87,3 @@ class HostCache:
             if best is not None:
                 self._kept.move_to_end(best[0].tokens)
         return best
-
-    def clear(self) -> None:
-        with self._lock:
-            self._kept.clear()
-            self._used = 0

@@ -86,6 +86,3 @@ class PromptCache:
 
     def clear(self) -> None:
         self._kept = []
-
-    def __len__(self) -> int:
-        return len(self._kept)
