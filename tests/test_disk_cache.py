@@ -7,12 +7,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from inference import disk_cache
-from inference.disk_cache import BLOCK, MAGIC, DiskCache, Entry, describe, entry_files
+from inference.disk_cache import (
+    BLOCK,
+    MAGIC,
+    PENDING,
+    DiskCache,
+    Entry,
+    describe,
+    entry_files,
+    fingerprint,
+)
 
 KEY = {"model": "/models/m.gguf", "engine": "test 1"}
 
@@ -42,6 +52,58 @@ def test_an_entry_is_found_by_the_prompts_that_share_its_blocks(tmp_path: Path) 
     other = DiskCache(str(tmp_path), {**KEY, "engine": "test 2"})
     assert other.find(prompt, limit=len(prompt) - 1) is None
     assert describe(entry_files(str(tmp_path))[0][0])["tokens"] == len(saved)
+
+
+def test_an_entry_with_a_floor_serves_no_shorter_prefix(tmp_path: Path) -> None:
+    """A sliding-window state of 3 blocks trims to no fewer than its floor:
+    it is named, and found, for its third block only."""
+    cache = DiskCache(str(tmp_path), KEY)
+    saved = tokens(3 * BLOCK)
+    cache.put(saved, b"window-state", floor=3 * BLOCK)
+    assert len(entry_files(str(tmp_path))) == 1
+    assert cache.find(tokens(3 * BLOCK + 5), limit=3 * BLOCK + 4) is not None
+    assert cache.find(tokens(2 * BLOCK + 5), limit=2 * BLOCK + 4) is None
+    found = cache.find([*tokens(3 * BLOCK), -1], limit=3 * BLOCK)
+    assert found is not None and found[0].floor == 3 * BLOCK and found[1] == 3 * BLOCK
+    cache.put(tokens(3 * BLOCK, start=1), b"half", floor=2 * BLOCK - 1)  # names from block 2
+    assert len(entry_files(str(tmp_path))) == 3
+
+
+def test_submitted_states_are_written_off_the_callers_thread(tmp_path: Path) -> None:
+    """submit takes the state at once and writes it on the cache's thread
+    (close waits for it); a state past what the writes waiting may hold, or
+    one no prefix would find, is not even taken."""
+    cache = DiskCache(str(tmp_path), KEY)
+    taken: list[str] = []
+
+    def state() -> bytes:
+        taken.append(threading.current_thread().name)
+        return b"state"
+
+    cache.submit(tokens(BLOCK), 5, state)
+    cache.close()
+    assert taken == [threading.current_thread().name]
+    assert cache.find(tokens(BLOCK), limit=BLOCK) is not None
+    cache.submit(tokens(BLOCK), 5, state)  # written already
+    cache.submit(tokens(BLOCK, start=9), PENDING + 1, state)  # too much to hold
+    cache.submit(tokens(BLOCK - 1, start=9), 5, state)  # shorter than a block
+    cache.submit(tokens(BLOCK, start=9), 5, state, floor=BLOCK + 1)  # past its floor
+    cache.close()
+    assert len(taken) == 1 and len(entry_files(str(tmp_path))) == 1
+
+
+def test_a_fingerprint_changes_with_the_files(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"one")
+    before = fingerprint(str(model))
+    os.utime(model, ns=(1, 1))
+    assert fingerprint(str(model)) != before
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    first = fingerprint(str(folder))
+    (folder / "config.json").write_text("{}")
+    assert fingerprint(str(folder)) != first and fingerprint(str(folder))[0] == str(folder)
 
 
 def test_corrupt_short_and_foreign_files_are_skipped_and_deleted(

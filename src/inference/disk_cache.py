@@ -9,7 +9,10 @@ chained hashes of its key (all that shapes the KV: the model file, the
 engine build, the KV types and layout) and of its first ``n`` tokens, for
 every ``n`` that is a multiple of :data:`BLOCK`: a lookup hashes the prompt
 block by block and tries its longest prefix first, one ``stat`` a block, and
-a prompt that shares only a system prompt with an entry still finds it.
+a prompt that shares only a system prompt with an entry still finds it. An
+entry may say the shortest prefix its state can be trimmed to (its *floor*:
+a sliding-window cache holds only its window's last cells); it is named,
+and found, only for prefixes no shorter.
 
 Safety:
 
@@ -21,7 +24,10 @@ Safety:
 - the folder is kept within a byte budget, least recently used out first
   (a hit touches its file);
 - a write that fails (a full disk) turns the tier off with one warning;
-  generation goes on.
+  generation goes on;
+- an engine hands a state over with :meth:`DiskCache.submit`, which writes
+  it on the cache's own thread: the engine never waits for the disk, and a
+  state is dropped while those waiting hold :data:`PENDING` bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .options import CACHE_DISK_MIB
@@ -44,10 +51,12 @@ from .options import CACHE_DISK_MIB
 __all__ = [
     "BLOCK",
     "MAGIC",
+    "PENDING",
     "DiskCache",
     "Entry",
     "describe",
     "entry_files",
+    "fingerprint",
 ]
 
 _log = logging.getLogger("inference.cache")
@@ -56,6 +65,8 @@ _log = logging.getLogger("inference.cache")
 BLOCK = 256
 #: The first bytes of every entry file.
 MAGIC = b"INFKV01\n"
+#: Bytes of state that writes waiting may hold; more are not kept.
+PENDING = 256 << 20
 _SUFFIX = ".kv"
 _HEAD = struct.Struct("<II")  # header bytes, tokens
 
@@ -66,6 +77,7 @@ class Entry:
 
     tokens: tuple[int, ...]
     state: bytes
+    floor: int = 0
 
 
 def _chain(key: str, tokens: Sequence[int]) -> list[str]:
@@ -88,6 +100,9 @@ class DiskCache:
         self.key = json.dumps(dict(key), sort_keys=True)
         self._budget = budget
         self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()
         self.enabled = True
         try:
             os.makedirs(self.folder, exist_ok=True)
@@ -101,18 +116,60 @@ class DiskCache:
 
     # -- writing -------------------------------------------------------------------
 
+    def submit(
+        self, tokens: Sequence[int], size: int, state: Callable[[], bytes], floor: int = 0
+    ) -> None:
+        """Write the entry of ``tokens`` on the cache's thread: ``state()``
+        (about ``size`` bytes) is called now, on the caller's thread, unless
+        the entry would be named by no prefix (see :meth:`put`), is written
+        already, or the writes waiting hold :data:`PENDING` bytes."""
+        if not self.enabled or len(tokens) // BLOCK * BLOCK < max(floor, 1):
+            return
+        with self._pending_lock:
+            if self.has(tokens) or self._pending + size > PENDING:
+                return
+            self._pending += size
+        tokens = list(tokens)
+        try:
+            data = state()
+        except BaseException:
+            self._done(size)
+            raise
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="inference-kv-write")
+
+        def write() -> None:
+            try:
+                if data:
+                    self.put(tokens, data, floor)
+            finally:
+                self._done(size)
+
+        self._writer.submit(write)
+
+    def _done(self, size: int) -> None:
+        with self._pending_lock:
+            self._pending -= size
+
+    def close(self) -> None:
+        """Finish the writes submitted (a restart finds them)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
     def has(self, tokens: Sequence[int]) -> bool:
         """Whether an entry for the block-aligned prefix of ``tokens`` exists."""
         names = _chain(self.key, tokens)
         return bool(names) and os.path.exists(self._path(names[-1]))
 
-    def put(self, tokens: Sequence[int], state: bytes) -> None:
-        """Write the entry of ``tokens``, named by each of their block-aligned
-        prefixes (nothing when shorter than a block), atomically."""
-        names = _chain(self.key, tokens)
+    def put(self, tokens: Sequence[int], state: bytes, floor: int = 0) -> None:
+        """Write the entry of ``tokens`` (a state that trims to no fewer than
+        ``floor`` of them), named by each of their block-aligned prefixes
+        from ``floor`` on (nothing when there is none), atomically."""
+        names = _chain(self.key, tokens)[max(floor - 1, 0) // BLOCK :]
         if not names or not self.enabled or len(state) > self._budget:
             return
-        header = json.dumps({"key": self.key, "tokens": len(tokens)}).encode()
+        header = json.dumps({"key": self.key, "tokens": len(tokens), "floor": floor}).encode()
         body = MAGIC + _HEAD.pack(len(header), len(tokens)) + header
         body += array("i", tokens).tobytes() + state
         data = body + hashlib.sha256(body).digest()
@@ -181,7 +238,7 @@ class DiskCache:
             top = min(len(entry.tokens), limit)
             while n < top and entry.tokens[n] == prompt[n]:
                 n += 1
-            if n >= at_least:
+            if n >= max(at_least, entry.floor):
                 now = time.time()
                 with contextlib.suppress(OSError):
                     os.utime(path, (now, now))  # recently used
@@ -227,7 +284,10 @@ def _check(data: bytes, key: str | None) -> Entry | str:
     tokens.frombytes(data[start : start + 4 * count])
     if len(tokens) != count or header.get("tokens") != count:
         return "its token count does not match"
-    return Entry(tuple(tokens), body[start + 4 * count :])
+    floor = header.get("floor", 0)
+    if not isinstance(floor, int) or not 0 <= floor <= count:
+        return "its floor is not a token count"
+    return Entry(tuple(tokens), body[start + 4 * count :], floor)
 
 
 def entry_files(folder: str) -> list[tuple[str, int, float, int]]:
@@ -244,6 +304,18 @@ def entry_files(folder: str) -> list[tuple[str, int, float, int]]:
     return out
 
 
+def fingerprint(path: str) -> list[object]:
+    """What a key says of a model or adapter file, or a folder of them:
+    its real path, and each file's name, size and modification time."""
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        st = os.stat(real)
+        return [real, st.st_size, st.st_mtime_ns]
+    with os.scandir(real) as it:
+        files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.is_file())
+    return [real, *files]
+
+
 def describe(path: str) -> dict[str, object]:
     """What the entry file ``path`` holds (``inference cache`` lists it)."""
     try:
@@ -257,7 +329,10 @@ def describe(path: str) -> dict[str, object]:
     fixed = len(MAGIC) + _HEAD.size
     size, _ = _HEAD.unpack_from(data, len(MAGIC))
     key = json.loads(json.loads(data[fixed : fixed + size])["key"])
-    return {"path": path, "tokens": len(got.tokens), "bytes": len(data), "model": key.get("model")}
+    model = key.get("model")
+    if isinstance(model, list) and model:  # a fingerprint: its path first
+        model = model[0]
+    return {"path": path, "tokens": len(got.tokens), "bytes": len(data), "model": model}
 
 
 def _remove(path: str) -> None:

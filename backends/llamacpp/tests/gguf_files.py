@@ -1,4 +1,5 @@
-"""Small GGUF files written by the tests: a tiny random llama and a LoRA adapter.
+"""Small GGUF files written by the tests: a tiny random llama, a LoRA adapter,
+and a tiny random Gemma 3 (the MLX tests' writer, with a window of one's choice).
 
 The tiny model borrows SmolLM2's real tokenizer, so llama.cpp loads and runs
 it; its weights are random, so its output is noise, but it is enough to test
@@ -7,6 +8,8 @@ chat templates, loading and adapters without a second real model.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,3 +127,19 @@ def write_lora(path: Path, base: str, *, rank: int = 8, scale: float = 0.5, seed
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_gemma3(path: Path, *, window: int, context: int, seed: int = 3) -> Path:
+    """A six-layer Gemma 3 with random weights (five sliding-window layers of
+    ``window`` tokens, one global), written by the MLX tests' tiny-model writer."""
+    tiny = sys.modules.get("tiny_gguf")
+    if tiny is None:
+        where = Path(__file__).resolve().parents[2] / "mlx" / "tests" / "tiny_gguf.py"
+        spec = importlib.util.spec_from_file_location("tiny_gguf", where)
+        assert spec is not None and spec.loader is not None
+        tiny = importlib.util.module_from_spec(spec)
+        sys.modules["tiny_gguf"] = tiny
+        spec.loader.exec_module(tiny)
+    kv = {"context_length": context, "attention.sliding_window": window}
+    written: Path = tiny.write_tiny(path, "gemma3", seed, kv=kv)
+    return written

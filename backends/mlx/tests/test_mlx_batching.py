@@ -94,3 +94,52 @@ def test_prompts_seen_before_come_back_from_the_kept_caches(model_path: str) -> 
         again = m.chat(first, max_tokens=3)
         again.text()
         assert again.metrics is not None and again.metrics.cache_tier != "host"
+
+
+def _rules(n: int) -> str:
+    return " ".join(f"Rule {i}: answer briefly and politely, in plain words." for i in range(n))
+
+
+def test_concurrent_callers_copy_a_running_sequence_s_prefix(model_path: str) -> None:
+    """Two chats with one long system prompt at once: the one admitted
+    second waits for the first's prefill and starts from a copy of its
+    cache (tier "sequence"), and both answers equal their runs alone."""
+    asks = [
+        [Message("system", _rules(6)), Message("user", q)]
+        for q in ("Name a colour.", "Name a bird.")
+    ]
+    with inference.load_model(model_path, backend="mlx", parallel_slots=2) as m:
+        alone = [m.chat(a, max_tokens=3).text() for a in asks]
+    with inference.load_model(model_path, backend="mlx", parallel_slots=2) as m:
+        streams = [m.chat(a, max_tokens=3) for a in asks]
+        got = together([lambda s=s: s.text() for s in streams])
+    metrics = [s.metrics for s in streams]
+    assert got == alone
+    assert all(x is not None for x in metrics)
+    tiers = sorted(x.cache_tier for x in metrics if x is not None)
+    assert tiers == ["", "sequence"]
+    shared = max(x.cached_tokens for x in metrics if x is not None)
+    assert shared > 80 and shared < min(x.prompt_tokens for x in metrics if x is not None)
+
+
+def test_a_fresh_model_restores_a_prompt_an_earlier_one_saw_from_disk(
+    model_path: str, tmp_path: Any
+) -> None:
+    """cache_dir: a model closed, another loaded on the same folder restores
+    the prompt's cache from disk in mlx-lm's format (tier "disk"), with the
+    first's answer."""
+    from inference.disk_cache import entry_files
+
+    ask = [Message("system", _rules(20)), Message("user", "Name a colour.")]  # past a block
+    opts = {"parallel_slots": 1, "cache_dir": str(tmp_path)}
+    with inference.load_model(model_path, backend="mlx", **opts) as m:
+        cold = m.chat(ask, max_tokens=3, logprobs=1)
+        first = [(t.text, t.logprob) for t in cold]
+    assert entry_files(str(tmp_path))  # written by the time the model closed
+    with inference.load_model(model_path, backend="mlx", **opts) as m:
+        again = m.chat(ask, max_tokens=3, logprobs=1)
+        warm = [(t.text, t.logprob) for t in again]
+    assert again.metrics is not None and again.metrics.cache_tier == "disk"
+    assert again.metrics.cached_tokens == again.metrics.prompt_tokens - 1
+    assert [t for t, _ in warm] == [t for t, _ in first]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(warm, first, strict=True)) < 0.05

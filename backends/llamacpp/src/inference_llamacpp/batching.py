@@ -21,6 +21,14 @@ prefilling is waited for, then copied; and a slot's KV about to be
 overwritten is kept in host memory (:mod:`inference_llamacpp.host_cache`)
 and restored for a later prompt that begins with it.
 
+A sliding-window model (Gemma 3) has a compact cache: its window layers keep
+only their window's last cells, so its KV cannot be trimmed back far (see
+:meth:`Scheduler._floor`), and a trim that would leave a state that is not
+the prefix's is refused, never used. So that reuse still happens, its
+prompts are prefilled in chunks that end at block boundaries
+(:data:`inference.disk_cache.BLOCK` tokens), and the state at each boundary
+is kept as a checkpoint in the host and disk tiers.
+
 Why a KV stream per slot rather than one unified cache shared by every
 sequence: llama.cpp's attention sums over a sequence's cells in cell order,
 and in a shared cache a sequence's later tokens can land in cells freed
@@ -38,10 +46,8 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 from __future__ import annotations
 
 import ctypes
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp as lc
@@ -71,8 +77,6 @@ PREFILL_CHUNK = 64
 #: for its KV to be copied: a copy moves a whole KV stream (tens of MiB), a
 #: prefill of a few dozen tokens costs less.
 COPY_AT_LEAST = 64
-#: Writes to the disk tier that may wait at once; more are not kept.
-DISK_WRITES = 2
 #: A step that prefills at least this many tokens can be aborted part-way.
 ABORTABLE_PREFILL = 64
 
@@ -180,15 +184,16 @@ class Scheduler(batching.Scheduler):
         tuner: ThreadTuner | None = None,
         host: HostCache | None = None,
         disk: DiskCache | None = None,
+        n_swa: int = 0,
     ) -> None:
         super().__init__(name="inference-llama_cpp", engine=engine)
         self._ctx = ctx
         self._host = host
         self._disk = disk
-        #: Writes to the disk tier, off the engine thread (at most
-        #: :data:`DISK_WRITES` waiting; more are not kept).
-        self._writer: ThreadPoolExecutor | None = None
-        self._writes = threading.Semaphore(DISK_WRITES)
+        #: A compact sliding-window cache's window (0: every cell is kept).
+        self._n_swa = n_swa
+        #: Whether prompts are checkpointed at block boundaries (see the module).
+        self._checkpoints = bool(n_swa) and (host is not None or disk is not None)
         self._tuner = tuner
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
@@ -215,8 +220,8 @@ class Scheduler(batching.Scheduler):
     def close(self) -> None:
         super().close()
         self._batch.free()
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)  # a restart finds what was written
+        if self._disk is not None:
+            self._disk.close()  # a restart finds what was written
 
     # -- the engine's part -------------------------------------------------------------
 
@@ -238,9 +243,10 @@ class Scheduler(batching.Scheduler):
         - else the lowest empty slot, else the one idle longest.
 
         A slot whose KV is about to be overwritten is kept in host memory
-        first (:meth:`_spill`). A trim the cache cannot make (a
-        sliding-window or recurrent cache past its window) gives no reuse:
-        the slot starts empty, never from a state that is not the prefix's.
+        first (:meth:`_spill`). A prefix shorter than a sliding-window
+        cache's floor is not taken from it, and a trim the cache cannot make
+        (a recurrent cache) gives no reuse: the slot starts empty, never
+        from a state that is not the prefix's.
         """
         free = sorted((s for s in self._slots if s.owner is None), key=lambda s: s.used)
         if not free:
@@ -250,13 +256,13 @@ class Scheduler(batching.Scheduler):
         own, shared = None, 0  # the idle slot holding the longest prefix
         for slot in free:
             n = _common(slot.tokens, prompt, min(slot.cells, limit))
-            if n > shared:
+            if n > shared and n >= self._floor(slot):
                 own, shared = slot, n
         others = [s for s in self._slots if s is not own and s.tokens]
         source, held = None, shared  # a prefix held elsewhere, worth a copy
         for slot in others:
             n = _common(slot.tokens, prompt, min(slot.cells, limit))
-            if n >= held + COPY_AT_LEAST:
+            if n >= held + COPY_AT_LEAST and n >= self._floor(slot):
                 source, held = slot, n
         kept: tuple[Kept, int, str] | None = None
         if self._host is not None:
@@ -268,7 +274,7 @@ class Scheduler(batching.Scheduler):
             on_disk = self._disk.find(prompt, limit, floor)
             if on_disk is not None:
                 entry, n = on_disk
-                kept = (Kept(entry.tokens, entry.state), n, "disk")
+                kept = (Kept(entry.tokens, entry.state, entry.floor), n, "disk")
         best = kept[1] if kept is not None else held
         coming, planned = None, best  # one being prefilled elsewhere, worth a wait
         for slot in others:
@@ -302,23 +308,48 @@ class Scheduler(batching.Scheduler):
             self._started(seq, self._restore(kept[0], target, kept[1]), kept[2])
         elif source is not None:
             self._started(seq, self._copy(source, target, held), "sequence")
-        elif shared and lc.llama_memory_seq_rm(self._mem, target.id, shared, -1):
-            target.cells = shared
+        elif shared and self._trim(target, shared):
             self._started(seq, shared, "slot")
         else:
             self._free_cells(target)
             self._started(seq, 0, "")
         return True
 
+    def _floor(self, slot: _Slot) -> int:
+        """The fewest of ``slot``'s cells its KV can be trimmed to and still
+        be the KV of that prefix. A compact sliding-window cache keeps its
+        window layers' cells from ``llama_memory_seq_pos_min`` on only, and
+        the token after a prefix of ``n`` attends to the ``n_swa`` cells
+        before it (in a chunked window, to fewer): ``n`` must be at least the
+        first cell kept plus the window. 0 for a full cache."""
+        if not self._n_swa:
+            return 0
+        first: int = lc.llama_memory_seq_pos_min(self._mem, slot.id)
+        return first + self._n_swa if first > 0 else 0
+
+    def _kept_floor(self, slot: _Slot) -> int:
+        """The :meth:`_floor` of ``slot``'s state once saved: llama.cpp writes
+        a window layer's last ``n_swa`` cells only, so a sliding-window
+        model's saved state is of its whole prefix alone."""
+        if self._n_swa and slot.cells > self._n_swa:
+            return slot.cells
+        return self._floor(slot)
+
+    def _trim(self, slot: _Slot, n: int) -> bool:
+        """Trim ``slot``'s KV to its first ``n`` cells; False, and the slot
+        emptied, when the state left would not be that prefix's (below its
+        :meth:`_floor`) or the cache cannot trim (a recurrent one)."""
+        if n >= self._floor(slot) and lc.llama_memory_seq_rm(self._mem, slot.id, n, -1):
+            slot.cells = n
+            return True
+        self._free_cells(slot)
+        return False
+
     def _copy(self, source: _Slot, target: _Slot, n: int) -> int:
         """Start ``target`` from the first ``n`` cells of ``source``'s KV;
-        the cells it starts with (0 when the cache cannot be trimmed so)."""
+        the cells it starts with (0 when it cannot be trimmed so)."""
         lc.llama_memory_seq_cp(self._mem, source.id, target.id, -1, -1)
-        if not lc.llama_memory_seq_rm(self._mem, target.id, n, -1):
-            self._free_cells(target)
-            return 0
-        target.cells = n
-        return n
+        return n if self._trim(target, n) else 0
 
     def _spill(self, slot: _Slot) -> None:
         """Keep ``slot``'s KV in the host tier (llama.cpp's state of its
@@ -327,11 +358,27 @@ class Scheduler(batching.Scheduler):
         if host is None:
             return
         tokens = slot.tokens[: slot.cells]
-        if host.covers(tokens):
+        floor = self._kept_floor(slot)
+        if host.covers(tokens, floor):
             return
         state = self._state(slot)
         if state:
-            host.keep(tokens, state)
+            host.keep(tokens, state, floor)
+
+    def _checkpoint(self, slot: _Slot) -> None:
+        """Keep a sliding-window model's prompt KV at a block boundary (its
+        cells are a multiple of :data:`BLOCK`) in the host and disk tiers:
+        a later prompt that shares the prefix starts from it, where the
+        compact cache cannot be trimmed back to it."""
+        tokens = slot.tokens[: slot.cells]
+        floor = self._kept_floor(slot)
+        host = self._host
+        state = None
+        if host is not None and not host.covers(tokens, floor):
+            state = self._state(slot)
+            if state:
+                host.keep(tokens, state, floor)
+        self._write(slot, floor, state)
 
     def _state(self, slot: _Slot) -> bytes:
         """llama.cpp's state of ``slot``'s sequence (b"" if it gives none)."""
@@ -341,29 +388,20 @@ class Scheduler(batching.Scheduler):
         return bytes(buf)[:got]
 
     def _persist(self, slot: _Slot) -> None:
-        """Write ``slot``'s KV to the disk tier (off the engine thread),
-        unless it is shorter than a block, written already, or the writer
-        is behind."""
-        disk = self._disk
-        if disk is None or not disk.enabled or slot.cells < BLOCK:
-            return
-        tokens = slot.tokens[: slot.cells]
-        if disk.has(tokens) or not self._writes.acquire(blocking=False):
-            return
-        state = self._state(slot)
-        if not state:
-            self._writes.release()
-            return
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="inference-kv-write")
+        """Write ``slot``'s KV to the disk tier: see :meth:`_write`."""
+        self._write(slot, self._kept_floor(slot))
 
-        def write() -> None:
-            try:
-                disk.put(tokens, state)
-            finally:
-                self._writes.release()
-
-        self._writer.submit(write)
+    def _write(self, slot: _Slot, floor: int, state: bytes | None = None) -> None:
+        """Hand the KV of ``slot``'s cells (``state`` when taken already,
+        trimmable to ``floor``) to the disk tier, which writes it off the
+        engine thread (:meth:`inference.disk_cache.DiskCache.submit`)."""
+        if self._disk is not None and self._disk.enabled:
+            self._disk.submit(
+                slot.tokens[: slot.cells],
+                lc.llama_state_seq_get_size(self._ctx, slot.id),
+                lambda: self._state(slot) if state is None else state,
+                floor,
+            )
 
     def _restore(self, kept: Kept, target: _Slot, n: int) -> int:
         """Start ``target`` from the first ``n`` tokens of ``kept``; the
@@ -374,11 +412,7 @@ class Scheduler(batching.Scheduler):
         if not lc.llama_state_seq_set_data(self._ctx, buf, len(state), target.id):
             self._free_cells(target)
             return 0
-        if not lc.llama_memory_seq_rm(self._mem, target.id, n, -1):
-            self._free_cells(target)
-            return 0
-        target.cells = n
-        return n
+        return n if self._trim(target, n) else 0
 
     def _started(self, seq: batching.Sequence, cached: int, tier: str) -> None:
         seq.control.cached_tokens, seq.control.cache_tier = cached, tier
@@ -393,10 +427,18 @@ class Scheduler(batching.Scheduler):
         if source.owner is owner and owner is not None and not owner.halted and source.cells < n:
             return False
         state.wait_for = None
-        shared = 0
-        if source.cells >= n and source.tokens[:n] == seq.prompt[:n]:
-            shared = self._copy(source, state.slot, n)
-        self._started(seq, shared, "sequence" if shared else "")
+        target = state.slot
+        whole = source.cells >= n and source.tokens[:n] == seq.prompt[:n]
+        if whole and self._copy(source, target, n):
+            self._started(seq, n, "sequence")
+            return True
+        # Not copied (a sliding-window cache past the prefix): a checkpoint
+        # that prefill left in the host tier, else from nothing.
+        found = self._host.find(seq.prompt, len(seq.prompt) - 1) if self._host else None
+        if found is not None:
+            self._started(seq, self._restore(found[0], target, found[1]), "host")
+        else:
+            self._started(seq, 0, "")
         return True
 
     def _ready(self, seq: batching.Sequence) -> bool:
@@ -461,6 +503,8 @@ class Scheduler(batching.Scheduler):
                 continue
             last = len(seq.prompt) - 1
             n = min(budget, last + 1 - slot.cells)
+            if self._checkpoints:  # end at a block boundary: a checkpoint there
+                n = min(n, BLOCK - slot.cells % BLOCK)
             for p in range(slot.cells, slot.cells + n):
                 batch.add(slot.tokens[p], p, slot.id, p == last)
             state.fed = n
@@ -486,6 +530,8 @@ class Scheduler(batching.Scheduler):
             assert slot is not None
             slot.cells += n
             slot.used = self._step_no
+            if self._checkpoints and slot.cells % BLOCK == 0 and slot.cells <= len(seq.prompt):
+                self._checkpoint(slot)
         for seq, row in to_sample:
             if not seq.halted:
                 try:

@@ -43,7 +43,7 @@ import numpy as np
 
 from inference import env
 from inference.capabilities import Capabilities, embedding_only
-from inference.disk_cache import DiskCache
+from inference.disk_cache import DiskCache, fingerprint
 from inference.embeddings import Embeddings, EmbedInput, Ranked, Ranking, finish
 from inference.errors import Cancelled, GenerationError, ModelLoadError
 from inference.gguf import GGUFHeader, read_header
@@ -221,6 +221,10 @@ class LlamaCppModel(ScoringTextModel):
         cparams.n_ubatch = max(min(n_ctx, 512), n_seq)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False
+        # A sliding-window model's window layers keep only their window's
+        # cells, as llama.cpp's server does (Gemma 3: a sixth of the KV);
+        # the prefix cache checkpoints its prompts instead of trimming them.
+        cparams.swa_full = False
         threads = cfg.threads or default_threads()
         self._threads = threads
         cparams.n_threads = threads
@@ -302,6 +306,7 @@ class LlamaCppModel(ScoringTextModel):
             tuner=self._tuner,
             host=HostCache(cfg.cache_host_mib << 20) if cfg.cache_host_mib else None,
             disk=self._disk_cache(cfg, cparams, n_ctx),
+            n_swa=max(lc.llama_model_n_swa(self._model), 0),
         )
 
     def _disk_cache(self, cfg: LoadConfig, cparams: Any, n_ctx: int) -> DiskCache | None:
@@ -311,12 +316,10 @@ class LlamaCppModel(ScoringTextModel):
         folder = env.kv_cache_dir(cfg.cache_dir)
         if not folder:
             return None
-        st = os.stat(self._path)
         key = {
             "format": 1,
-            "model": os.path.realpath(self._path),
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
+            "model": fingerprint(self._path),
+            "adapter": fingerprint(cfg.adapter_path) if cfg.adapter_path else None,
             "engine": f"llama.cpp {lc.__version__}",
             "system": lc.llama_print_system_info().decode("utf-8", "replace"),
             "gpu_layers": cfg.gpu_layers,

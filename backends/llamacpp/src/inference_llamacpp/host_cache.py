@@ -7,7 +7,10 @@ none of it, the scheduler saves that KV here first
 (``llama_state_seq_get_data``); a later prompt that begins with it starts
 from it (``llama_state_seq_set_data`` into its slot, then trimmed to the
 shared prefix), as it would from a slot. An entry is found by its tokens: the
-longest common prefix with the prompt, to the token.
+longest common prefix with the prompt, to the token, and no shorter than the
+entry's *floor*: a sliding-window cache keeps only its window's last cells,
+so its KV can be trimmed to a prefix no shorter than the first cell it holds
+plus the window (see ``Scheduler._floor``); a full cache's floor is 0.
 
 Pure bookkeeping: the scheduler moves the bytes in and out of the engine.
 """
@@ -26,10 +29,12 @@ SPILL_AT_LEAST = 128
 
 @dataclass(frozen=True)
 class Kept:
-    """One kept KV: the tokens it holds, and llama.cpp's state of them."""
+    """One kept KV: the tokens it holds, llama.cpp's state of them, and the
+    shortest prefix it can be trimmed to."""
 
     tokens: tuple[int, ...]
     state: bytes
+    floor: int = 0
 
 
 class HostCache:
@@ -49,23 +54,24 @@ class HostCache:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def covers(self, tokens: Sequence[int]) -> bool:
-        """Whether a kept entry begins with ``tokens`` (keeping them again
-        would add nothing)."""
-        n = len(tokens)
-        with self._lock:
-            return any(len(k) >= n and k[:n] == tuple(tokens) for k in self._kept)
-
-    def keep(self, tokens: Sequence[int], state: bytes) -> None:
-        """Keep ``state`` (the KV of ``tokens``); entries it covers go, and
-        the least recently used past the budget."""
-        if len(state) > self._budget or not tokens:
-            return
+    def covers(self, tokens: Sequence[int], floor: int = 0) -> bool:
+        """Whether a kept entry serves every prefix that ``tokens`` (trimmed
+        to no fewer than ``floor``) would: keeping them would add nothing."""
         key = tuple(tokens)
         with self._lock:
-            for old in [k for k in self._kept if len(k) <= len(key) and key[: len(k)] == k]:
+            return any(_covers(kept, key, floor) for kept in self._kept.values())
+
+    def keep(self, tokens: Sequence[int], state: bytes, floor: int = 0) -> None:
+        """Keep ``state`` (the KV of ``tokens``, which trims to no fewer than
+        ``floor``); entries it covers go, and the least recently used past
+        the budget."""
+        if len(state) > self._budget or not tokens:
+            return
+        new = Kept(tuple(tokens), state, floor)
+        with self._lock:
+            for old in [k for k, kept in self._kept.items() if _covers(new, k, kept.floor)]:
                 self._used -= len(self._kept.pop(old).state)
-            self._kept[key] = Kept(key, state)
+            self._kept[new.tokens] = new
             self._used += len(state)
             while self._used > self._budget:
                 _, gone = self._kept.popitem(last=False)
@@ -73,7 +79,8 @@ class HostCache:
 
     def find(self, prompt: Sequence[int], limit: int) -> tuple[Kept, int] | None:
         """The entry sharing the longest prefix with ``prompt`` (at most
-        ``limit`` tokens), and that length; None when none shares a token."""
+        ``limit`` tokens, at least its floor), and that length; None when
+        none does."""
         best: tuple[Kept, int] | None = None
         with self._lock:
             for kept in self._kept.values():
@@ -82,8 +89,14 @@ class HostCache:
                 top = min(len(tokens), limit)
                 while n < top and tokens[n] == prompt[n]:
                     n += 1
-                if n and (best is None or n > best[1]):
+                if n and n >= kept.floor and (best is None or n > best[1]):
                     best = (kept, n)
             if best is not None:
                 self._kept.move_to_end(best[0].tokens)
         return best
+
+
+def _covers(kept: Kept, tokens: tuple[int, ...], floor: int) -> bool:
+    """Whether ``kept`` serves every prefix of ``tokens`` from ``floor`` on."""
+    n = len(tokens)
+    return len(kept.tokens) >= n and kept.floor <= floor and kept.tokens[:n] == tokens

@@ -7,12 +7,15 @@ its own logits processors (repeat penalty, constraint mask), its stop tokens
 and its ``max_tokens``; the generator prefills newcomers in chunks between
 decode steps (``prefill_step_size``) and removes a sequence when it
 finishes. A cancelled stream is removed at the next step; a stream whose
-reader stops is removed with its cache, which the next call may reuse as
-the single-sequence path does (the next turn of a chat prefills only its new
-tokens). The generator steps every sequence it holds, so it pauses only
-when every reader is :data:`inference.batching.AHEAD` tokens behind. The
-loop is a job on the model's engine thread that ends when no stream is
-left, so that the model's other calls run between batches.
+reader stops is removed with its cache, which the next call may reuse (the
+next turn of a chat prefills only its new tokens). A newcomer whose prompt
+shares a prefix with a running sequence's starts from a copy of that
+sequence's cache (waiting for its prefill if it is still running), so that
+concurrent requests with one system prompt compute it once. The generator
+steps every sequence it holds, so it pauses only when every reader is
+:data:`inference.batching.AHEAD` tokens behind. The loop is a job on the
+model's engine thread that ends when no stream is left, so that the model's
+other calls run between batches.
 
 The hand-over between the loop and the streams' readers is
 :class:`inference.batching.Scheduler`'s.
@@ -28,7 +31,7 @@ from inference import batching
 from inference.engine_thread import EngineThread
 from inference.options import GenerateConfig
 
-from .prompt_cache import PromptCache
+from .prompt_cache import WORTH_TAKING, PromptCache, common_prefix, trimmed
 from .sampling import logprobs_of, masker, sampling
 
 __all__ = ["Scheduler", "SeqState"]
@@ -45,6 +48,11 @@ class SeqState:
         self.uid = -1
         self.raw: deque[Any] = deque()  # logits before the processors, for logprobs
         self.removed = False  # out of the generator
+
+
+#: Returned by ``Scheduler._shared`` for a newcomer that waits for a
+#: running sequence's prefill of its prefix.
+_WAIT = object()
 
 
 def _state(seq: batching.Sequence) -> SeqState:
@@ -116,9 +124,15 @@ class Scheduler(batching.Scheduler):
                 return logits
 
             processors = [capture, *processors]
-        cache, reused, tier = self._cache.take(self._model(), seq.prompt, state.cfg)
-        seq.control.cached_tokens, seq.control.cache_tier = reused, tier
         gen = self._generator()
+        shared = self._shared(seq, state.cfg)
+        if shared is _WAIT:
+            return False
+        if isinstance(shared, tuple):
+            cache, reused, tier = shared
+        else:
+            cache, reused, tier = self._cache.take(self._model(), seq.prompt, state.cfg)
+        seq.control.cached_tokens, seq.control.cache_tier = reused, tier
         (state.uid,) = gen.insert(
             [seq.prompt[reused:]],
             max_tokens=[seq.limit],
@@ -130,6 +144,28 @@ class Scheduler(batching.Scheduler):
         )
         self._by_uid[state.uid] = seq
         return True
+
+    def _shared(self, seq: batching.Sequence, cfg: GenerateConfig) -> object:
+        """A copy of a running sequence's cache trimmed to the prefix that
+        ``seq``'s prompt shares with it (cache, tokens, "sequence"), when
+        that is :data:`WORTH_TAKING` tokens more than a kept cache gives;
+        :data:`_WAIT` while that sequence is still prefilling; else None.
+        Not with a repeat penalty (see ``PromptCache.take``)."""
+        if cfg.repeat_penalty != 1.0:
+            return None
+        limit = len(seq.prompt) - 1
+        best, most = None, self._cache.shares(seq.prompt, cfg) + WORTH_TAKING - 1
+        for other in self._by_uid.values():
+            n = common_prefix(other.prompt, seq.prompt, limit)
+            if n > most and not other.halted:
+                best, most = other, n
+        if best is None:
+            return None
+        if not best.generated:
+            return _WAIT  # its prefill is under way: copy it when done
+        uid = _state(best).uid
+        cache, _ = self._gen.extract_cache([uid])[uid]
+        return (cache, most, "sequence") if trimmed(cache, most) else None
 
     def _step(self, ready: list[batching.Sequence]) -> None:
         gen = self._generator()

@@ -13,8 +13,9 @@ MLX call of a model runs there, one at a time. What it adds:
   processors (:mod:`inference_mlx.sampling`), cancellable between prefill
   chunks and between tokens, reusing the last sequence's KV cache
   (:mod:`inference_mlx.prompt_cache`): a call whose prompt shares a prefix
-  with it (the next turn of a chat) prefills only the rest; each prompt of
-  ``batch_generate`` is such a stream too;
+  with it (the next turn of a chat) prefills only the rest, from a running
+  sequence's cache, a kept one, or (with ``cache_dir``) one on disk; each
+  prompt of ``batch_generate`` is such a stream too;
 - ``_classify_ids`` as one batched forward pass over right-padded prompts in
   the model's batched caches (``BatchKVCache``...), the padding masked, as
   mlx-lm's batch generator does;
@@ -27,12 +28,15 @@ from __future__ import annotations
 import array
 import functools
 import gc
+import importlib.metadata
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar, cast
 
+from inference import env
 from inference.capabilities import Capabilities
+from inference.disk_cache import DiskCache, fingerprint
 from inference.embeddings import Embeddings, EmbedInput, finish
 from inference.errors import GenerationError
 from inference.options import GenerateConfig, LoadConfig
@@ -103,7 +107,7 @@ class MlxModel(ScoringTextModel):
         bos_id = getattr(tokenizer, "bos_token_id", None)
         self._bos_id: int | None = bos_id if isinstance(bos_id, int) else None
         #: Finished sequences' KV caches and the tokens each holds.
-        self._prompt_cache = PromptCache(loaded.cfg.cache_host_mib << 20)
+        self._prompt_cache = PromptCache(loaded.cfg.cache_host_mib << 20, _disk_cache(loaded))
         self._table = TokenTable(tokenizer)
         self._device = loaded.device
         self._cpu_only = loaded.cpu_only
@@ -422,3 +426,30 @@ def _batch_cache(model: Any, size: int) -> list[Any]:
             )
         merged.append(merge(list(layer)))
     return merged
+
+
+def _disk_cache(loaded: loading.Loaded) -> DiskCache | None:
+    """The prefix cache's disk tier, keyed by all that shapes the KV (the
+    model's files, an adapter's, MLX, mlx-lm and this backend's versions,
+    the device), or None when no folder is given."""
+    cfg = loaded.cfg
+    folder = env.kv_cache_dir(cfg.cache_dir)
+    if not folder:
+        return None
+    key = {
+        "format": 1,
+        "backend": "mlx " + _version("inference-mlx"),
+        "model": fingerprint(loaded.info.path),
+        "adapter": fingerprint(cfg.adapter_path) if cfg.adapter_path else None,
+        "mlx": _version("mlx"),
+        "mlx_lm": _version("mlx-lm"),
+        "device": loaded.device,
+    }
+    return DiskCache(folder, key, cfg.cache_disk_mib << 20)
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
