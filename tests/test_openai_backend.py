@@ -396,6 +396,42 @@ def test_echo_answers_in_vllm_s_shape_are_read() -> None:
         echo_tokens({"choices": [{"text": text}]}, text, "here")
 
 
+def test_an_echo_that_lists_a_bos_token_first_is_aligned_to_the_text() -> None:
+    """A model that adds BOS (Gemma, Llama 3): vLLM's echo lists "<bos>" at
+    offset 0 and shifts every later offset by its text. Without aligning,
+    score() got one log-probability too many and score_rolling() lost the
+    last token."""
+    from inference.backends.openai.scoring import echo_tokens, rolling_from_echo, score_from_echo
+
+    text = "The sky is blue"
+    shift = len("<bos>")
+    doc = {
+        "choices": [
+            {
+                "text": text + ".",
+                "logprobs": {
+                    "tokens": ["<bos>", "The", " sky", " is", " blue", "."],
+                    "token_logprobs": [None, -7.0, -5.0, -1.5, -0.5, -0.1],
+                    "top_logprobs": [
+                        None,
+                        {"The": -7.0},
+                        {" sky": -5.0},
+                        {" is": -1.5},
+                        {" blue": -0.5},
+                        {".": -0.1},
+                    ],
+                    "text_offset": [0] + [shift + o for o in (0, 3, 7, 10, 15)],
+                },
+            }
+        ]
+    }
+    tokens = echo_tokens(doc, text, "here")
+    assert [(t[0], t[1]) for t in tokens] == [(0, "The"), (3, " sky"), (7, " is"), (10, " blue")]
+    assert score_from_echo(tokens, "The sky is", "here").logprobs == (-0.5,)
+    rolling = rolling_from_echo(tokens)  # every text token, the first scored on BOS
+    assert rolling.tokens == 4 and rolling.total == -14.0
+
+
 # -- structured output and tools through real servers ------------------------------
 
 

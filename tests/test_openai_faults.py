@@ -152,6 +152,36 @@ class FaultHandler(BaseHTTPRequestHandler):
             choice["logprobs"] = {"content": [{"id": i, "token": text} for i in ids]}
         self._event({"choices": [choice]})
 
+    def _merged(
+        self, group: list[tuple[bytes, int]], chat: bool, *, text: str | None = None, end: str = ""
+    ) -> None:
+        """One chunk of several tokens, as vLLM sends when its reader lags:
+        their ids, and each token's text in its log-probabilities (chat's
+        ``bytes``, completions' ``tokens`` and ``text_offset``)."""
+        joined = b"".join(t for t, _ in group).decode("utf-8", "replace")
+        body = joined if text is None else text
+        choice: dict[str, Any] = {"index": 0, "finish_reason": end or None}
+        choice["token_ids"] = [i for _, i in group]
+        if chat:
+            choice["delta"] = {"content": body}
+            entries = []
+            for data, _ in group:
+                shown = data.decode("utf-8", "replace")
+                alt = {"token": shown, "logprob": -0.5, "bytes": list(data)}
+                entries.append({**alt, "top_logprobs": [alt, {**alt, "logprob": -2.0}]})
+            choice["logprobs"] = {"content": entries}
+        else:
+            choice["text"] = body
+            shown = [data.decode("utf-8", "replace") for data, _ in group]
+            offsets = [sum(len(t) for t in shown[:i]) for i in range(len(shown))]
+            choice["logprobs"] = {
+                "tokens": shown,
+                "token_logprobs": [-0.5] * len(group),
+                "top_logprobs": [{t: -0.5} for t in shown],
+                "text_offset": offsets,
+            }
+        self._event({"choices": [choice]})
+
     def _finish(self, reason: str = "length", usage: bool = True) -> None:
         self._event({"choices": [{"text": "", "index": 0, "finish_reason": reason}]})
         if usage:
@@ -259,6 +289,17 @@ class FaultHandler(BaseHTTPRequestHandler):
             self._token("!", ids=[2], style=style)  # id 2 plays the end-of-text token
             self._token(" more", ids=[14], style=style)
             self._finish("stop")
+        elif mode == "merged":
+            chat = req.path.endswith("/chat/completions")
+            self._start_stream()
+            self._merged([(b"Hel", 10), (b"lo", 11)], chat)
+            self._merged([(b" wor", 12), (b"ld", 13), (b"!", 14)], chat)
+            if chat:  # a character split between two tokens
+                self._merged([(b" caf", 15), (b"\xc3", 16), (b"\xa9", 17)], chat)
+            # The end-of-text token: its entry, no text, and the finish reason.
+            self._merged([(b"<|im_end|>", 2)], chat, text="", end="stop")
+            self._event("[DONE]")
+            self._end_stream()
         elif mode == "echo":
             self._start_stream()
             self._token("x")
@@ -946,6 +987,49 @@ def test_reported_token_ids(fault: FaultServer, mode: str, owner: str) -> None:
         stream = model.generate("x", max_tokens=2)
         assert [(t.id, t.text) for t in stream] == [(10, "Hel"), (11, "")]
         assert stream.finish_reason == "length"
+
+
+@pytest.mark.parametrize("logprobs", [None, 1])
+def test_a_chunk_of_several_tokens_is_split_by_what_it_lists(
+    fault: FaultServer, logprobs: int | None
+) -> None:
+    """vLLM merges tokens into one chunk when its reader lags: each token
+    gets its own text from the chunk's log-probabilities, whatever the
+    timing, and the end-of-text token's entry on the last chunk is neither
+    emitted nor miscounted."""
+    fault.set(mode="merged", owned_by="vllm")
+    with load(fault.url) as model:
+        stream = model.generate("x", logprobs=logprobs)
+        toks = list(stream)
+        assert stream.finish_reason == "stop"
+        assert [(t.id, t.text) for t in toks] == [
+            (10, "Hel"),
+            (11, "lo"),
+            (12, " wor"),
+            (13, "ld"),
+            (14, "!"),
+        ]
+        assert all(t.logprob == (None if logprobs is None else -0.5) for t in toks)
+        sent = fault.state.completions()[-1].body
+        assert sent["logprobs"] == (0 if logprobs is None else 1)  # asked for the texts
+        chat = model.chat([Message("user", "x")], logprobs=logprobs)
+        got = [(t.id, t.text) for t in chat]
+        assert chat.finish_reason == "stop"
+        assert got[-3:] == [(15, " caf"), (16, ""), (17, "é")]
+        assert "".join(text for _, text in got) == "Hello world! café"
+        stream = model.generate("x", max_tokens=3, logprobs=logprobs)
+        assert [t.text for t in stream] == ["Hel", "lo", " wor"]
+        assert stream.finish_reason == "length"
+        stream = model.generate("x", stop_tokens=[13])
+        assert stream.text() == "Hello wor" and stream.finish_reason == "stop"
+
+
+def test_max_tokens_is_at_most_the_servers_context(fault: FaultServer) -> None:
+    """vLLM refuses a max_tokens past its context: it is clamped to it."""
+    fault.set(mode="ok", owned_by="vllm")
+    with load(fault.url, context_len=64) as model:
+        model.generate("x", max_tokens=10_000).text()
+        assert fault.state.completions()[-1].body["max_tokens"] == 64
 
 
 def test_stop_strings_are_enforced_client_side_too(fault: FaultServer) -> None:

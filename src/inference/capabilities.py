@@ -51,6 +51,9 @@ class Capabilities:
     seeded_sampling: bool = False
     #: ``Token.id`` is the model's real token id (a remote server may not say).
     token_ids: bool = True
+    #: The alternatives of ``logprobs=k`` carry real token ids too (vLLM
+    #: reports their texts only: their ``id`` is -1).
+    alternative_ids: bool = True
     #: ``stop_tokens`` (ids) end a generation (a server that neither stops on
     #: ids nor reports them cannot).
     stop_tokens: bool = True

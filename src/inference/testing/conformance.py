@@ -63,6 +63,9 @@ class TextModelConformance:
     max_tokens: ClassVar[int] = 6
     #: Threads in the concurrency check.
     threads: ClassVar[int] = 8
+    #: Tokens within which the model ends a short chat answer by itself
+    #: (0: it never does, as a fake that repeats its reply forever).
+    eos_within: ClassVar[int] = 64
     #: How far ``score()`` may be from the streamed log-probabilities of the
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
@@ -402,7 +405,13 @@ class TextModelConformance:
                     started.set()
 
             task = asyncio.create_task(consume())
-            await asyncio.wait_for(started.wait(), 120)
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait({task, waiter}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():  # a stream that failed before its first token fails at once
+                task.result()
+                raise AssertionError("the stream of 10,000 tokens ended by itself")
+            assert started.is_set(), "no token within 120 s"
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -531,10 +540,41 @@ class TextModelConformance:
             assert values == sorted(values, reverse=True)
             # Greedy picks the most likely token, which is the first alternative.
             assert abs(values[0] - tok.logprob) <= self.logprob_tolerance
-            if self.caps.token_ids:
+            if self.caps.token_ids and self.caps.alternative_ids:
                 assert tok.top_logprobs[0].id == tok.id
         (zero,) = list(self.model.generate(self.prompt, max_tokens=1, logprobs=0))
         assert zero.logprob is not None and zero.top_logprobs == ()
+
+    def test_logprobs_when_a_stop_string_ends_the_generation(self) -> None:
+        """The generation ends on a stop string: every token given has its
+        log-probability, and the text is the greedy text before the stop."""
+        if not self.caps.logprobs:
+            return
+        greedy = self._greedy(self.prompt)
+        text = "".join(t.text for t in greedy)
+        stop = greedy[-1].text.strip() or greedy[-1].text
+        if not stop or text.index(stop) == 0:
+            return  # no stop string that ends it part-way
+        stream = self.model.generate(
+            self.prompt, max_tokens=self.max_tokens, stop=[stop], logprobs=1
+        )
+        tokens = list(stream)
+        assert stream.finish_reason == "stop"
+        assert "".join(t.text for t in tokens) == text[: text.index(stop)]
+        assert all(t.logprob is not None and len(t.top_logprobs) == 1 for t in tokens)
+
+    def test_logprobs_when_the_model_ends_the_generation(self) -> None:
+        """The model ends by itself (its end-of-text token): every token given
+        has its log-probability, and the end token is not among them."""
+        if not self.caps.logprobs or not self.eos_within:
+            return
+        ask = [Message("user", "Say hello.")]
+        stream = self.model.chat(ask, max_tokens=self.eos_within, logprobs=1)
+        tokens = list(stream)
+        assert stream.finish_reason == "stop", "the model did not end within eos_within tokens"
+        assert tokens and all(t.logprob is not None for t in tokens)
+        plain = self.model.chat(ask, max_tokens=self.eos_within)
+        assert "".join(t.text for t in tokens) == plain.text()
 
     def test_scorer_capability(self) -> None:
         model = self.model

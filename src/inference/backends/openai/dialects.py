@@ -67,6 +67,15 @@ class Dialect:
     #: Whether the server passes ``chat_template_kwargs`` to the template
     #: (``enable_thinking`` and ``template_vars``).
     template_kwargs: bool = False
+    #: Whether the alternatives of ``top_logprobs`` carry token ids.
+    alternative_ids: bool = False
+    #: Ask for the sampled tokens' log-probabilities even when the caller did
+    #: not: a chunk of several tokens (vLLM merges them when its reader lags)
+    #: then lists each token's text, so that no token's text depends on timing.
+    token_texts: bool = False
+    #: Send ``strict: true`` on tools, so that calls' arguments follow
+    #: their schemas.
+    strict_tools: bool = False
 
     def request_fields(
         self, cfg: GenerateConfig, *, chat: bool, ignored: Callable[[str], None]
@@ -118,12 +127,13 @@ class Dialect:
             body["n_probs"] = max(1, cfg.logprobs or 0)
         elif self.token_ids == "token_ids":
             body["return_token_ids"] = True
-        if cfg.logprobs is not None:
+        k = cfg.logprobs if cfg.logprobs is not None else (0 if self.token_texts else None)
+        if k is not None:
             if chat:
                 body["logprobs"] = True
-                body["top_logprobs"] = cfg.logprobs
+                body["top_logprobs"] = k
             else:
-                body["logprobs"] = cfg.logprobs
+                body["logprobs"] = k
         constraint = constraint_of(cfg)
         if constraint is not None:
             body.update(constraint_fields(self, constraint))
@@ -142,6 +152,8 @@ _VLLM = Dialect(
     no_scoring="",
     structured="vllm",
     template_kwargs=True,
+    token_texts=True,
+    strict_tools=True,
 )
 
 _ALL = (
@@ -157,6 +169,7 @@ _ALL = (
         ),
         structured="llama.cpp",
         template_kwargs=True,
+        alternative_ids=True,
     ),
     Dialect(
         name="llama-cpp-python",

@@ -54,7 +54,15 @@ from .structured import (
     tool_choice_field,
 )
 from .transport import MAX_JSON_BODY, READ_SIZE, Client, Failure, Response, error_text
-from .wire import FINISH, CallState, choice_ids, choice_logprobs, choice_text
+from .wire import (
+    FINISH,
+    CallState,
+    choice_ids,
+    choice_logprobs,
+    choice_text,
+    covering,
+    token_texts,
+)
 
 __all__ = ["OpenAIModel"]
 
@@ -62,6 +70,28 @@ _log = logging.getLogger(__name__)
 _perf = time.perf_counter
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+
+def _pieces(choice: Mapping[str, Any], text: str, ids: list[int]) -> list[tuple[int, bytes]]:
+    """The tokens of one chunk, each with its text. A chunk that lists each
+    token's text (its log-probabilities) is split by it, so that a chunk of
+    several tokens gives each its own; on the chunk that ends the
+    generation, tokens past its text are the end's and are left out.
+    Otherwise the chunk's text belongs to its last id (ids before it end
+    part-way through a character), and a last chunk of ids alone is the
+    end-of-text token, never emitted."""
+    data = text.encode("utf-8")
+    finish = bool(choice.get("finish_reason"))
+    parts = token_texts(choice)
+    if parts and (not ids or len(ids) == len(parts)):
+        n = covering(parts, data)
+        if n is not None and (n == len(parts) or finish):
+            tids = ids or [-1] * len(parts)
+            return list(zip(tids[:n], parts[:n], strict=True))
+    if not (text or (ids and not finish)):
+        return []
+    last = ids[-1] if ids else -1
+    return [(i, b"") for i in ids[:-1]] + [(last, data)]
 
 
 class OpenAIModel(ModelState):
@@ -134,6 +164,7 @@ class OpenAIModel(ModelState):
             reasoning=d.template_kwargs,
             seeded_sampling=True,
             token_ids=bool(d.token_ids),
+            alternative_ids=d.alternative_ids,
             stop_tokens=bool(d.stop_ids),
             parallel_streams=self._slots,
             context_length=self._info.context_length,
@@ -171,6 +202,14 @@ class OpenAIModel(ModelState):
         if cfg.tools and cfg.tool_choice != "none":
             if self._native_tools:
                 body["tools"] = [t.to_dict() for t in cfg.tools]
+                if self._dialect.strict_tools:
+                    # Arguments held to each tool's schema (vLLM otherwise
+                    # returns whatever the model wrote), one call when one
+                    # tool is named.
+                    for tool in body["tools"]:
+                        tool["function"]["strict"] = True
+                    if cfg.tool_choice.startswith("function:"):
+                        body["parallel_tool_calls"] = False
                 body["tool_choice"] = tool_choice_field(cfg.tool_choice)
                 # A call the server leaves in the text is still read, not shown.
                 splitter = ReplySplitter(ANY_FORMAT)
@@ -253,8 +292,13 @@ class OpenAIModel(ModelState):
             )
 
     def _body(self, cfg: GenerateConfig, *, chat: bool) -> dict[str, Any]:
-        """A request's fields for ``cfg``, as this server names them."""
+        """A request's fields for ``cfg``, as this server names them.
+        ``max_tokens`` is at most the context (vLLM refuses more, where the
+        in-process engines end with "length" when the context is full)."""
         body = self._dialect.request_fields(cfg, chat=chat, ignored=self._ignored)
+        context = self._info.context_length
+        if context and body.get("max_tokens", 0) > context:
+            body["max_tokens"] = context
         return {"model": self._name, **body}
 
     def _stream(
@@ -304,6 +348,11 @@ class OpenAIModel(ModelState):
             reason = yield from self._with_retries(suffix, body, cfg, control, state)
             if state.tool_calls is not None:
                 control.tool_calls = state.tool_calls.calls()
+                if state.tool_calls.malformed:
+                    raise GenerationError(
+                        "the server returned a tool call whose arguments are not a JSON "
+                        f"object: {'; '.join(state.tool_calls.malformed)}"
+                    )
             state.end = _perf()
             if self._dialect.count_prompt and prompt and not state.prompt_tokens:
                 state.prompt_tokens = self._count_tokens(prompt)
@@ -512,26 +561,19 @@ class OpenAIModel(ModelState):
                 state.first = _perf()
             state.received += 1
             state.ids_seen += len(ids)
-            # A chunk's text belongs to its last id: cutting ids drops it.
+            pieces = _pieces(choice, text, ids)
+            tagged = self._tagged(pieces, choice, chat, asm)
+            # A stop token id, or max_tokens, ends it here.
+            keep = len(pieces)
             if stop_ids:
-                for j, tid in enumerate(ids):
+                for j, (tid, _) in enumerate(pieces):
                     if tid in stop_ids:
-                        ids, text, cut = ids[:j], "", "stop"
+                        keep, cut = j, "stop"
                         break
             if ids and state.ids_seen > cfg.max_tokens and cut is None:
-                keep = max(len(ids) - (state.ids_seen - cfg.max_tokens), 0)
-                ids, text, cut = ids[:keep], "", "length"
+                keep, cut = max(keep - (state.ids_seen - cfg.max_tokens), 0), "length"
                 state.ids_seen = cfg.max_tokens
-            pieces: list[tuple[int, str]] = []
-            if text or (ids and not choice.get("finish_reason")):
-                # Ids without text are tokens that end part-way through a
-                # character (or were cut above); with a finish reason, they
-                # are the end-of-text token, which is never emitted.
-                last = ids[-1] if ids else -1
-                pieces = [(i, "") for i in ids[:-1]] + [(last, text)]
-            tagged = self._tagged(pieces, choice, chat, asm)
-            for (tid, piece), figures in zip(pieces, tagged, strict=True):
-                data = piece.encode("utf-8")
+            for (tid, data), figures in zip(pieces[:keep], tagged[:keep], strict=True):
                 if isinstance(asm, LogprobAssembler):
                     assert figures is not None
                     out = asm.push(tid, data, *figures)
@@ -583,36 +625,29 @@ class OpenAIModel(ModelState):
 
     def _tagged(
         self,
-        pieces: list[tuple[int, str]],
+        pieces: list[tuple[int, bytes]],
         choice: Mapping[str, Any],
         chat: bool,
         asm: TextAssembler | LogprobAssembler,
     ) -> list[tuple[float, tuple[TokenLogprob, ...]] | None]:
-        """The log-probabilities of each piece of a chunk (None when not asked).
-
-        A server sends one entry per token; a chunk whose text is several
-        tokens without ids is split into those tokens' texts.
-        """
+        """The log-probabilities of each piece of a chunk (None when not
+        asked): the server sends one entry per token, in order; on the last
+        chunk, those past the pieces are the end's (the end-of-text token,
+        a stop string's tokens), which is not emitted."""
         if not isinstance(asm, LogprobAssembler):
             return [None] * len(pieces)
         entries = choice_logprobs(choice, chat)
-        if len(entries) != len(pieces):
-            text = "".join(piece for _, piece in pieces)
-            if (
-                entries
-                and all(tid < 0 for tid, _ in pieces)
-                and "".join(e[0] for e in entries) == text
-            ):
-                pieces[:] = [(-1, e[0]) for e in entries]
-            else:
-                raise Failure(
-                    f"the server sent {len(entries)} log-probabilities for {len(pieces)} "
-                    "tokens (does it report logprobs? llama-cpp-python's server needs "
-                    "--logits_all True)",
-                    retriable=False,
-                )
+        if len(entries) < len(pieces) or (
+            len(entries) > len(pieces) and not choice.get("finish_reason")
+        ):
+            raise Failure(
+                f"the server sent {len(entries)} log-probabilities for {len(pieces)} "
+                "tokens (does it report logprobs? llama-cpp-python's server needs "
+                "--logits_all True)",
+                retriable=False,
+            )
         k = asm.k
-        return [(lp, top[:k]) for _, lp, top in entries]  # some servers send more
+        return [(lp, top[:k]) for _, lp, top in entries[: len(pieces)]]  # some send more
 
     def _count_tokens(self, prompt: str) -> int:
         """The prompt's length from llama-cpp-python's tokenizer endpoint."""

@@ -13,7 +13,9 @@ most likely token at each step. From those:
   highest at its step;
 - the text's first token has no figure (the server conditions it on
   nothing), so an empty context, and the first token of a rolling score,
-  are not scored here.
+  are not scored here; where the tokenizer adds a BOS token, vLLM lists it
+  first and shifts every later offset by its text: it is taken out, the
+  offsets moved back, and the text's first token is scored on it.
 
 :class:`ScoringOpenAIModel` is the remote model on a server that can; on
 servers that cannot (llama-server returns no prompt log-probabilities with
@@ -85,9 +87,24 @@ def echo_tokens(doc: Any, text: str, where: str) -> list[EchoToken]:
             f"{where}: the server's echo answer lacks tokens, token_logprobs or text_offset"
         )
     tops = tops if isinstance(tops, list) else [None] * len(tokens)
+    rows = list(zip(tokens, values, offsets, tops, strict=False))
+    shift = 0
+    if (
+        len(rows) > 1
+        and rows[0][1] is None
+        and isinstance(rows[0][0], str)
+        and not text.startswith(rows[0][0])
+        and isinstance(rows[1][2], int)
+    ):
+        # A token the tokenizer added (BOS: vLLM lists "<bos>" at offset 0
+        # and shifts every later offset by its text, which the echoed text
+        # does not hold): not the text's, and the text starts after it.
+        shift = rows[1][2]
+        rows = rows[1:]
     out: list[EchoToken] = []
-    for token, value, offset, top in zip(tokens, values, offsets, tops, strict=False):
-        if not isinstance(token, str) or not isinstance(offset, int) or offset >= len(text):
+    for token, value, raw_offset, top in rows:
+        offset = raw_offset - shift if isinstance(raw_offset, int) else None
+        if not isinstance(token, str) or offset is None or offset >= len(text):
             continue  # the generated token, after the echoed prompt
         best = None
         if isinstance(top, Mapping):

@@ -134,15 +134,15 @@ class ToolCallDeltas:
 
     Each delta names the call's ``index``; its ``id`` and function name
     arrive once, its ``arguments`` in pieces of JSON text. :meth:`calls`
-    gives the finished calls (one whose arguments never became a JSON
-    object is dropped, and counted in :attr:`malformed`).
+    gives the finished calls; one whose arguments never became a JSON
+    object is kept out of them and described in :attr:`malformed`.
     """
 
     __slots__ = ("_parts", "malformed")
 
     def __init__(self) -> None:
         self._parts: dict[int, dict[str, Any]] = {}
-        self.malformed = 0
+        self.malformed: list[str] = []
 
     def add(self, deltas: object) -> None:
         if not isinstance(deltas, list):
@@ -179,7 +179,9 @@ class ToolCallDeltas:
                     }
                 )
             except ValueError:
-                self.malformed += 1
+                args = "".join(part["args"])
+                shown = args if len(args) <= 200 else args[:200] + "..."
+                self.malformed.append(f"{part['name'] or '(no name)'}({shown})")
                 continue
             out.append(call)
         return tuple(out)

@@ -149,6 +149,50 @@ def choice_ids(choice: Mapping[str, Any]) -> list[int]:
     return []
 
 
+def token_texts(choice: Mapping[str, Any]) -> list[bytes] | None:
+    """Each token's text in a choice that lists them (its ``logprobs``: a
+    chat entry's ``bytes``, else its ``token``; completions' ``tokens``),
+    or None when it does not."""
+    raw = choice.get("logprobs")
+    if not isinstance(raw, dict):
+        return None
+    content = raw.get("content")
+    parts: list[bytes] = []
+    if isinstance(content, list):
+        for entry in content:
+            if not isinstance(entry, dict):
+                return None
+            data, text = entry.get("bytes"), entry.get("token")
+            if isinstance(data, list) and all(is_int(b) and 0 <= b < 256 for b in data):
+                parts.append(bytes(data))
+            elif isinstance(text, str):
+                parts.append(text.encode("utf-8"))
+            else:
+                return None
+        return parts
+    tokens = raw.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        return None
+    return [t.encode("utf-8") for t in tokens]
+
+
+def covering(parts: list[bytes], data: bytes) -> int | None:
+    """The most leading ``parts`` that add up to ``data`` (the rest, on a
+    chunk that ends the generation, are its end: the end-of-text token, or
+    the tokens of a stop string the server cut), or None when none do."""
+    best = 0 if not data else None
+    total = 0
+    for i, part in enumerate(parts):
+        total += len(part)
+        if total == len(data):
+            best = i + 1  # empty parts after it still add up
+        elif total > len(data):
+            break
+    if best is None or b"".join(parts[:best]) != data:
+        return None
+    return best
+
+
 def choice_logprobs(choice: Mapping[str, Any], chat: bool) -> list[LogprobEntry]:
     """The per-token log-probabilities of a choice, in either of OpenAI's shapes:
     chat's ``logprobs.content`` list, or completions' parallel ``tokens``,
