@@ -1147,7 +1147,6 @@ def test_tool_call_deltas_and_reasoning_are_put_together(fault: FaultServer) -> 
             {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get_weather"}}]},
             {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
             {"tool_calls": [{"index": 0, "function": {"arguments": '"Zürich"}'}}]},
-            {"tool_calls": [{"index": 1, "function": {"name": "b", "arguments": "{not json"}}]},
         ],
     )
     with load(fault.url) as model:
@@ -1160,6 +1159,37 @@ def test_tool_call_deltas_and_reasoning_are_put_together(fault: FaultServer) -> 
     body = fault.state.completions()[-1].body
     assert body["tools"] == [WEATHER | {"function": WEATHER["function"] | {"description": ""}}]
     assert body["tool_choice"] == "auto"
+
+
+def test_a_call_whose_arguments_do_not_parse_is_an_error_that_shows_it(
+    fault: FaultServer,
+) -> None:
+    """As vLLM 0.32 did without strict tools: the call is never dropped in
+    silence."""
+    fault.set(
+        mode="deltas",
+        deltas=[
+            {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get_weather"}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"'}}]},
+        ],
+    )
+    with load(fault.url) as model:
+        stream = model.chat([Message("user", "Weather?")], tools=[WEATHER])
+        with pytest.raises(GenerationError, match=r'not a JSON object: get_weather\("Paris"\)'):
+            stream.text()
+        fault.set(mode="ok")
+        assert model.generate("x").text()  # the model is ready for the next call
+
+
+def test_tools_go_strict_to_vllm_with_one_call_when_one_is_named(fault: FaultServer) -> None:
+    fault.set(mode="chat", owned_by="vllm")
+    with load(fault.url) as model:
+        named = [Message("user", "x")]
+        model.chat(named, tools=[WEATHER], tool_choice="function:get_weather").text()
+        model.chat(named, tools=[WEATHER]).text()
+    named, auto = (r.body for r in fault.state.completions()[-2:])
+    assert all(t["function"]["strict"] is True for t in named["tools"] + auto["tools"])
+    assert named["parallel_tool_calls"] is False and "parallel_tool_calls" not in auto
 
 
 def test_a_call_left_in_the_text_is_read_not_shown(fault: FaultServer) -> None:

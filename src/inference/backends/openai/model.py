@@ -571,7 +571,9 @@ class OpenAIModel(ModelState):
                         keep, cut = j, "stop"
                         break
             if ids and state.ids_seen > cfg.max_tokens and cut is None:
-                keep, cut = max(keep - (state.ids_seen - cfg.max_tokens), 0), "length"
+                # Pieces are the chunk's ids in order (the end's left out).
+                excess = state.ids_seen - cfg.max_tokens
+                keep, cut = min(keep, max(len(ids) - excess, 0)), "length"
                 state.ids_seen = cfg.max_tokens
             for (tid, data), figures in zip(pieces[:keep], tagged[:keep], strict=True):
                 if isinstance(asm, LogprobAssembler):
