@@ -5,6 +5,7 @@ and exclusive calls behave. Few tokens: MLX's CPU build is slow."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,24 +103,41 @@ def _rules(n: int) -> str:
 
 def test_concurrent_callers_copy_a_running_sequence_s_prefix(model_path: str) -> None:
     """Two chats with one long system prompt at once: the one admitted
-    second waits for the first's prefill and starts from a copy of its
-    cache (tier "sequence"), and both answers equal their runs alone."""
+    second waits, in its place, for the first's prefill and starts from a
+    copy of its cache (tier "sequence"); an unrelated call that comes while
+    it waits is not held behind it; every answer equals its run alone."""
     asks = [
         [Message("system", _rules(6)), Message("user", q)]
         for q in ("Name a colour.", "Name a bird.")
     ]
-    with inference.load_model(model_path, backend="mlx", parallel_slots=2) as m:
+    other = "Once upon a time"
+    with inference.load_model(model_path, backend="mlx", parallel_slots=3) as m:
         alone = [m.chat(a, max_tokens=3).text() for a in asks]
-    with inference.load_model(model_path, backend="mlx", parallel_slots=2) as m:
+        alone_other = m.generate(other, max_tokens=3).text()
+    with inference.load_model(model_path, backend="mlx", parallel_slots=3) as m:
+        sched = m._scheduler
+        got: dict[int, str] = {}
         streams = [m.chat(a, max_tokens=3) for a in asks]
-        got = together([lambda s=s: s.text() for s in streams])
+        first = threading.Thread(target=lambda: got.__setitem__(0, streams[0].text()))
+        first.start()
+        wait_for(lambda: len(sched._by_uid) == 1, "the first chat in the generator")
+        second = threading.Thread(target=lambda: got.__setitem__(1, streams[1].text()))
+        second.start()
+        wait_for(
+            lambda: any(s.state.waiting for s in list(sched._running)), "the second one waiting"
+        )
+        late = m.generate(other, max_tokens=3)
+        third = threading.Thread(target=lambda: got.__setitem__(2, late.text()))
+        third.start()
+        wait_for(lambda: len(sched._by_uid) == 2, "the unrelated call in the generator")
+        assert any(s.state.waiting for s in list(sched._running))  # the second still waits
+        for t in (first, second, third):
+            t.join()
+    assert [got[0], got[1], got[2]] == [*alone, alone_other]
     metrics = [s.metrics for s in streams]
-    assert got == alone
-    assert all(x is not None for x in metrics)
-    tiers = sorted(x.cache_tier for x in metrics if x is not None)
-    assert tiers == ["", "sequence"]
-    shared = max(x.cached_tokens for x in metrics if x is not None)
-    assert shared > 80 and shared < min(x.prompt_tokens for x in metrics if x is not None)
+    assert metrics[0] is not None and metrics[1] is not None
+    assert (metrics[0].cache_tier, metrics[1].cache_tier) == ("", "sequence")
+    assert 80 < metrics[1].cached_tokens < metrics[1].prompt_tokens
 
 
 def test_a_fresh_model_restores_a_prompt_an_earlier_one_saw_from_disk(

@@ -10,8 +10,9 @@ finishes. A cancelled stream is removed at the next step; a stream whose
 reader stops is removed with its cache, which the next call may reuse (the
 next turn of a chat prefills only its new tokens). A newcomer whose prompt
 shares a prefix with a running sequence's starts from a copy of that
-sequence's cache (waiting for its prefill if it is still running), so that
-concurrent requests with one system prompt compute it once. The generator
+sequence's cache (waiting, in its place, for that prefill if it is still
+running; those behind it are admitted meanwhile), so that concurrent
+requests with one system prompt compute it once. The generator
 steps every sequence it holds, so it pauses only when every reader is
 :data:`inference.batching.AHEAD` tokens behind. The loop is a job on the
 model's engine thread that ends when no stream is left, so that the model's
@@ -41,11 +42,12 @@ class SeqState:
     """A stream's part of the batch: its options, its uid in the generator
     and the raw logits its log-probabilities are read from."""
 
-    __slots__ = ("cfg", "raw", "removed", "uid")
+    __slots__ = ("cfg", "raw", "removed", "uid", "waiting")
 
     def __init__(self, cfg: GenerateConfig) -> None:
         self.cfg = cfg
         self.uid = -1
+        self.waiting = False  # for a running sequence's prefill of its prefix
         self.raw: deque[Any] = deque()  # logits before the processors, for logprobs
         self.removed = False  # out of the generator
 
@@ -108,11 +110,38 @@ class Scheduler(batching.Scheduler):
     # -- the engine's part (on the engine thread) -------------------------------------
 
     def _admit(self, seq: batching.Sequence) -> bool:
-        from mlx_lm.generate import StopSequences
-
+        """Take ``seq`` if the generator has room: into the generator now,
+        or, while a running sequence prefills its prefix, once that is done
+        (it holds its place meanwhile, and those behind it are admitted)."""
         if len(self._running) >= self._width:
             return False
+        _state(seq).waiting = not self._place(seq)
+        return True
+
+    def _ready(self, seq: batching.Sequence) -> bool:
         state = _state(seq)
+        if state.waiting:
+            state.waiting = not self._place(seq)
+            if state.waiting:
+                return False
+        return super()._ready(seq)
+
+    def _place(self, seq: batching.Sequence) -> bool:
+        """Insert ``seq`` into the generator, starting from the longest
+        prefix of its prompt that a running sequence or a kept cache holds;
+        False while a running sequence is still prefilling that prefix."""
+        from mlx_lm.generate import StopSequences
+
+        state = _state(seq)
+        gen = self._generator()
+        shared = self._shared(seq, state.cfg)
+        if shared is _WAIT:
+            return False
+        if isinstance(shared, tuple):
+            cache, reused, tier = shared
+        else:
+            cache, reused, tier = self._cache.take(self._model(), seq.prompt, state.cfg)
+        seq.control.cached_tokens, seq.control.cache_tier = reused, tier
         sampler, processors = sampling(state.cfg, self._vocab_size)
         if seq.control.guide is not None:
             processors = [*processors, masker(seq.control.guide)]
@@ -124,15 +153,6 @@ class Scheduler(batching.Scheduler):
                 return logits
 
             processors = [capture, *processors]
-        gen = self._generator()
-        shared = self._shared(seq, state.cfg)
-        if shared is _WAIT:
-            return False
-        if isinstance(shared, tuple):
-            cache, reused, tier = shared
-        else:
-            cache, reused, tier = self._cache.take(self._model(), seq.prompt, state.cfg)
-        seq.control.cached_tokens, seq.control.cache_tier = reused, tier
         (state.uid,) = gen.insert(
             [seq.prompt[reused:]],
             max_tokens=[seq.limit],
@@ -146,7 +166,7 @@ class Scheduler(batching.Scheduler):
         return True
 
     def _shared(self, seq: batching.Sequence, cfg: GenerateConfig) -> object:
-        """A copy of a running sequence's cache trimmed to the prefix that
+        """A copy of an inserted sequence's cache trimmed to the prefix that
         ``seq``'s prompt shares with it (cache, tokens, "sequence"), when
         that is :data:`WORTH_TAKING` tokens more than a kept cache gives;
         :data:`_WAIT` while that sequence is still prefilling; else None.
