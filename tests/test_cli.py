@@ -474,3 +474,15 @@ def test_the_serve_key_comes_from_the_flag_the_file_or_the_environment(
         _serve_key(argparse.Namespace(api_key="", api_key_file=str(empty)))
     with pytest.raises(inference.InferenceError, match="cannot read"):
         _serve_key(argparse.Namespace(api_key="", api_key_file=str(tmp_path / "none")))
+
+
+def test_the_speculation_flags_are_load_options() -> None:
+    from inference.cli import _load_options, _parser
+
+    args = _parser().parse_args(["serve", "m.gguf", "--draft-model", "d.gguf"])
+    assert _load_options(args)["draft_model"] == "d.gguf"
+    args = _parser().parse_args(["generate", "m.gguf", "hi", "--speculative", "ngram"])
+    options = _load_options(args)
+    assert options["speculative"] == "ngram" and "draft_model" not in options
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["generate", "m.gguf", "hi", "--speculative", "medusa"])

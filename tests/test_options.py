@@ -107,6 +107,10 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
     (inference.with_constraint_memory_mib, "constraint_memory_mib", [(64, 64)], [0, 15, None]),
     (inference.with_cache_host_mib, "cache_host_mib", [(0, 0), (512, 512)], [-1, None, 1.5]),
     (inference.with_cache_dir, "cache_dir", [("", ""), ("/tmp/kv", "/tmp/kv")], [None, 3]),
+    (inference.with_draft_model, "draft_model", [("", ""), ("/m/d.gguf", "/m/d.gguf")], [None, 3]),
+    (inference.with_draft_max, "draft_max", [(0, 0), (8, 8), (32, 32)], [-1, 33, 2.5, True]),
+    # Per call, a bool (its load form, a str, is checked in test_speculation).
+    (inference.with_speculative, "speculative", [(None, None), (False, False)], [3, "medusa"]),
     (inference.with_cache_disk_mib, "cache_disk_mib", [(1, 1), (8192, 8192)], [0, -1, None]),
     (
         inference.with_adapter_path,
@@ -298,7 +302,9 @@ def test_load_config_defaults() -> None:
 def test_option_tables_match_config_fields() -> None:
     assert set(GENERATE_OPTIONS) == {f.name for f in dataclasses.fields(GenerateConfig)}
     assert set(LOAD_OPTIONS) == {f.name for f in dataclasses.fields(LoadConfig)}
-    assert not set(GENERATE_OPTIONS) & set(LOAD_OPTIONS)
+    # One name is both: speculative= at load ("ngram") and per call (False),
+    # as speculative decoding's contract names it; its builder goes by type.
+    assert set(GENERATE_OPTIONS) & set(LOAD_OPTIONS) == {"speculative"}
 
 
 def test_configs_are_frozen() -> None:

@@ -518,6 +518,8 @@ class BaseTextModel(ModelState):
             memory=self._memory(),
             cached_tokens=control.cached_tokens if control is not None else 0,
             cache_tier=control.cache_tier if control is not None else "",
+            drafted_tokens=control.drafted_tokens if control is not None else 0,
+            accepted_tokens=control.accepted_tokens if control is not None else 0,
         )
 
     def _run(self, fn: Callable[[StreamControl], _T], cfg: GenerateConfig) -> _T:

@@ -67,6 +67,12 @@ class Capabilities:
     #: ``rerank`` orders documents for a query (by the model's classification
     #: head, or by the cosine similarity of embeddings: the result says).
     rerank: bool = False
+    #: How it decodes speculatively: "ngram" (guesses copied from the prompt
+    #: and the text so far), "draft" (a draft model's guesses), or "" (it
+    #: does not). The guesses are checked by the model itself, so the output
+    #: is what it would be without them; ``stream.metrics.drafted_tokens``
+    #: and ``accepted_tokens`` count them.
+    speculative: str = ""
 
     def as_dict(self) -> dict[str, object]:
         """Every field, as JSON-ready values (the constraint kinds sorted as
@@ -95,6 +101,7 @@ def embedding_only(caps: Capabilities) -> Capabilities:
         tools=False,
         reasoning=False,
         seeded_sampling=False,
+        speculative="",
     )
 
 
@@ -129,6 +136,15 @@ def refuse_unsupported(
             "cannot honour stop_tokens= (it can neither stop on token ids nor report them); "
             "use stop strings (stop=)",
         )
+    if not caps.speculative:
+        if cfg.speculative:
+            refuse(
+                "speculative",
+                'does not decode speculatively (load it with speculative="ngram" '
+                "or a draft_model=)",
+            )
+        if cfg.draft_max:
+            refuse("draft_max", "does not decode speculatively, so draft_max= does not apply")
     if cfg.return_logits and not caps.logits:
         refuse("return_logits", "cannot return logits (return_logits=)")
     choice = cfg.tool_choice

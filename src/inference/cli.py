@@ -75,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
             help=f"keep prompts' KV in this folder across restarts "
             f"(default: ${env.INFERENCE_KV_CACHE_DIR}, else none)",
         )
+        p.add_argument(
+            "--draft-model",
+            default=None,
+            metavar="PATH",
+            help="decode speculatively, checking this smaller model's guesses "
+            "(the same vocabulary)",
+        )
+        p.add_argument(
+            "--speculative",
+            default=None,
+            choices=("ngram",),
+            help="decode speculatively with guesses copied from the prompt (prompt lookup)",
+        )
 
     def common_gen(p: argparse.ArgumentParser, **defaults: Any) -> None:
         _generate_flags(p.add_argument_group("generation options"), defaults)
@@ -195,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
 
 #: Options that no command-line flag carries: a threading.Event, and values
 #: with structure (given with ``-o KEY=JSON``).
-_NO_FLAG = frozenset({"cancel", "tools", "template_vars"})
+#: (``--speculative`` is the load option's: per call, ``-o speculative=false``.)
+_NO_FLAG = frozenset({"cancel", "tools", "template_vars", "speculative"})
 #: How a flag reads the value of an option of each type (as the config
 #: annotates it); lists are repeatable flags.
 _FLAG_TYPES: dict[str, Any] = {
@@ -299,6 +313,8 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "constraint_memory_mib": args.constraint_memory,
         "pooling": args.pooling,
         "cache_dir": args.cache_dir,
+        "draft_model": args.draft_model,
+        "speculative": args.speculative,
     }
     return {k: v for k, v in given.items() if v is not None}
 

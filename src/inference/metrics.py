@@ -28,10 +28,13 @@ def call_metrics(
     memory: tuple[int | None, int | None] = (None, None),
     cached_tokens: int = 0,
     cache_tier: str = "",
+    drafted_tokens: int = 0,
+    accepted_tokens: int = 0,
 ) -> GenerateMetrics:
     """Metrics of one call that began at ``start``, produced its first token
     at ``first`` and ended at ``end`` (``perf_counter`` seconds), with
-    ``cached_tokens`` of its prompt taken from ``cache_tier``.
+    ``cached_tokens`` of its prompt taken from ``cache_tier``, and
+    ``accepted_tokens`` of the ``drafted_tokens`` speculation guessed.
 
     An engine or server that measured its own prefill and decode times or
     rates passes them; they replace the ones derived from the timestamps.
@@ -61,6 +64,8 @@ def call_metrics(
         active_memory_bytes=active,
         cached_tokens=cached_tokens,
         cache_tier=cache_tier,
+        drafted_tokens=drafted_tokens,
+        accepted_tokens=accepted_tokens,
     )
 
 
@@ -90,4 +95,6 @@ def batch_metrics(
         decode_seconds=decode,
         decode_rate=later / decode if later > 0 and decode > 0 else 0.0,
         memory=memory,
+        drafted_tokens=sum(m.drafted_tokens for m in done),
+        accepted_tokens=sum(m.accepted_tokens for m in done),
     )

@@ -34,11 +34,13 @@ __all__ = [
     "CACHE_HOST_MIB",
     "CONSTRAINT_MEMORY_MIB",
     "CONSTRAINT_SECONDS",
+    "DRAFT_MAX_LIMIT",
     "GENERATE_OPTIONS",
     "LOAD_OPTIONS",
     "MIN_TEMPERATURE",
     "PENALTY_RANGE",
     "POOLINGS",
+    "SPECULATION",
     "GenerateConfig",
     "LoadConfig",
     "Option",
@@ -55,6 +57,8 @@ __all__ = [
     "with_constraint_memory_mib",
     "with_constraint_timeout",
     "with_context_len",
+    "with_draft_max",
+    "with_draft_model",
     "with_gpu_layers",
     "with_grammar",
     "with_json_object",
@@ -68,6 +72,7 @@ __all__ = [
     "with_regex",
     "with_repeat_penalty",
     "with_seed",
+    "with_speculative",
     "with_stop",
     "with_stop_tokens",
     "with_temperature",
@@ -231,6 +236,27 @@ def _pooling(option: str, value: object) -> str:
     return str(value)
 
 
+#: How a model loaded with ``speculative=`` guesses tokens for the target to
+#: check: "ngram" copies them from the prompt and the text so far (prompt
+#: lookup); "draft" is set by ``draft_model=``, a smaller model's guesses.
+SPECULATION = ("ngram", "draft")
+#: The most tokens ``draft_max`` lets one step propose.
+DRAFT_MAX_LIMIT = 32
+
+
+def _speculation(option: str, value: object) -> str:
+    if value != "" and value not in SPECULATION:
+        raise _fail(option, value, '"" (none) or "ngram" (a draft model is draft_model=)')
+    return str(value)
+
+
+def _draft_max(option: str, value: object) -> int:
+    number = _int(option, value, minimum=0)
+    if number > DRAFT_MAX_LIMIT:
+        raise _fail(option, value, f"an int from 0 (the model's default) to {DRAFT_MAX_LIMIT}")
+    return number
+
+
 def _positive_seconds(option: str, value: object) -> float:
     number = _float(option, value, low=0.0)
     if number == 0.0:
@@ -330,6 +356,15 @@ def _check_together(cfg: GenerateConfig) -> None:
         raise ValueError("tool_choice='required' needs tools")
     if forced != cfg.tool_choice and forced not in {t.name for t in cfg.tools}:
         raise ValueError(f"tool_choice names {forced!r}, which is not among the tools")
+    if cfg.draft_max and cfg.speculative is False:
+        raise ValueError("draft_max= needs speculation; the call turned it off (speculative=False)")
+
+
+def _check_load(cfg: LoadConfig) -> None:
+    if cfg.draft_model and cfg.speculative not in ("", "draft"):
+        raise ValueError(
+            f"draft_model= and speculative={cfg.speculative!r} both say how to draft; give one"
+        )
 
 
 def _option(default: Any, check: _Check, **kw: Any) -> Any:
@@ -389,6 +424,8 @@ class GenerateConfig:
     enable_thinking: bool | None = _option(None, _optional_bool)
     template_vars: Mapping[str, Any] = _option(MappingProxyType({}), _template_vars)
     timeout: float | None = _option(None, _timeout)
+    speculative: bool | None = _option(None, _optional_bool)
+    draft_max: int = _option(0, _draft_max)
     cancel: threading.Event | None = _option(None, _event, compare=False, repr=False)  # noqa: RUF009 (a field)
 
     def __post_init__(self) -> None:
@@ -411,8 +448,11 @@ class LoadConfig:
     ``cache_host_mib`` is the host-memory budget of the prefix cache, for
     prompts' KV evicted from the engine's slots (0: none kept);
     ``cache_dir`` a folder where it keeps prompts' KV across restarts (""
-    is ``$INFERENCE_KV_CACHE_DIR``, else none), within ``cache_disk_mib``.
-    Checked when made, as :class:`GenerateConfig` is.
+    is ``$INFERENCE_KV_CACHE_DIR``, else none), within ``cache_disk_mib``;
+    ``draft_model`` a smaller model with the same vocabulary whose guesses
+    the model checks several at a time (speculative decoding), or
+    ``speculative="ngram"`` guesses copied from the prompt and the text so
+    far (no second model). Checked when made, as :class:`GenerateConfig` is.
     """
 
     backend: str = _option("", _str)
@@ -428,9 +468,12 @@ class LoadConfig:
     cache_host_mib: int = _option(CACHE_HOST_MIB, _at_least(0))
     cache_dir: str = _option("", _path)
     cache_disk_mib: int = _option(CACHE_DISK_MIB, _at_least(1))
+    draft_model: str = _option("", _path)
+    speculative: str = _option("", _speculation)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_load(self)
 
 
 Target = Literal["generate", "load"]
@@ -587,7 +630,28 @@ def with_cancel(event: threading.Event | None) -> Option:
     return _make("generate", "cancel", event)
 
 
+def with_speculative(value: str | bool | None) -> Option:
+    """Speculative decoding. At load, a str: "ngram" drafts tokens from the
+    prompt and the text so far (a draft model is :func:`with_draft_model`).
+    Per call, a bool: False turns it off, None (the default) speculates as
+    the model was loaded to."""
+    target: Target = "load" if isinstance(value, str) else "generate"
+    return _make(target, "speculative", value)
+
+
+def with_draft_max(n: int) -> Option:
+    """The most tokens one speculative step proposes (0: the model's default,
+    which adapts to how many are accepted)."""
+    return _make("generate", "draft_max", n)
+
+
 # -- load options ------------------------------------------------------------
+
+
+def with_draft_model(path: str | os.PathLike[str]) -> Option:
+    """A smaller model with the same vocabulary, whose guesses the model
+    checks several tokens at a time (speculative decoding)."""
+    return _make("load", "draft_model", path)
 
 
 def with_backend(name: str) -> Option:

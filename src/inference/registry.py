@@ -36,6 +36,7 @@ from .errors import (
     BackendUnavailableError,
     ModelLoadError,
     NoBackendError,
+    UnsupportedOptionError,
 )
 from .options import LoadConfig, Option, load_config
 from .protocols import Backend, TextModel
@@ -596,7 +597,22 @@ def load_model(
         return _load_with_fallback(path, cfg)
     env.configure_logging()
     _log.debug("loading %s with backend %r", _shown(path), backend.name)
-    return backend.load_model(path, cfg)
+    return _honoured(backend.load_model(path, cfg), cfg)
+
+
+def _honoured(model: TextModel, cfg: LoadConfig) -> TextModel:
+    """``model``, unless it cannot do what ``cfg`` asked of it at load
+    (speculative decoding): then it is closed, and the option refused."""
+    if (cfg.speculative or cfg.draft_model) and not model.capabilities.speculative:
+        name = model.info.backend
+        model.close()
+        raise UnsupportedOptionError(
+            f"the {name} backend does not decode speculatively "
+            "(draft_model= and speculative= work on llama_cpp and rocm)",
+            option="draft_model" if cfg.draft_model else "speculative",
+            backend=name,
+        )
+    return model
 
 
 def _load_with_fallback(path: str | os.PathLike[str], cfg: LoadConfig) -> TextModel:
@@ -610,10 +626,12 @@ def _load_with_fallback(path: str | os.PathLike[str], cfg: LoadConfig) -> TextMo
     for backend in _willing(path, fmt):
         _log.debug("loading %s with backend %r", _shown(path), backend.name)
         try:
-            return backend.load_model(path, cfg)
+            model = backend.load_model(path, cfg)
         except ModelLoadError as exc:
             _log.debug("backend %r could not load %s: %s", backend.name, _shown(path), exc)
             failures.append((backend.name, exc))
+            continue
+        return _honoured(model, cfg)
     if len(failures) == 1:
         raise failures[0][1]
     reasons = "\n".join(f"  {name}: {exc}" for name, exc in failures)

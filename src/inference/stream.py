@@ -34,9 +34,11 @@ class StreamControl:
     __slots__ = (
         "_event",
         "_user",
+        "accepted_tokens",
         "cache_tier",
         "cached_tokens",
         "deadline",
+        "drafted_tokens",
         "guide",
         "metrics",
         "stop_sequence",
@@ -66,6 +68,9 @@ class StreamControl:
         #: :class:`~inference.GenerateMetrics`), set as it admits the call.
         self.cached_tokens = 0
         self.cache_tier = ""
+        #: Speculative decoding's guesses checked, and accepted, so far.
+        self.drafted_tokens = 0
+        self.accepted_tokens = 0
 
     def cancel(self) -> None:
         """Ask the producer to stop at its next check."""

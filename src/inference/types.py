@@ -238,6 +238,10 @@ class GenerateMetrics:
     #: (restored from host memory), "disk" (from the cache folder), "" none.
     cached_tokens: int = 0
     cache_tier: str = ""
+    #: Speculative decoding: tokens guessed (by prompt lookup or a draft
+    #: model) and checked by the model, and how many of those it accepted.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

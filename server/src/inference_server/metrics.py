@@ -19,6 +19,8 @@ class _Tokens:
     prompt: int = 0
     cached: int = 0
     generated: int = 0
+    drafted: int = 0
+    accepted: int = 0
     decode_seconds: float = 0.0
     ttft_sum: float = 0.0
     ttft_count: int = 0
@@ -48,6 +50,8 @@ class ServerMetrics:
             t.prompt += m.prompt_tokens
             t.cached += m.cached_tokens
             t.generated += m.generated_tokens
+            t.drafted += m.drafted_tokens
+            t.accepted += m.accepted_tokens
             t.decode_seconds += m.decode_seconds
             if m.generated_tokens:
                 t.ttft_sum += m.time_to_first_token
@@ -91,6 +95,18 @@ class ServerMetrics:
                     "counter",
                     "Generated tokens.",
                     lambda t: t.generated,
+                ),
+                (
+                    "inference_drafted_tokens_total",
+                    "counter",
+                    "Tokens guessed by speculative decoding and checked by the model.",
+                    lambda t: t.drafted,
+                ),
+                (
+                    "inference_accepted_tokens_total",
+                    "counter",
+                    "Guessed tokens the model accepted.",
+                    lambda t: t.accepted,
                 ),
                 (
                     "inference_decode_tokens_per_second",

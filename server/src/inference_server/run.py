@@ -24,6 +24,14 @@ class _Stop(Exception):
     """SIGINT or SIGTERM, raised again by uvicorn once it has shut down."""
 
 
+def load_options(load: dict[str, Any], *, embedding: bool) -> dict[str, Any]:
+    """The load options of one served model: ``load``, less speculative
+    decoding's for the ``--embed-model`` (it does not generate)."""
+    if not embedding:
+        return load
+    return {k: v for k, v in load.items() if k not in ("draft_model", "speculative")}
+
+
 def serve(
     models: str | Sequence[str],
     *,
@@ -35,9 +43,10 @@ def serve(
     **load: Any,
 ) -> int:
     """Serve ``models`` (each a path, or ``NAME=PATH``; ``embed_model`` is one
-    more) loaded with the load options ``load`` and ``settings.parallel``
-    slots each, within ``settings``' limits, until SIGINT or SIGTERM; returns
-    the exit status (0 once stopped, 1 when the address cannot be bound)."""
+    more, loaded without ``draft_model`` and ``speculative``) loaded with the
+    load options ``load`` and ``settings.parallel`` slots each, within
+    ``settings``' limits, until SIGINT or SIGTERM; returns the exit status
+    (0 once stopped, 1 when the address cannot be bound)."""
     import uvicorn
 
     say = out or sys.stdout
@@ -58,8 +67,14 @@ def serve(
     with contextlib.ExitStack() as stack:
         stack.enter_context(sock)
         loaded = {
-            name: stack.enter_context(inference.load_model(path, parallel_slots=s.parallel, **load))
-            for name, path in named
+            name: stack.enter_context(
+                inference.load_model(
+                    path,
+                    parallel_slots=s.parallel,
+                    **load_options(load, embedding=bool(embed_model) and i == len(wanted)),
+                )
+            )
+            for i, (name, path) in enumerate(named)
         }
         app = create_app(loaded, s)
         server = uvicorn.Server(uvicorn_config(app, s, host=host, port=port))

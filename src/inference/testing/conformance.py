@@ -472,6 +472,31 @@ class TextModelConformance:
         at_once = together([functools.partial(call, i) for i in range(self.threads)])
         assert at_once == alone
 
+    def test_speculation_changes_no_output(self) -> None:
+        """A model that decodes speculatively gives, greedy (and with a
+        seed), exactly the tokens it gives with speculation off, and counts
+        its guesses; one that does not refuses to be asked for it, and
+        takes its being turned off."""
+        prompt = "Count: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. Again: 1, 2, 3, 4,"
+        if not self.caps.speculative:
+            self._refused("speculative", lambda: self.model.generate(prompt, speculative=True))
+            self._refused("draft_max", lambda: self.model.generate(prompt, draft_max=4))
+            text = self.model.generate(prompt, max_tokens=4, speculative=False).text()
+            assert text == self.model.generate(prompt, max_tokens=4).text()
+            return
+        runs: list[dict[str, Any]] = [{}]
+        if self.caps.seeded_sampling:
+            runs.append({"temperature": 0.8, "seed": 11})
+        for options in runs:
+            on = self.model.generate(prompt, max_tokens=24, **options)
+            with_guesses = [(t.id, t.text) for t in on]
+            off = self.model.generate(prompt, max_tokens=24, speculative=False, **options)
+            assert with_guesses == [(t.id, t.text) for t in off], options
+            m, m_off = on.metrics, off.metrics
+            assert m is not None and m_off is not None
+            assert 0 <= m.accepted_tokens <= m.drafted_tokens
+            assert m_off.drafted_tokens == m_off.accepted_tokens == 0
+
     # -- errors, metrics, lifecycle ---------------------------------------------
 
     def test_errors_surface(self) -> None:

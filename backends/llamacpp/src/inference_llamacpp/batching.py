@@ -46,9 +46,10 @@ leaving) is :class:`inference.batching.Scheduler`'s.
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as lc
 import numpy as np
@@ -57,17 +58,23 @@ from inference import batching
 from inference.disk_cache import BLOCK, DiskCache
 from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
+from inference.speculation import Acceptance, Lookup, Pacer
 
 from .host_cache import SPILL_AT_LEAST, HostCache, Kept
 from .threads import ThreadTuner
+
+if TYPE_CHECKING:
+    from .speculative import Drafter
 
 __all__ = [
     "ABORTABLE_PREFILL",
     "COPY_AT_LEAST",
     "PREFILL_CHUNK",
+    "SPECULATE_UP_TO",
     "Batch",
     "Scheduler",
     "SeqState",
+    "Speculation",
     "log_softmax",
 ]
 
@@ -79,8 +86,16 @@ PREFILL_CHUNK = 64
 COPY_AT_LEAST = 64
 #: A step that prefills at least this many tokens can be aborted part-way.
 ABORTABLE_PREFILL = 64
+#: Guesses are checked only in a step where at most this many sequences
+#: decode (and none prefills). Several sequences' tokens already fill a
+#: CPU's arithmetic, and with a KV stream per sequence llama.cpp splits a
+#: step whose sequences feed unequal numbers of tokens into one graph pass
+#: per length: 8 streams with guesses for each gave 0.74x the tokens/s of
+#: 8 without (``bench/bench_speculative.py``, 2026-12-06).
+SPECULATE_UP_TO = 1
 
 _NO_ABORT = lc.ggml_abort_callback()  # a NULL callback
+_log = logging.getLogger(__name__)
 
 
 class Batch:
@@ -120,17 +135,34 @@ class _Slot:
         self.used = 0  # the step it last ran in: idle slots go oldest first
 
 
+class Speculation:
+    """One sequence's speculative decoding: its prompt lookup (None with a
+    draft model), how often its guesses are right, the most it may make a
+    step, and this step's guesses and their batch rows."""
+
+    __slots__ = ("acceptance", "draft_max", "drafts", "guesses", "lookup", "rows")
+
+    def __init__(self, *, ngram: bool, draft_max: int) -> None:
+        self.lookup = Lookup() if ngram else None
+        self.acceptance = Acceptance()
+        self.draft_max = draft_max
+        self.guesses: list[int] = []  # made before this step, checked or not
+        self.drafts: list[int] = []  # checked this step (a prefix of guesses)
+        self.rows: list[int] = []  # the batch rows of the drafts' logits
+
+
 class SeqState:
     """A sequence's part of the engine: its sampler chain (owned: freed
-    with the sequence) and its slot."""
+    with the sequence), its slot, and its speculation (None: none)."""
 
-    __slots__ = ("fed", "prompt_len", "sampler", "slot", "wait_for")
+    __slots__ = ("fed", "prompt_len", "sampler", "slot", "spec", "wait_for")
 
-    def __init__(self, sampler: Any, prompt_len: int) -> None:
+    def __init__(self, sampler: Any, prompt_len: int, spec: Speculation | None = None) -> None:
         self.sampler = sampler
         self.prompt_len = prompt_len
+        self.spec = spec
         self.slot: _Slot | None = None
-        self.fed = 0  # tokens this step puts into the batch
+        self.fed = 0  # tokens this step puts into the batch (drafts aside)
         #: (a slot, its sequence, n): the first n tokens of the prompt are
         #: being prefilled there; this one waits for them, then copies them.
         self.wait_for: tuple[_Slot, batching.Sequence | None, int] | None = None
@@ -185,8 +217,13 @@ class Scheduler(batching.Scheduler):
         host: HostCache | None = None,
         disk: DiskCache | None = None,
         n_swa: int = 0,
+        drafter: Drafter | None = None,
     ) -> None:
         super().__init__(name="inference-llama_cpp", engine=engine)
+        #: Speculative decoding: the draft model, if any, and what a step's
+        #: guesses cost (prompt lookup needs neither drafter nor model).
+        self._drafter = drafter
+        self._pacer = Pacer()
         self._ctx = ctx
         self._host = host
         self._disk = disk
@@ -209,6 +246,9 @@ class Scheduler(batching.Scheduler):
         self.prefilled = 0
         self.reused = 0
         self.widest_prefill_beside_decode = 0
+        #: Since the model was loaded: guesses checked, and those accepted.
+        self.drafted = 0
+        self.accepted = 0
 
     def forget(self) -> None:
         """Forget every cached prompt: the caller has cleared the KV cache
@@ -512,15 +552,20 @@ class Scheduler(batching.Scheduler):
             prefilled += n
             if slot.cells + n > last:
                 to_sample.append((seq, batch.n - 1))
+        if 0 < len(decoding) <= SPECULATE_UP_TO and not prefilled:
+            self._guess(decoding)
         stepping = [s for s in ready if _state(s).fed]
         if not stepping:
             return
+        start = time.perf_counter()
         try:
             self._decode(stepping, abortable=prefilled >= ABORTABLE_PREFILL, timed=not prefilled)
         finally:
             fed = [(s, _state(s).fed) for s in stepping]
             for s in stepping:
                 _state(s).fed = 0
+        if not prefilled:
+            self._pacer.record(batch.n, time.perf_counter() - start)
         self._step_no += 1
         self.prefilled += prefilled
         if decoding:
@@ -535,11 +580,67 @@ class Scheduler(batching.Scheduler):
         for seq, row in to_sample:
             if not seq.halted:
                 try:
-                    self._sample(seq, row)
+                    self._emit(seq, row)
                 except GenerationError as exc:  # its constraint failed: it alone ends
                     with self._cond:
                         self._halt(seq)
                         seq.fail(exc)
+
+    def _guess(self, decoding: list[batching.Sequence]) -> None:
+        """Add guessed continuations of the decoding sequences that speculate
+        to the batch (each drafted token with logits, after the sequence's
+        last token): as many as :class:`~inference.speculation.Pacer` finds
+        pay, from prompt lookup or the draft model."""
+        batch = self._batch
+        offers: list[tuple[batching.Sequence, int]] = []  # (sequence, most guesses)
+        for seq in decoding:
+            spec = _state(seq).spec
+            if spec is None:
+                continue
+            slot = _state(seq).slot
+            assert slot is not None
+            if spec.lookup is None:
+                spec.guesses = []  # a draft model's come below, when asked for
+            # Never past max_tokens (one token comes anyway) nor the context.
+            most = min(spec.draft_max, seq.limit - seq.generated - 1, self._n_ctx - slot.cells - 1)
+            if spec.lookup is not None:  # guesses every step, sent or not (see Acceptance)
+                spec.guesses = spec.lookup.guess(slot.tokens, spec.draft_max)
+                most = min(most, len(spec.guesses))
+            if most > 0:
+                offers.append((seq, most))
+        if not offers:
+            return
+        k = self._pacer.plan(
+            batch.n,
+            len(decoding),
+            [(_state(seq).spec.acceptance, most) for seq, most in offers],  # type: ignore[union-attr]
+            room=batch.capacity - batch.n,
+            drafting=self._drafter is not None,
+        )
+        if k <= 0:
+            return
+        if self._drafter is not None:
+            wants = []
+            for seq, most in offers:
+                slot = _state(seq).slot
+                assert slot is not None
+                wants.append((slot.id, slot.tokens[: slot.cells + 1], min(k, most)))
+            try:
+                drafted = self._drafter.guess(wants, self._pacer)
+            except GenerationError:
+                _log.warning("the draft model failed; this step checks no guesses", exc_info=True)
+                return
+            for (seq, _), guesses in zip(offers, drafted, strict=True):
+                _state(seq).spec.guesses = guesses  # type: ignore[union-attr]
+        for seq, most in offers:
+            state = _state(seq)
+            spec, slot = state.spec, state.slot
+            assert spec is not None and slot is not None
+            spec.drafts = spec.guesses[: min(k, most)]
+            spec.rows = []
+            for i, tok in enumerate(spec.drafts):
+                spec.rows.append(batch.n)
+                batch.add(tok, slot.cells + 1 + i, slot.id, True)
 
     def _decode(self, stepping: list[batching.Sequence], *, abortable: bool, timed: bool) -> None:
         batch = self._batch
@@ -572,7 +673,41 @@ class Scheduler(batching.Scheduler):
         seqs = self._abort_for
         return bool(seqs) and all(s.control.stop_requested() for s in seqs)
 
-    def _sample(self, seq: batching.Sequence, row: int) -> None:
+    def _emit(self, seq: batching.Sequence, row: int) -> None:
+        """Sample ``seq``'s next token from ``row``, then, where it guessed,
+        one more from each guess's row while the token sampled equals the
+        guess (the guess's KV is then the token's, and kept); the rejected
+        guesses' KV cells go."""
+        state = _state(seq)
+        spec, slot = state.spec, state.slot
+        assert slot is not None
+        if spec is None:
+            self._sample(seq, row)
+            return
+        drafts, rows = spec.drafts, [row, *spec.rows]
+        spec.drafts, spec.rows = [], []
+        emitted: list[int] = []
+        try:
+            while True:
+                tok = self._sample(seq, rows[len(emitted)])
+                emitted.append(tok)
+                if seq.halted or len(emitted) > len(drafts) or tok != drafts[len(emitted) - 1]:
+                    break
+                slot.cells += 1  # the guess was right: its KV stays
+        finally:  # also when a constraint fails part-way: no cell past slot.cells stays
+            accepted = max(len(emitted) - 1, 0)
+            if accepted < len(drafts):
+                lc.llama_memory_seq_rm(self._mem, slot.id, slot.cells, -1)
+        spec.acceptance.observe(spec.guesses, emitted)
+        spec.guesses = []
+        if drafts:
+            control = seq.control
+            control.drafted_tokens += len(drafts)
+            control.accepted_tokens += accepted
+            self.drafted += len(drafts)
+            self.accepted += accepted
+
+    def _sample(self, seq: batching.Sequence, row: int) -> int:
         state = _state(seq)
         slot = state.slot
         assert slot is not None
@@ -588,7 +723,7 @@ class Scheduler(batching.Scheduler):
                 # The constraint's mask on the logits the sampler chain
                 # copies, so penalties and sampling act within it.
                 guide.mask(logits)
-        tok = lc.llama_sampler_sample(state.sampler, self._ctx, row)
+        tok = int(lc.llama_sampler_sample(state.sampler, self._ctx, row))
         if guide is not None:
             guide.consume(tok)
         lp = None
@@ -600,3 +735,4 @@ class Scheduler(batching.Scheduler):
             (guide is not None and guide.stopped) or slot.cells >= self._n_ctx
         ):
             seq.end()  # the constraint is complete, or the context is full
+        return tok

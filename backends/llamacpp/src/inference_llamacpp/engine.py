@@ -45,15 +45,16 @@ from inference import env
 from inference.capabilities import Capabilities, embedding_only
 from inference.disk_cache import DiskCache, fingerprint
 from inference.embeddings import Embeddings, EmbedInput, Ranked, Ranking, finish
-from inference.errors import Cancelled, GenerationError, ModelLoadError
+from inference.errors import Cancelled, GenerationError, ModelLoadError, UnsupportedOptionError
 from inference.gguf import GGUFHeader, read_header
 from inference.options import GenerateConfig, LoadConfig
 from inference.scoring import IdPair, ScoringTextModel
+from inference.speculation import DEFAULT_DRAFT_MAX
 from inference.stream import StreamControl
 from inference.types import ModelInfo
 
 from . import preflight
-from .batching import Batch, Scheduler, SeqState, log_softmax
+from .batching import Batch, Scheduler, SeqState, Speculation, log_softmax
 from .embedding import (
     EMBED_CONTEXT_CAP,
     POOLING_TYPES,
@@ -61,6 +62,7 @@ from .embedding import (
     EmbedQueue,
 )
 from .host_cache import HostCache
+from .speculative import Drafter
 from .threads import ThreadTuner
 
 __all__ = ["DEFAULT_CONTEXT_CAP", "DEFAULT_SEQUENCES", "LlamaCppModel", "sequences"]
@@ -183,6 +185,7 @@ class LlamaCppModel(ScoringTextModel):
         self._abort_for: StreamControl | None = None
         self._tuner: ThreadTuner | None = None
         self._embedding: EmbeddingContext | None = None  # made on the first embed
+        self._drafter: Drafter | None = None
         try:
             self._open(header, cfg)
         except BaseException:
@@ -224,7 +227,21 @@ class LlamaCppModel(ScoringTextModel):
         # A sliding-window model's window layers keep only their window's
         # cells, as llama.cpp's server does (Gemma 3: a sixth of the KV);
         # the prefix cache checkpoints its prompts instead of trimming them.
-        cparams.swa_full = False
+        #: Speculative decoding: "ngram", "draft" (a draft model) or "".
+        self._speculation = "draft" if cfg.draft_model else cfg.speculative
+        if self._speculation and (
+            lc.llama_model_is_recurrent(self._model) or lc.llama_model_is_hybrid(self._model)
+        ):
+            raise UnsupportedOptionError(
+                f"{self._path}: speculative decoding needs a cache that can drop rejected "
+                "guesses, and this model's recurrent state cannot",
+                option="draft_model" if cfg.draft_model else "speculative",
+                backend=self.backend_name,
+            )
+        # Speculation trims rejected guesses from every layer's cache: a
+        # sliding-window model then keeps its whole cache, as llama-server
+        # must with --swa-full.
+        cparams.swa_full = bool(self._speculation)
         threads = cfg.threads or default_threads()
         self._threads = threads
         cparams.n_threads = threads
@@ -306,8 +323,18 @@ class LlamaCppModel(ScoringTextModel):
             tuner=self._tuner,
             host=HostCache(cfg.cache_host_mib << 20) if cfg.cache_host_mib else None,
             disk=self._disk_cache(cfg, cparams, n_ctx),
-            n_swa=max(lc.llama_model_n_swa(self._model), 0),
+            n_swa=0 if cparams.swa_full else max(lc.llama_model_n_swa(self._model), 0),
+            drafter=self._open_drafter(header, cfg, threads),
         )
+
+    def _open_drafter(self, header: GGUFHeader, cfg: LoadConfig, threads: int) -> Drafter | None:
+        """The draft model's context (``draft_model=``), or None."""
+        if not cfg.draft_model:
+            return None
+        self._drafter = Drafter(
+            cfg.draft_model, header, n_ctx=self._n_ctx, n_seq=self._n_seq, threads=threads
+        )
+        return self._drafter
 
     def _disk_cache(self, cfg: LoadConfig, cparams: Any, n_ctx: int) -> DiskCache | None:
         """The prefix cache's disk tier, keyed by all that shapes the KV (the
@@ -444,13 +471,18 @@ class LlamaCppModel(ScoringTextModel):
         if cfg.repeat_penalty != 1.0:
             for t in ids[-_PENALTY_LAST_N:]:
                 lc.llama_sampler_accept(sampler, t)
+        spec = None
+        if self._speculation and cfg.speculative is not False:
+            spec = Speculation(
+                ngram=self._speculation == "ngram", draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX
+            )
         yield from scheduler.generate(
             ids,
             control,
             limit=cfg.max_tokens,
             stop_ids=self._eog_ids | frozenset(cfg.stop_tokens),
             logprobs=cfg.logprobs,
-            state=SeqState(sampler, len(ids)),
+            state=SeqState(sampler, len(ids), spec),
         )
 
     def _clear_memory(self) -> None:
@@ -618,6 +650,7 @@ class LlamaCppModel(ScoringTextModel):
             embed=not rank,
             embedding_dimensions=0 if rank else lc.llama_model_n_embd(self._model),
             rerank=True,
+            speculative=self._speculation,
         )
         return embedding_only(caps) if self._embedding_only else caps
 
@@ -716,6 +749,9 @@ class LlamaCppModel(ScoringTextModel):
         if self._embedding is not None:
             self._embedding.free()
             self._embedding = None
+        if self._drafter is not None:
+            self._drafter.free()
+            self._drafter = None
         if self._batch is not None:
             self._batch.free()
             self._batch = None

