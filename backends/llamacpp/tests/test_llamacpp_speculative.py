@@ -253,9 +253,11 @@ def test_a_draft_model_with_another_vocabulary_is_refused(target: str, tmp_path:
     source = smollm2_path()
     assert source is not None
     other = write_tiny_llama(tmp_path / "other.gguf", source, control_tokens=["<|tool|>"])
+    threads = threading.active_count()
     with pytest.raises(UnsupportedOptionError, match="vocabulary") as caught:
         inference.load_model(target, backend="llama_cpp", draft_model=str(other))
     assert caught.value.option == "draft_model"
+    assert threading.active_count() == threads  # and no thread is left behind
     missing = tmp_path / "missing.gguf"
     with pytest.raises(inference.ModelLoadError):
         inference.load_model(target, backend="llama_cpp", draft_model=str(missing))

@@ -272,6 +272,10 @@ class LlamaCppModel(ScoringTextModel):
         self._n_ctx = lc.llama_n_ctx_seq(self._ctx)  # per sequence
         self._n_batch = lc.llama_n_batch(self._ctx)
         self._n_seq = n_seq
+        if cfg.draft_model:  # a draft with another vocabulary is refused before the rest
+            self._drafter = Drafter(
+                cfg.draft_model, header, n_ctx=self._n_ctx, n_seq=n_seq, threads=threads
+            )
         self._n_vocab = n_vocab
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = Batch(self._n_batch, n_seq)
@@ -324,17 +328,8 @@ class LlamaCppModel(ScoringTextModel):
             host=HostCache(cfg.cache_host_mib << 20) if cfg.cache_host_mib else None,
             disk=self._disk_cache(cfg, cparams, n_ctx),
             n_swa=0 if cparams.swa_full else max(lc.llama_model_n_swa(self._model), 0),
-            drafter=self._open_drafter(header, cfg, threads),
+            drafter=self._drafter,
         )
-
-    def _open_drafter(self, header: GGUFHeader, cfg: LoadConfig, threads: int) -> Drafter | None:
-        """The draft model's context (``draft_model=``), or None."""
-        if not cfg.draft_model:
-            return None
-        self._drafter = Drafter(
-            cfg.draft_model, header, n_ctx=self._n_ctx, n_seq=self._n_seq, threads=threads
-        )
-        return self._drafter
 
     def _disk_cache(self, cfg: LoadConfig, cparams: Any, n_ctx: int) -> DiskCache | None:
         """The prefix cache's disk tier, keyed by all that shapes the KV (the
