@@ -157,6 +157,8 @@ def test_options_and_their_builders() -> None:
     assert GenerateConfig().speculative is None
     with pytest.raises(ValueError, match="speculative"):
         LoadConfig(speculative="medusa")
+    with pytest.raises(ValueError, match="draft_model="):
+        LoadConfig(speculative="draft")  # a draft model is named, not asked for
     with pytest.raises(ValueError, match="draft_max"):
         GenerateConfig(draft_max=33)
     with pytest.raises(ValueError, match="give one"):

@@ -236,16 +236,17 @@ def _pooling(option: str, value: object) -> str:
     return str(value)
 
 
-#: How a model loaded with ``speculative=`` guesses tokens for the target to
-#: check: "ngram" copies them from the prompt and the text so far (prompt
-#: lookup); "draft" is set by ``draft_model=``, a smaller model's guesses.
+#: How a model decodes speculatively (``capabilities.speculative``): "ngram"
+#: copies its guesses from the prompt and the text so far (prompt lookup,
+#: ``speculative="ngram"`` at load); "draft" checks a smaller model's
+#: (``draft_model=``).
 SPECULATION = ("ngram", "draft")
 #: The most tokens ``draft_max`` lets one step propose.
 DRAFT_MAX_LIMIT = 32
 
 
 def _speculation(option: str, value: object) -> str:
-    if value != "" and value not in SPECULATION:
+    if value not in ("", "ngram"):
         raise _fail(option, value, '"" (none) or "ngram" (a draft model is draft_model=)')
     return str(value)
 
@@ -361,7 +362,7 @@ def _check_together(cfg: GenerateConfig) -> None:
 
 
 def _check_load(cfg: LoadConfig) -> None:
-    if cfg.draft_model and cfg.speculative not in ("", "draft"):
+    if cfg.draft_model and cfg.speculative:
         raise ValueError(
             f"draft_model= and speculative={cfg.speculative!r} both say how to draft; give one"
         )

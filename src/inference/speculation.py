@@ -10,8 +10,11 @@ of its position when it was right. (For a draft model that guesses its most
 likely token, the standard accept/reject rule reduces to this: the draft's
 distribution is a point mass, so a guess is kept with the model's
 probability of it, and a rejection samples the model's distribution without
-it.) So greedy output is unchanged, and sampled output follows the model's
-distribution, with the same seed the same tokens.
+it.) So greedy output is the model's own, and sampled output follows the
+model's distribution, with the same seed the same tokens, wherever the
+engine rounds a decode of several tokens as it rounds single ones
+(llama.cpp's CPU kernels do not always past 256 KV cells: see
+docs/backends.md).
 
 Guesses cost: a decode of ``1 + k`` tokens takes longer than one of a
 single token (on a CPU, nearly ``1 + k`` times as long for some weight
