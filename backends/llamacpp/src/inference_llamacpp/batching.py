@@ -592,50 +592,45 @@ class Scheduler(batching.Scheduler):
         last token): as many as :class:`~inference.speculation.Pacer` finds
         pay, from prompt lookup or the draft model."""
         batch = self._batch
-        offers: list[tuple[batching.Sequence, int]] = []  # (sequence, most guesses)
+        offers: list[tuple[Speculation, _Slot, int]] = []  # (its speculation, slot, most)
         for seq in decoding:
-            spec = _state(seq).spec
+            state = _state(seq)
+            spec, slot = state.spec, state.slot
             if spec is None:
                 continue
-            slot = _state(seq).slot
             assert slot is not None
-            if spec.lookup is None:
-                spec.guesses = []  # a draft model's come below, when asked for
             # Never past max_tokens (one token comes anyway) nor the context.
             most = min(spec.draft_max, seq.limit - seq.generated - 1, self._n_ctx - slot.cells - 1)
             if spec.lookup is not None:  # guesses every step, sent or not (see Acceptance)
                 spec.guesses = spec.lookup.guess(slot.tokens, spec.draft_max)
                 most = min(most, len(spec.guesses))
+            else:
+                spec.guesses = []  # a draft model's come below, when asked for
             if most > 0:
-                offers.append((seq, most))
+                offers.append((spec, slot, most))
         if not offers:
             return
         k = self._pacer.plan(
             batch.n,
             len(decoding),
-            [(_state(seq).spec.acceptance, most) for seq, most in offers],  # type: ignore[union-attr]
+            [(spec.acceptance, most) for spec, _, most in offers],
             room=batch.capacity - batch.n,
             drafting=self._drafter is not None,
         )
         if k <= 0:
             return
         if self._drafter is not None:
-            wants = []
-            for seq, most in offers:
-                slot = _state(seq).slot
-                assert slot is not None
-                wants.append((slot.id, slot.tokens[: slot.cells + 1], min(k, most)))
+            wants = [
+                (slot.id, slot.tokens[: slot.cells + 1], min(k, most)) for _, slot, most in offers
+            ]
             try:
                 drafted = self._drafter.guess(wants, self._pacer)
             except GenerationError:
                 _log.warning("the draft model failed; this step checks no guesses", exc_info=True)
                 return
-            for (seq, _), guesses in zip(offers, drafted, strict=True):
-                _state(seq).spec.guesses = guesses  # type: ignore[union-attr]
-        for seq, most in offers:
-            state = _state(seq)
-            spec, slot = state.spec, state.slot
-            assert spec is not None and slot is not None
+            for (spec, _, _), guesses in zip(offers, drafted, strict=True):
+                spec.guesses = guesses
+        for spec, slot, most in offers:
             spec.drafts = spec.guesses[: min(k, most)]
             spec.rows = []
             for i, tok in enumerate(spec.drafts):

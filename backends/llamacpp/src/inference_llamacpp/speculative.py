@@ -26,7 +26,7 @@ from inference.gguf import GGUFHeader, read_header
 from inference.speculation import Pacer
 
 from . import preflight
-from .batching import Batch, log_softmax
+from .batching import Batch
 
 __all__ = ["P_MIN", "Drafter", "check_vocabulary"]
 
@@ -129,7 +129,7 @@ class Drafter:
                     lc.llama_get_logits_ith(self._ctx, rows[i]), shape=(self._n_vocab,)
                 )
                 tok = int(logits.argmax())
-                if np.exp(log_softmax(logits)[tok]) < P_MIN:
+                if 1.0 / np.exp(logits - logits[tok]).sum() < P_MIN:  # its probability
                     continue  # unsure: no more guesses for it
                 out[i].append(tok)
                 if len(out[i]) >= k:
