@@ -1,7 +1,8 @@
-"""Speculative decoding against plain decoding on llama.cpp, in one run.
+"""Speculative decoding against plain decoding, in one run.
 
     .venv/bin/python bench/bench_speculative.py [--rounds 3] [--tokens 128]
         [--cases lookup,draft,open,concurrent] [--target q8_0|f16|q4_1]
+        [--backend llama_cpp|mlx]
 
 Each case loads one model with speculation and alternates calls with it on
 (the default) and off (``speculative=False``), on the same engine thread,
@@ -184,6 +185,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--cases", default="lookup,draft,open,concurrent")
     parser.add_argument("--target", default="q8_0", choices=("q8_0", "f16", "q4_1"))
+    parser.add_argument("--backend", default="llama_cpp", choices=("llama_cpp", "mlx"))
     parser.add_argument("--threads", type=int, default=0, help="fixed CPU threads (0: tuned)")
     parser.add_argument(
         "--every-guess",
@@ -195,8 +197,10 @@ def main() -> int:
     EVERY_GUESS = args.every_guess
     cases = set(args.cases.split(","))
     target = _target(args.target)
-    print(f"target {Path(target).name}; load {os.getloadavg()[0]:.2f}", flush=True)
-    base = {"backend": "llama_cpp", "context_len": 2048, "threads": args.threads}
+    print(f"{args.backend}: target {Path(target).name}; load {os.getloadavg()[0]:.2f}", flush=True)
+    base: dict[str, Any] = {"backend": args.backend, "context_len": 2048}
+    if args.backend == "llama_cpp":
+        base["threads"] = args.threads
     if cases & {"lookup", "open"}:
         with inference.load_model(target, speculative="ngram", **base) as m:
             if "lookup" in cases:

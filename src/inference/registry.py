@@ -608,7 +608,7 @@ def _honoured(model: TextModel, cfg: LoadConfig) -> TextModel:
         model.close()
         raise UnsupportedOptionError(
             f"the {name} backend does not decode speculatively "
-            "(draft_model= and speculative= work on llama_cpp and rocm)",
+            "(draft_model= and speculative= work on llama_cpp, rocm and mlx)",
             option="draft_model" if cfg.draft_model else "speculative",
             backend=name,
         )

@@ -28,10 +28,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DEFAULT_DRAFT_MAX", "NGRAM_SIZES", "Acceptance", "Lookup", "Pacer", "expected_tokens"]
+__all__ = [
+    "DEFAULT_DRAFT_MAX",
+    "NGRAM_SIZES",
+    "P_MIN",
+    "Acceptance",
+    "Lookup",
+    "Pacer",
+    "expected_tokens",
+]
 
 #: The most guesses one step checks for a sequence unless ``draft_max`` says.
 DEFAULT_DRAFT_MAX = 16
+#: A draft model guesses only while its most likely token has at least this
+#: probability (llama.cpp's ``--draft-p-min``): an unsure guess is seldom
+#: right, and its check costs.
+P_MIN = 0.75
 #: Prompt lookup matches the sequence's last this many tokens, longest first.
 NGRAM_SIZES = (3, 2)
 

@@ -8,8 +8,8 @@ tokens. Before it guesses, a stream is brought up to the target's tokens
 (its tail past their common prefix trimmed, the rest fed in batches), so a
 rejected guess costs nothing to undo. It guesses greedily, one decode per
 guess for every guessing sequence together, and stops a sequence's guesses
-where its own most likely token falls below :data:`P_MIN` (as llama.cpp's
-``--draft-p-min`` does): an unsure guess is seldom right, and its check costs.
+where its own most likely token falls below
+:data:`inference.speculation.P_MIN`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,12 @@ import numpy as np
 
 from inference.errors import GenerationError, ModelLoadError, UnsupportedOptionError
 from inference.gguf import GGUFHeader, read_header
-from inference.speculation import Pacer
+from inference.speculation import P_MIN, Pacer
 
 from . import preflight
 from .batching import Batch
 
-__all__ = ["P_MIN", "Drafter", "check_vocabulary"]
-
-#: A guess is made only while the draft model gives its most likely token at
-#: least this probability.
-P_MIN = 0.75
+__all__ = ["Drafter", "check_vocabulary"]
 
 
 def check_vocabulary(target: GGUFHeader, draft: GGUFHeader, path: str) -> None:

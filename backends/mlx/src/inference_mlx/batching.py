@@ -18,34 +18,54 @@ steps every sequence it holds, so it pauses only when every reader is
 model's engine thread that ends when no stream is left, so that the model's
 other calls run between batches.
 
+A sequence that speculates (``speculative="ngram"`` or ``draft_model=``)
+has its guesses checked in the steps where it decodes alone: such a step is
+:func:`inference_mlx.speculative.step`, on the generator's batch, with as
+many guesses as :class:`inference.speculation.Pacer` finds pay (none where
+none do); with others beside it, the generator's own step runs.
+
 The hand-over between the loop and the streams' readers is
 :class:`inference.batching.Scheduler`'s.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
 from inference import batching
 from inference.engine_thread import EngineThread
+from inference.errors import GenerationError
 from inference.options import GenerateConfig
+from inference.speculation import Pacer
 
+from . import speculative
 from .prompt_cache import WORTH_TAKING, PromptCache, common_prefix, trimmed
 from .sampling import logprobs_of, masker, sampling
+from .speculative import Drafter, Speculation
+
+_log = logging.getLogger("inference.mlx")
+
+#: A lone speculating sequence's steps that check no guesses are the
+#: generator's own, but for one in this many, timed for the pacer.
+TIMED_EVERY = 16
 
 __all__ = ["Scheduler", "SeqState"]
 
 
 class SeqState:
-    """A stream's part of the batch: its options, its uid in the generator
-    and the raw logits its log-probabilities are read from."""
+    """A stream's part of the batch: its options, its uid in the generator,
+    the raw logits its log-probabilities are read from and its speculation
+    (None: none)."""
 
-    __slots__ = ("cfg", "raw", "removed", "uid", "waiting")
+    __slots__ = ("cfg", "raw", "removed", "spec", "uid", "waiting")
 
-    def __init__(self, cfg: GenerateConfig) -> None:
+    def __init__(self, cfg: GenerateConfig, spec: Speculation | None = None) -> None:
         self.cfg = cfg
+        self.spec = spec
         self.uid = -1
         self.waiting = False  # for a running sequence's prefill of its prefix
         self.raw: deque[Any] = deque()  # logits before the processors, for logprobs
@@ -65,7 +85,8 @@ class Scheduler(batching.Scheduler):
     """The streams of one MLX model, in one ``BatchGenerator`` run on its
     engine thread. Its collaborators: ``model`` gives the live ``nn.Module``
     (raising once the model is closed), ``stream`` the MLX stream to run on,
-    ``cache`` the prompt cache that finished sequences leave behind."""
+    ``cache`` the prompt cache that finished sequences leave behind,
+    ``drafter`` the draft model when there is one."""
 
     def __init__(
         self,
@@ -77,8 +98,12 @@ class Scheduler(batching.Scheduler):
         vocab_size: int,
         width: int,
         prefill_step_size: int,
+        drafter: Drafter | None = None,
     ) -> None:
         super().__init__(name="inference-mlx", engine=engine)
+        self._drafter = drafter
+        self._pacer = Pacer()
+        self._plain = 0  # steps checking no guesses since the last timed one
         self._model = model
         self._stream = stream
         self._cache = cache
@@ -90,6 +115,8 @@ class Scheduler(batching.Scheduler):
 
     def close(self) -> None:
         super().close()
+        if self._drafter is not None:
+            self._drafter.release()
         if self._gen is not None:
             self._gen.close()
             self._gen = None
@@ -189,7 +216,9 @@ class Scheduler(batching.Scheduler):
 
     def _step(self, ready: list[batching.Sequence]) -> None:
         gen = self._generator()
-        _, responses = gen.next()
+        responses = self._speculate(gen)
+        if responses is None:
+            _, responses = gen.next()
         for r in responses:
             seq = self._by_uid.get(r.uid)
             if seq is None:
@@ -223,6 +252,67 @@ class Scheduler(batching.Scheduler):
                 guide is not None and guide.stopped and seq.generated >= guide.steps
             ):
                 seq.end()  # the engine's limit, or the constraint complete with this token
+
+    def _speculate(self, gen: Any) -> list[Any] | None:
+        """The responses of a step that checks guesses, when one sequence
+        that speculates decodes alone and guesses pay, else None: the
+        generator's own step runs (it computes the next token while this
+        thread hands the last one over, so a step that checks nothing is
+        left to it, but for one in :data:`TIMED_EVERY`, timed for the
+        pacer)."""
+        batch = speculative.solo(gen)
+        seq = self._by_uid.get(batch.uids[0]) if batch is not None else None
+        spec = _state(seq).spec if seq is not None and not seq.halted else None
+        if seq is None or spec is None:
+            return None
+        history: list[int] = batch.tokens[0]  # in the cache; the pending token follows
+        if spec.guesses:  # the last step's guesses against the tokens that came
+            spec.acceptance.observe(spec.guesses, history[spec.at :])
+        # Never past max_tokens: the pending token comes anyway.
+        most = min(spec.draft_max, batch.max_tokens[0] - batch._num_tokens[0] - 1)
+        # Prompt lookup guesses every step, checked or not (see Acceptance):
+        # from the tokens in the cache, so its first guess is of the pending one.
+        spec.guesses, spec.at = [], len(history)
+        if spec.lookup is not None:
+            spec.guesses = spec.lookup.guess(history, spec.draft_max + 1)
+            most = min(most, len(spec.guesses) - 1)
+        drafter = self._drafter
+        k = 0
+        if most > 0:
+            offer = [(spec.acceptance, most)]
+            k = self._pacer.plan(1, 1, offer, room=most, drafting=drafter is not None)
+        self._plain = (self._plain + 1) % TIMED_EVERY if k == 0 else 0
+        if k == 0 and self._plain != 1:
+            return None
+        with self._stream_ctx():
+            sent: list[int] = []
+            if k > 0:
+                pending = int(batch._next_tokens[0].item())
+                tokens = [*history, pending]
+                if spec.lookup is not None:
+                    if spec.guesses[0] == pending:
+                        sent = spec.guesses[1 : 1 + k]
+                    else:
+                        sent = spec.lookup.guess(tokens, k)
+                elif drafter is not None:
+                    try:
+                        sent = drafter.guess(tokens, k, self._pacer)
+                    except GenerationError:
+                        _log.warning("the draft model failed; this step checks none", exc_info=True)
+                    spec.guesses, spec.at = sent, len(tokens)
+            start = time.perf_counter()
+            responses = speculative.step(batch, sent)
+            self._pacer.record(1 + len(sent), time.perf_counter() - start)
+        if sent:
+            control = seq.control
+            control.drafted_tokens += len(sent)
+            control.accepted_tokens += max(len(responses) - 1, 0)
+        return responses
+
+    def _stream_ctx(self) -> Any:
+        import mlx.core as mx
+
+        return mx.stream(self._stream())
 
     def _remove(self, seq: batching.Sequence, *, keep: bool) -> None:
         state = _state(seq)

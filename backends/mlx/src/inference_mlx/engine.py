@@ -15,7 +15,9 @@ MLX call of a model runs there, one at a time. What it adds:
   (:mod:`inference_mlx.prompt_cache`): a call whose prompt shares a prefix
   with it (the next turn of a chat) prefills only the rest, from a running
   sequence's cache, a kept one, or (with ``cache_dir``) one on disk; each
-  prompt of ``batch_generate`` is such a stream too;
+  prompt of ``batch_generate`` is such a stream too; with
+  ``speculative="ngram"`` or ``draft_model=``, a stream decoding alone has
+  guesses checked (:mod:`inference_mlx.speculative`);
 - ``_classify_ids`` as one batched forward pass over right-padded prompts in
   the model's batched caches (``BatchKVCache``...), the padding masked, as
   mlx-lm's batch generator does;
@@ -38,9 +40,10 @@ from inference import env
 from inference.capabilities import Capabilities
 from inference.disk_cache import DiskCache, fingerprint
 from inference.embeddings import Embeddings, EmbedInput, finish
-from inference.errors import GenerationError
+from inference.errors import GenerationError, UnsupportedOptionError
 from inference.options import GenerateConfig, LoadConfig
 from inference.scoring import IdPair, ScoringTextModel
+from inference.speculation import DEFAULT_DRAFT_MAX
 from inference.stream import StreamControl
 
 from . import loading
@@ -48,6 +51,7 @@ from .batching import Scheduler, SeqState
 from .detect import MlxDevice
 from .prompt_cache import PromptCache
 from .sampling import sampling
+from .speculative import Drafter, Speculation
 from .tokens import TokenTable, _unwrap
 
 __all__ = ["PREFILL_STEP_SIZE", "MlxModel"]
@@ -81,8 +85,9 @@ class MlxModel(ScoringTextModel):
 
     backend_name: ClassVar[str] = "mlx"
 
-    def __init__(self, loaded: loading.Loaded) -> None:
-        """Wrap a model :func:`inference_mlx.loading.load` loaded."""
+    def __init__(self, loaded: loading.Loaded, draft: Any = None) -> None:
+        """Wrap a model :func:`inference_mlx.loading.load` loaded (and the
+        draft model's module, with ``draft_model=``)."""
         info, wrapper = loaded.info, loaded.wrapper
         width = max(1, loaded.batch_size)
         tokenizer = _unwrap(wrapper)
@@ -113,6 +118,9 @@ class MlxModel(ScoringTextModel):
         self._cpu_only = loaded.cpu_only
         self._mx_stream: Any = None  # made on first use
         self._last_token_pooling = loaded.cfg.pooling == "last"
+        #: Speculative decoding: "ngram", "draft" (a draft model) or "".
+        self._speculation = "draft" if draft is not None else loaded.cfg.speculative
+        drafter = Drafter(draft, prefill_step_size=PREFILL_STEP_SIZE) if draft else None
         assert self._engine is not None
         self._scheduler = Scheduler(
             engine=self._engine,
@@ -122,14 +130,45 @@ class MlxModel(ScoringTextModel):
             vocab_size=info.vocab_size,
             width=width,
             prefill_step_size=PREFILL_STEP_SIZE,
+            drafter=drafter,
         )
 
     # -- loading ----------------------------------------------------------
 
     @classmethod
     def load(cls, path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> MlxModel:
-        """Load the folder or GGUF file at ``path``; ModelLoadError on failure."""
-        return cls(loading.load(path, cfg, device=device))
+        """Load the folder or GGUF file at ``path`` (and the draft model
+        ``cfg.draft_model`` names); ModelLoadError on failure, and
+        UnsupportedOptionError for speculation the model cannot do."""
+        loaded = loading.load(path, cfg, device=device)
+        if not (cfg.speculative or cfg.draft_model):
+            return cls(loaded)
+        from .speculative import check_vocabulary, unable
+
+        why = unable(loaded.model)
+        if why:
+            raise UnsupportedOptionError(
+                f"{path} cannot decode speculatively: {why}",
+                option="draft_model" if cfg.draft_model else "speculative",
+                backend="mlx",
+            )
+        if not cfg.draft_model:
+            return cls(loaded)
+        plain = replace(cfg, draft_model="", adapter_path="", cache_dir="")
+        draft = loading.load(cfg.draft_model, plain, device=device)
+        check_vocabulary(
+            loading.vocabulary(_unwrap(loaded.wrapper)),
+            loading.vocabulary(_unwrap(draft.wrapper)),
+            cfg.draft_model,
+        )
+        why = unable(draft.model)
+        if why:
+            raise UnsupportedOptionError(
+                f"{cfg.draft_model} cannot be the draft model: {why}",
+                option="draft_model",
+                backend="mlx",
+            )
+        return cls(loaded, draft.model)
 
     # -- primitives -----------------------------------------------------------
 
@@ -200,8 +239,14 @@ class MlxModel(ScoringTextModel):
         if limit <= 0:
             return
         stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
+        spec = None
+        if self._speculation and cfg.speculative is not False:
+            spec = Speculation(
+                ngram=self._speculation == "ngram", draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX
+            )
+        state = SeqState(cfg, spec)
         yield from self._scheduler.generate(
-            ids, control, limit=limit, stop_ids=stop_ids, logprobs=cfg.logprobs, state=SeqState(cfg)
+            ids, control, limit=limit, stop_ids=stop_ids, logprobs=cfg.logprobs, state=state
         )
 
     def _guidance_tokenizer(self) -> Any:
@@ -313,7 +358,7 @@ class MlxModel(ScoringTextModel):
     # -- embeddings -------------------------------------------------------------
 
     def _capabilities(self) -> Capabilities:
-        caps = super()._capabilities()
+        caps = replace(super()._capabilities(), speculative=self._speculation)
         inner = getattr(self._model, "model", None)  # mlx-lm's decoder, before the head
         if not callable(inner):
             return caps
