@@ -18,7 +18,7 @@ from inference import (
 )
 from inference.capabilities import Capabilities, refuse_unsupported
 from inference.registry import load_model, register_backend
-from inference.speculation import Acceptance, Lookup, Pacer, expected_tokens
+from inference.speculation import Acceptance, Lookup, Pacer, check_vocabulary, expected_tokens
 from inference.testing import FakeBackend
 
 
@@ -207,3 +207,17 @@ def test_the_limits_of_the_options() -> None:
     assert 0 < DEFAULT_DRAFT_MAX <= DRAFT_MAX_LIMIT
     with pytest.raises(ValueError):
         GenerateConfig(draft_max=-1)
+
+
+def test_a_draft_vocabulary_must_be_the_models_token_for_token() -> None:
+    check_vocabulary(["<s>", "a", "b"], ["<s>", "a", "b"], "d.gguf", "llama_cpp")
+    for theirs, says in (
+        (["<s>", "a"], "its vocabulary has 2 tokens, the model's 3"),
+        (["<s>", "b", "a"], "token 1 is 'b' in it, 'a' in the model"),
+        ([], "lists no tokens"),
+    ):
+        with pytest.raises(UnsupportedOptionError, match=says) as caught:
+            check_vocabulary(["<s>", "a", "b"], theirs, "d.gguf", "mlx")
+        assert caught.value.option == "draft_model"
+        assert caught.value.backend == "mlx"
+        assert str(caught.value).startswith("d.gguf cannot be the draft model")

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .errors import UnsupportedOptionError
+
 __all__ = [
     "DEFAULT_DRAFT_MAX",
     "NGRAM_SIZES",
@@ -35,6 +37,8 @@ __all__ = [
     "Acceptance",
     "Lookup",
     "Pacer",
+    "Speculation",
+    "check_vocabulary",
     "expected_tokens",
 ]
 
@@ -130,6 +134,21 @@ class Acceptance:
             self._last_right = right
             if not right:
                 break
+
+
+class Speculation:
+    """One sequence's speculative decoding: its prompt lookup (None with a
+    draft model), how often its guesses are right, the most it may make a
+    step, and the guesses made for this step (checked or not). An engine
+    adds what its step needs."""
+
+    __slots__ = ("acceptance", "draft_max", "guesses", "lookup")
+
+    def __init__(self, *, ngram: bool, draft_max: int) -> None:
+        self.lookup = Lookup() if ngram else None
+        self.acceptance = Acceptance()
+        self.draft_max = draft_max
+        self.guesses: list[int] = []
 
 
 class Pacer:
@@ -244,3 +263,25 @@ class Pacer:
             if tokens / seconds > best:
                 best_k, best = k, tokens / seconds
         return best_k
+
+
+def check_vocabulary(ours: Sequence[str], theirs: Sequence[str], path: str, backend: str) -> None:
+    """UnsupportedOptionError saying why, unless the draft model at ``path``
+    has the model's tokens (``theirs`` and ``ours``, by id) with the same
+    ids: a guess is a token id of one model checked by the other."""
+    why = ""
+    if not ours or not theirs:
+        why = "one of the two lists no tokens"
+    elif len(ours) != len(theirs):
+        why = f"its vocabulary has {len(theirs)} tokens, the model's {len(ours)}"
+    else:
+        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), -1)
+        if differ >= 0:
+            why = f"token {differ} is {theirs[differ]!r} in it, {ours[differ]!r} in the model"
+    if why:
+        raise UnsupportedOptionError(
+            f"{path} cannot be the draft model: {why}; a draft model must have the "
+            "model's vocabulary",
+            option="draft_model",
+            backend=backend,
+        )

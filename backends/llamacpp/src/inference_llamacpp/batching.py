@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp as lc
 import numpy as np
 
-from inference import batching
+from inference import batching, speculation
 from inference.disk_cache import BLOCK, DiskCache
 from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
-from inference.speculation import Acceptance, Lookup, Pacer
+from inference.speculation import Pacer
 
 from .host_cache import SPILL_AT_LEAST, HostCache, Kept
 from .threads import ThreadTuner
@@ -135,18 +135,14 @@ class _Slot:
         self.used = 0  # the step it last ran in: idle slots go oldest first
 
 
-class Speculation:
-    """One sequence's speculative decoding: its prompt lookup (None with a
-    draft model), how often its guesses are right, the most it may make a
-    step, and this step's guesses and their batch rows."""
+class Speculation(speculation.Speculation):
+    """A sequence's speculation, and this step's checked guesses and their
+    batch rows."""
 
-    __slots__ = ("acceptance", "draft_max", "drafts", "guesses", "lookup", "rows")
+    __slots__ = ("drafts", "rows")
 
     def __init__(self, *, ngram: bool, draft_max: int) -> None:
-        self.lookup = Lookup() if ngram else None
-        self.acceptance = Acceptance()
-        self.draft_max = draft_max
-        self.guesses: list[int] = []  # made before this step, checked or not
+        super().__init__(ngram=ngram, draft_max=draft_max)
         self.drafts: list[int] = []  # checked this step (a prefix of guesses)
         self.rows: list[int] = []  # the batch rows of the drafts' logits
 

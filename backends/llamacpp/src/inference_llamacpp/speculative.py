@@ -23,36 +23,12 @@ import numpy as np
 
 from inference.errors import GenerationError, ModelLoadError, UnsupportedOptionError
 from inference.gguf import GGUFHeader, read_header
-from inference.speculation import P_MIN, Pacer
+from inference.speculation import P_MIN, Pacer, check_vocabulary
 
 from . import preflight
 from .batching import Batch
 
-__all__ = ["Drafter", "check_vocabulary"]
-
-
-def check_vocabulary(target: GGUFHeader, draft: GGUFHeader, path: str) -> None:
-    """UnsupportedOptionError saying why, unless ``draft`` tokenises as
-    ``target`` does: the same tokens with the same ids (a guess is a token
-    id of one model checked by the other)."""
-    ours = target.get("tokenizer.ggml.tokens") or ()
-    theirs = draft.get("tokenizer.ggml.tokens") or ()
-    why = ""
-    if not ours or not theirs:
-        why = "one of the two files lists no tokens"
-    elif len(ours) != len(theirs):
-        why = f"its vocabulary has {len(theirs)} tokens, the model's {len(ours)}"
-    else:
-        differ = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), -1)
-        if differ >= 0:
-            why = f"token {differ} is {theirs[differ]!r} in it, {ours[differ]!r} in the model"
-    if why:
-        raise UnsupportedOptionError(
-            f"{path} cannot be the draft model: {why}; a draft model must have the "
-            "model's vocabulary",
-            option="draft_model",
-            backend="llama_cpp",
-        )
+__all__ = ["Drafter"]
 
 
 class Drafter:
@@ -63,7 +39,12 @@ class Drafter:
     ) -> None:
         header = read_header(path)
         preflight.check(header, path)
-        check_vocabulary(target, header, path)
+        check_vocabulary(
+            target.get("tokenizer.ggml.tokens") or (),
+            header.get("tokenizer.ggml.tokens") or (),
+            path,
+            "llama_cpp",
+        )
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Batch | None = None

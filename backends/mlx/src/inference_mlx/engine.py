@@ -143,7 +143,9 @@ class MlxModel(ScoringTextModel):
         loaded = loading.load(path, cfg, device=device)
         if not (cfg.speculative or cfg.draft_model):
             return cls(loaded)
-        from .speculative import check_vocabulary, unable
+        from inference.speculation import check_vocabulary
+
+        from .speculative import tokens_by_id, unable
 
         why = unable(loaded.model)
         if why:
@@ -157,9 +159,10 @@ class MlxModel(ScoringTextModel):
         plain = replace(cfg, draft_model="", adapter_path="", cache_dir="")
         draft = loading.load(cfg.draft_model, plain, device=device)
         check_vocabulary(
-            loading.vocabulary(_unwrap(loaded.wrapper)),
-            loading.vocabulary(_unwrap(draft.wrapper)),
+            tokens_by_id(loading.vocabulary(_unwrap(loaded.wrapper))),
+            tokens_by_id(loading.vocabulary(_unwrap(draft.wrapper))),
             cfg.draft_model,
+            "mlx",
         )
         why = unable(draft.model)
         if why:

@@ -26,10 +26,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from inference.errors import GenerationError, UnsupportedOptionError
-from inference.speculation import P_MIN, Acceptance, Lookup, Pacer
+from inference import speculation
+from inference.errors import GenerationError
+from inference.speculation import P_MIN, Pacer
 
-__all__ = ["Drafter", "Speculation", "check_vocabulary", "solo", "step", "unable"]
+__all__ = ["Drafter", "Speculation", "solo", "step", "tokens_by_id", "unable"]
 
 #: The generator's batch attributes :func:`step` reads and keeps in step
 #: (mlx-lm 0.32's ``GenerationBatch``).
@@ -48,19 +49,15 @@ _BATCH_STATE = (
 )
 
 
-class Speculation:
-    """One sequence's speculative decoding: its prompt lookup (None with a
-    draft model), how often its guesses are right, the most it may make a
-    step, and the last guesses made (checked or not) with the position in
-    its tokens they guessed from."""
+class Speculation(speculation.Speculation):
+    """A sequence's speculation, and where in its tokens its last guesses
+    were made from (they are compared with the tokens that came at the next
+    step)."""
 
-    __slots__ = ("acceptance", "at", "draft_max", "guesses", "lookup")
+    __slots__ = ("at",)
 
     def __init__(self, *, ngram: bool, draft_max: int) -> None:
-        self.lookup = Lookup() if ngram else None
-        self.acceptance = Acceptance()
-        self.draft_max = draft_max
-        self.guesses: list[int] = []
+        super().__init__(ngram=ngram, draft_max=draft_max)
         self.at = 0
 
 
@@ -154,26 +151,19 @@ def _trim(batch: Any, n: int) -> None:
             layer.trim(n)
 
 
-def check_vocabulary(target: Mapping[str, int], draft: Mapping[str, int], path: str) -> None:
-    """UnsupportedOptionError saying why, unless the draft tokenizer's
-    vocabulary is the model's (a guess is a token id of one model checked by
-    the other)."""
-    why = ""
-    if not target or not draft:
-        why = "one of the two tokenizers lists no tokens"
-    elif len(target) != len(draft):
-        why = f"its vocabulary has {len(draft)} tokens, the model's {len(target)}"
-    else:
-        differ = min(((i, t) for t, i in target.items() if draft.get(t) != i), default=None)
-        if differ is not None:
-            why = f"token {differ[0]} is {differ[1]!r} in the model, not in it"
-    if why:
-        raise UnsupportedOptionError(
-            f"{path} cannot be the draft model: {why}; a draft model must have the "
-            "model's vocabulary",
-            option="draft_model",
-            backend="mlx",
-        )
+def tokens_by_id(vocabulary: Mapping[str, int]) -> list[str]:
+    """A tokenizer's token strings in the order of their ids, as many as it
+    has: "" for an id in that range none has, and those with ids past it
+    last, named with their ids (a tokenizer file can say any id)."""
+    n = len(vocabulary)
+    out = [""] * n
+    beyond: list[tuple[int, str]] = []
+    for token, i in vocabulary.items():
+        if 0 <= i < n:
+            out[i] = token
+        else:
+            beyond.append((i, token))
+    return out[: n - len(beyond)] + [f"{t} (id {i})" for i, t in sorted(beyond)]
 
 
 class Drafter:
