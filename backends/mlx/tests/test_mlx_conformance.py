@@ -1,4 +1,5 @@
-"""The core conformance suite against the MLX backend and SmolLM2 (GGUF).
+"""The core conformance suite against the MLX backend and SmolLM2 (GGUF),
+and again on SmolLM2 decoding speculatively.
 
 MLX's CPU build decodes SmolLM2-135M at about 8 tokens/s on a 2-core
 machine, so the checks ask for few tokens and the concurrency check runs
@@ -22,3 +23,24 @@ class TestMlxConformance(TextModelConformance):
         path = smollm2_path()
         assert path is not None
         return inference.load_model(path, backend="mlx")
+
+
+class TestMlxSpeculativeConformance(TestMlxConformance):
+    """The same suite on a model that decodes speculatively (prompt lookup),
+    checking every guess it has whether or not guesses pay on this machine
+    (on MLX's CPU device they do not): nothing a caller sees changes."""
+
+    @classmethod
+    def make_model(cls) -> inference.TextModel:
+        path = smollm2_path()
+        assert path is not None
+        model = inference.load_model(path, backend="mlx", speculative="ngram")
+        model._scheduler._pacer.fixed = True  # type: ignore[attr-defined]
+        return model
+
+    def test_speculation_changes_no_output(self) -> None:
+        super().test_speculation_changes_no_output()
+        stream = self.model.generate("Count: 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=6)
+        assert stream.text()
+        m = stream.metrics
+        assert m is not None and m.drafted_tokens > 0 and m.accepted_tokens > 0
