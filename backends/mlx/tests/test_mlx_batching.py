@@ -161,3 +161,34 @@ def test_a_fresh_model_restores_a_prompt_an_earlier_one_saw_from_disk(
     assert again.metrics.cached_tokens == again.metrics.prompt_tokens - 1
     assert [t for t, _ in warm] == [t for t, _ in first]
     assert max(abs(a - b) for (_, a), (_, b) in zip(warm, first, strict=True)) < 0.05
+
+
+def test_a_sliding_window_model_reuses_its_block_checkpoints(tmp_path: Any) -> None:
+    """Gemma 3's local layers keep a rotating cache (a window of 5 tokens in
+    the tiny model), which cannot be trimmed back to a shorter prefix once
+    it has wrapped: a prefill keeps a copy at each 256-token boundary, so a
+    prompt sharing that prefix starts there, time after time, in this
+    process and (with ``cache_dir``) in the next, and its answer equals a
+    cold model's. With nothing kept, nothing is reused."""
+    from tiny_gguf import write_tiny
+
+    path = str(write_tiny(tmp_path / "gemma3.gguf", "gemma3"))
+    words = "".join(f"w{i * 5 % 64}" for i in range(150))
+    first, second = words + "w1w2w3", words[: len(words) * 9 // 10] + "w7w7w9"
+    with inference.load_model(path, backend="mlx", cache_host_mib=0, parallel_slots=1) as cold:
+        want = {p: cold.generate(p, max_tokens=6, logprobs=0) for p in (first, second)}
+        answers = {p: [(t.id, t.logprob) for t in s] for p, s in want.items()}
+        for s in want.values():
+            assert s.metrics is not None and s.metrics.cached_tokens == 0
+    opts = {"parallel_slots": 1, "cache_dir": str(tmp_path / "kv")}
+    with inference.load_model(path, backend="mlx", **opts) as m:
+        for prompt, reused in ((first, 0), (second, 256), (first, 256), (second, 256)):
+            stream = m.generate(prompt, max_tokens=6, logprobs=0)
+            assert [(t.id, t.logprob) for t in stream] == answers[prompt]
+            assert stream.metrics is not None and stream.metrics.cached_tokens == reused
+            assert 300 < stream.metrics.prompt_tokens < 512
+    with inference.load_model(path, backend="mlx", **opts) as m:  # a restart
+        stream = m.generate(second, max_tokens=6, logprobs=0)
+        assert [(t.id, t.logprob) for t in stream] == answers[second]
+        assert stream.metrics is not None
+        assert (stream.metrics.cached_tokens, stream.metrics.cache_tier) == (256, "disk")

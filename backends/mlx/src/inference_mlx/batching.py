@@ -34,9 +34,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any, cast
 
 from inference import batching
+from inference.disk_cache import BLOCK
 from inference.engine_thread import EngineThread
 from inference.errors import GenerationError
 from inference.options import GenerateConfig
@@ -111,6 +113,7 @@ class Scheduler(batching.Scheduler):
         self._width = width
         self._prefill_step_size = prefill_step_size
         self._gen: Any = None
+        self._rotating: bool | None = None  # see _windowed
         self._by_uid: dict[int, batching.Sequence] = {}
 
     def close(self) -> None:
@@ -180,8 +183,8 @@ class Scheduler(batching.Scheduler):
                 return logits
 
             processors = [capture, *processors]
-        (state.uid,) = gen.insert(
-            [seq.prompt[reused:]],
+        (state.uid,) = gen.insert_segments(
+            [self._segments(seq.prompt, reused)],
             max_tokens=[seq.limit],
             caches=[cache],
             all_tokens=[seq.prompt[:reused]],
@@ -191,6 +194,42 @@ class Scheduler(batching.Scheduler):
         )
         self._by_uid[state.uid] = seq
         return True
+
+    def _segments(self, prompt: list[int], reused: int) -> list[list[int]]:
+        """The tokens to prefill, from ``reused`` on: in one segment, or, for
+        a model with a sliding window, in segments ending at each
+        :data:`~inference.disk_cache.BLOCK` boundary, where the generator
+        stops so that a checkpoint is kept (see :meth:`_checkpoint`)."""
+        if not self._windowed():
+            return [prompt[reused:]]
+        cuts = [reused, *range((reused // BLOCK + 1) * BLOCK, len(prompt), BLOCK), len(prompt)]
+        return [prompt[a:b] for a, b in pairwise(cuts) if b > a]
+
+    def _windowed(self) -> bool:
+        """Whether the model keeps a sliding window's rotating cache, which
+        cannot be trimmed back to a shorter prefix once it has wrapped."""
+        if self._rotating is None:
+            from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
+
+            cache = make_prompt_cache(self._model())
+            self._rotating = any(isinstance(c, RotatingKVCache) for c in cache)
+        return self._rotating
+
+    def _checkpoint(self, uid: int) -> None:
+        """Keep a copy of the cache of the sequence ``uid`` is prefilling,
+        when it has just reached a block boundary short of its prompt's end:
+        a later prompt sharing that prefix starts from it (a rotating cache
+        past its window cannot be trimmed to it)."""
+        seq = self._by_uid.get(uid)
+        if seq is None or seq.halted or _state(seq).cfg.repeat_penalty != 1.0:
+            return
+        found = self._gen.extract_cache([uid]).get(uid)
+        if found is None:
+            return
+        cache, tokens = found
+        n = len(tokens)
+        if n % BLOCK == 0 and 0 < n < len(seq.prompt) and tokens == seq.prompt[:n]:
+            self._cache.keep(cache, list(tokens), checkpoint=True)
 
     def _shared(self, seq: batching.Sequence, cfg: GenerateConfig) -> object:
         """A copy of an inserted sequence's cache trimmed to the prefix that
@@ -218,7 +257,10 @@ class Scheduler(batching.Scheduler):
         gen = self._generator()
         responses = self._speculate(gen)
         if responses is None:
-            _, responses = gen.next()
+            prefilled, responses = gen.next()
+            for p in prefilled:
+                if p.end_of_segment and not p.end_of_prompt and self._windowed():
+                    self._checkpoint(p.uid)
         for r in responses:
             seq = self._by_uid.get(r.uid)
             if seq is None:

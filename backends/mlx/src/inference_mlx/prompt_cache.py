@@ -10,11 +10,16 @@ disk tier (``cache_dir``), a finished sequence of at least a block of
 tokens is also written there in mlx-lm's own format
 (``save_prompt_cache``, safetensors), so that a fresh process restores it
 (``load_prompt_cache``). A running sequence's cache is shared by the
-scheduler (:meth:`inference_mlx.batching.Scheduler._admit`).
+scheduler (:meth:`inference_mlx.batching.Scheduler._admit`), and so are a
+sliding-window model's checkpoints, its caches at each block boundary of a
+prefill (:meth:`inference_mlx.batching.Scheduler._checkpoint`): such a
+cache cannot be trimmed once its window has wrapped, so a checkpoint is lent
+as a copy and stays.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from collections.abc import Sequence
@@ -34,11 +39,12 @@ WORTH_TAKING = 64
 
 
 class _Kept:
-    __slots__ = ("cache", "size", "tokens")
+    __slots__ = ("cache", "checkpoint", "size", "tokens")
 
-    def __init__(self, cache: Any, tokens: list[int]) -> None:
+    def __init__(self, cache: Any, tokens: list[int], checkpoint: bool) -> None:
         self.cache = cache
         self.tokens = tokens
+        self.checkpoint = checkpoint  # a prefill's, kept for every prompt sharing it
         self.size = nbytes(cache)
 
 
@@ -141,8 +147,12 @@ class PromptCache:
             kept = best[0]
             tier = "slot" if kept is self._kept[-1] else "host"
             self._kept.remove(kept)
-            if trimmed(kept.cache, common):
-                return kept.cache, common, tier
+            cache = kept.cache
+            if kept.checkpoint:  # a copy goes; it stays, most recently used
+                self._kept.append(kept)
+                cache = copy.deepcopy(cache)
+            if trimmed(cache, common):
+                return cache, common, tier
         return make_prompt_cache(model), 0, ""
 
     def _from_disk(self, ids: Sequence[int], common: int) -> tuple[Any, int, str] | None:
@@ -160,16 +170,21 @@ class PromptCache:
             return None
         return (cache, n, "disk") if trimmed(cache, n) else None
 
-    def keep(self, cache: Any, fed: list[int]) -> None:
+    def keep(self, cache: Any, fed: list[int], *, checkpoint: bool = False) -> None:
         """Keep ``cache`` if it holds exactly ``fed`` (one cancelled
         mid-prefill holds fewer), and the older ones that still fit; write
-        it to the disk tier too."""
+        it to the disk tier too. A ``checkpoint`` (a sliding-window model's
+        cache at a block boundary of a prefill) is lent as a copy, and stays."""
         offsets = {getattr(layer, "offset", None) for layer in cache}
         if offsets != {len(fed)}:
             return
         if self._disk is not None:
-            self._disk.submit(fed, nbytes(cache), lambda: dump(cache))
-        self._kept.append(_Kept(cache, fed))
+            from mlx_lm.models.cache import can_trim_prompt_cache
+
+            # A cache that cannot be trimmed serves only prompts sharing all of it.
+            floor = 0 if can_trim_prompt_cache(cache) else len(fed)
+            self._disk.submit(fed, nbytes(cache), lambda: dump(cache), floor)
+        self._kept.append(_Kept(cache, fed, checkpoint))
         used = sum(k.size for k in self._kept)
         while len(self._kept) > 1 and used - self._kept[-1].size > self._budget:
             used -= self._kept.pop(0).size
