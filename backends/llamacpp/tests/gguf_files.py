@@ -1,7 +1,8 @@
-"""Small GGUF files written by the tests: a tiny random llama, a LoRA adapter,
-and a tiny random Gemma 3 (the MLX tests' writer, with a window of one's choice).
+"""Small GGUF files written by the tests: a tiny random llama, a tiny random
+Mamba, a LoRA adapter, and a tiny random Gemma 3 (the MLX tests' writer, with
+a window of one's choice).
 
-The tiny model borrows SmolLM2's real tokenizer, so llama.cpp loads and runs
+The tiny llama and Mamba borrow SmolLM2's real tokenizer, so llama.cpp loads and runs
 it; its weights are random, so its output is noise, but it is enough to test
 chat templates, loading and adapters without a second real model.
 """
@@ -99,6 +100,55 @@ def write_tiny_llama(
     w.add_tensor("blk.0.ffn_gate.weight", mat(n_ff, n_embd))
     w.add_tensor("blk.0.ffn_up.weight", mat(n_ff, n_embd))
     w.add_tensor("blk.0.ffn_down.weight", mat(n_embd, n_ff))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny_mamba(
+    path: Path, source: str, *, n_embd: int = 64, block_count: int = 2, seed: int = 5
+) -> Path:
+    """A tiny Mamba (a recurrent model: its state cannot be trimmed back to
+    a shorter prefix) with random weights and ``source``'s tokenizer, laid
+    out as llama.cpp loads one (``models/mamba.cpp``)."""
+    rng = np.random.default_rng(seed)
+    vocab = len(read_header(source, load_arrays=False).get("tokenizer.ggml.tokens"))
+    d_inner, d_state, d_conv, dt_rank = 2 * n_embd, 8, 4, 4
+    w = gguf.GGUFWriter(str(path), "mamba")
+    w.add_name("tiny test mamba")
+    w.add_block_count(block_count)
+    w.add_context_length(4096)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(0)
+    w.add_head_count(0)
+    w.add_ssm_conv_kernel(d_conv)
+    w.add_ssm_inner_size(d_inner)
+    w.add_ssm_state_size(d_state)
+    w.add_ssm_time_step_rank(dt_rank)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(0)
+    _tokenizer(w, source)
+
+    def mat(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", mat(vocab, n_embd))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    for i in range(block_count):
+        b = f"blk.{i}"
+        w.add_tensor(f"{b}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"{b}.ssm_in.weight", mat(2 * d_inner, n_embd))
+        w.add_tensor(f"{b}.ssm_conv1d.weight", mat(d_inner, d_conv))
+        w.add_tensor(f"{b}.ssm_conv1d.bias", mat(d_inner))
+        w.add_tensor(f"{b}.ssm_x.weight", mat(dt_rank + 2 * d_state, d_inner))
+        w.add_tensor(f"{b}.ssm_dt.weight", mat(d_inner, dt_rank))
+        w.add_tensor(f"{b}.ssm_dt.bias", mat(d_inner))
+        # A = -exp(A_log): negative, so that the state decays.
+        w.add_tensor(f"{b}.ssm_a", -np.exp(mat(d_inner, d_state)))
+        w.add_tensor(f"{b}.ssm_d", np.ones(d_inner, dtype=np.float32))
+        w.add_tensor(f"{b}.ssm_out.weight", mat(n_embd, d_inner))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

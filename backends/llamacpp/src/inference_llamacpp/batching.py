@@ -23,11 +23,12 @@ and restored for a later prompt that begins with it.
 
 A sliding-window model (Gemma 3) has a compact cache: its window layers keep
 only their window's last cells, so its KV cannot be trimmed back far (see
-:meth:`Scheduler._floor`), and a trim that would leave a state that is not
-the prefix's is refused, never used. So that reuse still happens, its
-prompts are prefilled in chunks that end at block boundaries
-(:data:`inference.disk_cache.BLOCK` tokens), and the state at each boundary
-is kept as a checkpoint in the host and disk tiers.
+:meth:`Scheduler._floor`); a recurrent or hybrid model's state (Mamba,
+RWKV, Granite 4, LFM2) cannot be trimmed at all. A trim that would leave a
+state that is not the prefix's is refused, never used. So that reuse still
+happens, such a model's prompts are prefilled in chunks that end at block
+boundaries (:data:`inference.disk_cache.BLOCK` tokens), and the state at
+each boundary is kept as a checkpoint in the host and disk tiers.
 
 Why a KV stream per slot rather than one unified cache shared by every
 sequence: llama.cpp's attention sums over a sequence's cells in cell order,
@@ -213,6 +214,7 @@ class Scheduler(batching.Scheduler):
         host: HostCache | None = None,
         disk: DiskCache | None = None,
         n_swa: int = 0,
+        recurrent: bool = False,
         drafter: Drafter | None = None,
     ) -> None:
         super().__init__(name="inference-llama_cpp", engine=engine)
@@ -225,8 +227,11 @@ class Scheduler(batching.Scheduler):
         self._disk = disk
         #: A compact sliding-window cache's window (0: every cell is kept).
         self._n_swa = n_swa
+        #: A recurrent state (a recurrent or hybrid model): it cannot be
+        #: trimmed at all, only taken whole.
+        self._recurrent = recurrent
         #: Whether prompts are checkpointed at block boundaries (see the module).
-        self._checkpoints = bool(n_swa) and (host is not None or disk is not None)
+        self._checkpoints = (bool(n_swa) or recurrent) and (host is not None or disk is not None)
         self._tuner = tuner
         self._mem = lc.llama_get_memory(ctx)
         self._n_ctx = n_ctx
@@ -357,7 +362,10 @@ class Scheduler(batching.Scheduler):
         window layers' cells from ``llama_memory_seq_pos_min`` on only, and
         the token after a prefix of ``n`` attends to the ``n_swa`` cells
         before it (in a chunked window, to fewer): ``n`` must be at least the
-        first cell kept plus the window. 0 for a full cache."""
+        first cell kept plus the window. A recurrent state is of its whole
+        prefix alone. 0 for a full cache."""
+        if self._recurrent:
+            return slot.cells
         if not self._n_swa:
             return 0
         first: int = lc.llama_memory_seq_pos_min(self._mem, slot.id)
@@ -367,7 +375,7 @@ class Scheduler(batching.Scheduler):
         """The :meth:`_floor` of ``slot``'s state once saved: llama.cpp writes
         a window layer's last ``n_swa`` cells only, so a sliding-window
         model's saved state is of its whole prefix alone."""
-        if self._n_swa and slot.cells > self._n_swa:
+        if self._recurrent or (self._n_swa and slot.cells > self._n_swa):
             return slot.cells
         return self._floor(slot)
 

@@ -328,6 +328,9 @@ class LlamaCppModel(ScoringTextModel):
             host=HostCache(cfg.cache_host_mib << 20) if cfg.cache_host_mib else None,
             disk=self._disk_cache(cfg, cparams, n_ctx),
             n_swa=0 if cparams.swa_full else max(lc.llama_model_n_swa(self._model), 0),
+            recurrent=bool(
+                lc.llama_model_is_recurrent(self._model) or lc.llama_model_is_hybrid(self._model)
+            ),
             drafter=self._drafter,
         )
 
