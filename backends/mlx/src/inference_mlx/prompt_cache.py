@@ -178,6 +178,8 @@ class PromptCache:
         offsets = {getattr(layer, "offset", None) for layer in cache}
         if offsets != {len(fed)}:
             return
+        if checkpoint and any(k.checkpoint and k.tokens == fed for k in self._kept):
+            return  # two prefills of one prompt at once
         if self._disk is not None:
             from mlx_lm.models.cache import can_trim_prompt_cache
 
