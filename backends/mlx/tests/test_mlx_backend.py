@@ -495,14 +495,14 @@ def _fed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     BatchGenerator to prefill (the rest come from a reused cache)."""
     from mlx_lm.generate import BatchGenerator
 
-    original = BatchGenerator.insert
+    original = BatchGenerator.insert_segments
     lengths: list[int] = []
 
-    def recording(self: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
-        lengths.extend(len(p) for p in prompts)
-        return original(self, prompts, *args, **kwargs)
+    def recording(self: Any, segments: Any, *args: Any, **kwargs: Any) -> Any:
+        lengths.extend(sum(len(s) for s in parts) for parts in segments)
+        return original(self, segments, *args, **kwargs)
 
-    monkeypatch.setattr(BatchGenerator, "insert", recording)
+    monkeypatch.setattr(BatchGenerator, "insert_segments", recording)
     return lengths
 
 
