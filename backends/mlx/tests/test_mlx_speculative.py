@@ -24,6 +24,7 @@ from tiny_gguf import write_tiny
 
 import inference
 from inference import UnsupportedOptionError
+from inference.speculation import check_vocabulary
 from inference.testing import requires, smollm2_path
 
 pytestmark = requires("mlx", "mlx_lm")
@@ -240,3 +241,16 @@ def test_draft_max_caps_the_guesses_a_step_checks(
     m = stream.metrics
     assert m is not None and 0 < m.drafted_tokens <= 2 * len(ids)
     assert ids == _tiny(tiny_plain, TINY[0], max_tokens=20)[0]
+
+
+def test_vocabularies_with_gaps_and_stray_ids_are_compared_whole() -> None:
+    """A tokenizer file may leave ids unused or give ids past its size: a
+    token differing at any id is still found, and the list stays bounded."""
+    ours = {"a": 0, "b": 1, "c": 2, "d": 4, "e": 10**9}
+    assert speculative.tokens_by_id(ours) == ["a", "b", "c", "", "d", "e (id 1000000000)"]
+    theirs = {**ours, "x": 4}
+    del theirs["d"]
+    with pytest.raises(UnsupportedOptionError, match="token 4 is 'x' in it"):
+        check_vocabulary(
+            speculative.tokens_by_id(ours), speculative.tokens_by_id(theirs), "d.gguf", "mlx"
+        )

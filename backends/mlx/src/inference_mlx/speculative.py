@@ -152,9 +152,9 @@ def _trim(batch: Any, n: int) -> None:
 
 
 def tokens_by_id(vocabulary: Mapping[str, int]) -> list[str]:
-    """A tokenizer's token strings in the order of their ids, as many as it
-    has: "" for an id in that range none has, and those with ids past it
-    last, named with their ids (a tokenizer file can say any id)."""
+    """A tokenizer's token strings in the order of their ids below its size
+    ("" for an id there none has), then those with ids past it, named with
+    their ids: at most twice its size, whatever ids a tokenizer file says."""
     n = len(vocabulary)
     out = [""] * n
     beyond: list[tuple[int, str]] = []
@@ -163,7 +163,7 @@ def tokens_by_id(vocabulary: Mapping[str, int]) -> list[str]:
             out[i] = token
         else:
             beyond.append((i, token))
-    return out[: n - len(beyond)] + [f"{t} (id {i})" for i, t in sorted(beyond)]
+    return out + [f"{t} (id {i})" for i, t in sorted(beyond)]
 
 
 class Drafter:
