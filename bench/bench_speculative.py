@@ -12,7 +12,7 @@ them, and whether the greedy answers were equal.
 
 - ``lookup``: prompt lookup (``speculative="ngram"``) on grounded work: going
   on with a ~600-token passage given in the prompt, quoting it, and editing a
-  block of code.
+  block of code (both texts fixed in ``bench/texts/``).
 - ``draft``: SmolLM2 Q4_1 (as shipped) drafting for the same model at a
   higher precision (``--target``, made with llama.cpp's quantiser).
 - ``open``: open-ended prompts, where guesses fail, with each kind.
@@ -26,8 +26,6 @@ another process competes for the cores.
 from __future__ import annotations
 
 import argparse
-import ast
-import inspect
 import os
 import statistics
 import sys
@@ -41,27 +39,12 @@ from inference import Message, env
 from inference.testing import smollm2_path
 from inference.testing.models import requantise
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _prose() -> str:
-    """About 600 tokens of prose: the llama.cpp scheduler's module docstring."""
-    source = (ROOT / "backends/llamacpp/src/inference_llamacpp/batching.py").read_text()
-    return " ".join((ast.get_docstring(ast.parse(source)) or "").split())
-
-
-def _code() -> str:
-    from inference import speculation
-
-    return (
-        inspect.getsource(speculation.Pacer.time)
-        + "\n"
-        + inspect.getsource(speculation.Pacer.record)
-    )
-
-
-PROSE = _prose()
-CODE = _code()
+#: The grounded cases' texts, kept fixed so that runs compare: about 600
+#: tokens of prose (the llama.cpp scheduler's module docstring) and two
+#: methods of the pacer, as they were on 2026-12-06.
+TEXTS = Path(__file__).resolve().parent / "texts"
+PROSE = (TEXTS / "passage.txt").read_text().strip()
+CODE = (TEXTS / "pacer.py.txt").read_text()
 RENAMED = CODE.replace("table", "widths").replace("    def ", "    def _")
 
 #: Grounded work, as completions: a 135M model copies from its context when

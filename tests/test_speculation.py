@@ -133,19 +133,37 @@ def test_pacer_estimates_widths_it_has_not_measured() -> None:
     pacer = Pacer()
     assert pacer.time(4) > pacer.time(1)  # the prior, before anything is measured
     pacer.record(3, 1.3)  # in seconds: the prior scales to them
-    assert pacer.time(1) == pytest.approx(1.3)  # no cheaper than the narrowest measured
-    assert pacer.time(5) == pytest.approx(1.3 + 2 * Pacer.PRIOR_SLOPE)
+    one = 1.3 / (1 + 2 * Pacer.PRIOR_SLOPE)  # a single token's, inferred through the prior
+    assert pacer.time(1) == pytest.approx(one)
+    assert pacer.time(5) == pytest.approx(1.3 + 2 * Pacer.PRIOR_SLOPE * one)
     pacer = Pacer()
     pacer.record(1, 1.0)
     pacer.record(5, 3.0)
-    assert pacer.time(3) == pytest.approx(2.0)  # between two measured widths
-    # Past the widest, at the prior slope until two widths of 2 or more are known
+    # Past one token, at the prior slope until two wider widths are measured
     # (a CPU's step from one token to two is a change of kernel)...
     assert pacer.time(9) == pytest.approx(3.0 + 4 * Pacer.PRIOR_SLOPE)
     pacer.record(3, 2.5)
-    assert pacer.time(9) == pytest.approx(3.0 + 4 * 0.25)  # ... then at theirs
-    pacer.record(1, 3.0)
-    assert 1.0 < pacer.time(1) < 3.0  # a running mean, not the last figure
+    assert pacer.time(9) == pytest.approx(3.0 + 4 * 0.25)  # ... then on the line through them
+    assert pacer.time(4) == pytest.approx(2.75)
+    assert pacer.time(1) == pytest.approx(1.0)
+
+
+def test_pacer_is_not_misled_by_one_slow_decode() -> None:
+    pacer, calm = Pacer(), Pacer()
+    for _ in range(3):
+        for n in (1, 2, 3, 4, 5):
+            pacer.record(n, 0.010 + 0.004 * (n - 1))
+            calm.record(n, 0.010 + 0.004 * (n - 1))
+    pacer.record(1, 0.3)  # one decode slowed by another process...
+    pacer.record(5, 0.3)
+    pacer.record(6, 0.3)  # ... even of a width measured once
+    assert pacer.time(1) == pytest.approx(0.010)  # ... moves no single token's time
+    assert pacer.time(17) == pytest.approx(0.010 + 0.004 * 16)  # nor a wide one's
+    offer = [(_acceptance(0.95), 16)]
+    assert pacer.plan(1, 1, offer, room=500) == calm.plan(1, 1, offer, room=500) > 0
+    for _ in range(50):  # more than it keeps
+        pacer.record(1, 0.02)
+    assert pacer.time(1) == pytest.approx(0.02)  # a lasting change is followed
 
 
 def test_options_and_their_builders() -> None:

@@ -26,6 +26,8 @@ per second expected, from each sequence's acceptance so far
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence
 
 from .errors import UnsupportedOptionError
@@ -151,80 +153,119 @@ class Speculation:
         self.guesses: list[int] = []
 
 
+class _Costs:
+    """One model's recent decode times: single-token decodes, whose median
+    is their time, and wider ones, whose times by width fix a line (Theil
+    and Sen's: the median of the slopes between widths), which one slow
+    decode, or one width measured badly among several, barely moves."""
+
+    __slots__ = ("_line", "ones", "wide")
+
+    #: Recent decodes kept per width, and widths kept (the latest used).
+    KEEP = 5
+    WIDTHS = 16
+
+    def __init__(self) -> None:
+        self.ones: deque[float] = deque(maxlen=self.KEEP)
+        #: Width -> its recent decodes' seconds, the latest used last.
+        self.wide: dict[int, deque[float]] = {}
+        self._line: tuple[float, float] | None = None  # fitted on demand
+
+    def record(self, width: int, seconds: float) -> None:
+        if width <= 1:
+            self.ones.append(seconds)
+            return
+        recent = self.wide.pop(width, None) or deque(maxlen=self.KEEP)
+        recent.append(seconds)
+        self.wide[width] = recent
+        if len(self.wide) > self.WIDTHS:
+            del self.wide[next(iter(self.wide))]
+        self._line = None
+
+    def one(self) -> float | None:
+        return statistics.median(self.ones) if self.ones else None
+
+    def line(self) -> tuple[float, float] | None:
+        """``(intercept, slope)`` of wider decodes' seconds against their
+        width, the slope at least 0; None until two widths are measured."""
+        if self._line is None and len(self.wide) >= 2:
+            points = sorted((w, statistics.median(t)) for w, t in self.wide.items())
+            slope = max(
+                statistics.median(
+                    (tb - ta) / (wb - wa)
+                    for i, (wa, ta) in enumerate(points)
+                    for wb, tb in points[i + 1 :]
+                ),
+                0.0,
+            )
+            self._line = (statistics.median(t - slope * w for w, t in points), slope)
+        return self._line
+
+
 class Pacer:
     """How many guesses a step checks, from measured decode times.
 
-    ``record`` keeps the time of each decode by its width in tokens (and a
-    draft model's, by its width in sequences); :meth:`plan` chooses the one
-    number of guesses ``k`` (each sequence gets at most ``k``, at most as
-    many as it has) that gives the most tokens per second expected, 0 when
-    none pays. A width not measured yet is estimated from those that were
-    (linearly between them; past the widest, at the slope of the widest two
-    of two tokens or more, else an optimistic prior), so that a step tries
-    it and learns its real cost.
+    ``record`` keeps the times of recent decodes by their width in tokens
+    (and a draft model's, by their width in sequences); :meth:`plan` chooses
+    the one number of guesses ``k`` (each sequence gets at most ``k``, at
+    most as many as it has) that gives the most tokens per second expected,
+    0 when none pays. A single-token decode's time is the median of recent
+    ones; a wider one's lies on a line through recent wider decodes. (From
+    one token to two, a CPU changes kernels, from a matrix-vector product
+    to a matrix one, a step no later width repeats; past it, a decode's time
+    grows about linearly with its width.) The line is fitted robustly to
+    every width measured, so that a decode slowed by another process cannot
+    make the widths past it look too dear ever to be tried again. Until two
+    widths are measured, a prior slope stands in, optimistic, so that a step
+    tries a wider decode and learns its cost.
     """
 
     __slots__ = ("_draft", "_target", "fixed")
 
-    #: Weight of a new measurement in a width's running time.
-    ALPHA = 0.25
-    #: Before anything is measured: a decode of ``n`` tokens is assumed to
-    #: cost ``1 + PRIOR_SLOPE * (n - 1)`` single-token decodes.
+    #: Before two widths are measured: each token past one is assumed to
+    #: cost ``PRIOR_SLOPE`` single-token decodes.
     PRIOR_SLOPE = 0.15
     #: Before a draft decode is measured: its cost, in target decodes.
     PRIOR_DRAFT = 0.25
 
     def __init__(self) -> None:
-        self._target: dict[int, float] = {}
-        self._draft: dict[int, float] = {}
+        self._target = _Costs()
+        self._draft = _Costs()
         #: Check every guess offered, paying or not (to measure acceptance
         #: and to test the checking itself).
         self.fixed = False
 
     def record(self, width: int, seconds: float, *, draft: bool = False) -> None:
-        table = self._draft if draft else self._target
-        old = table.get(width)
-        table[width] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        (self._draft if draft else self._target).record(width, seconds)
 
     def time(self, width: int, *, draft: bool = False) -> float:
         """The expected seconds of one decode ``width`` wide (relative units
         before anything is measured)."""
-        table = self._draft if draft else self._target
-        if width in table:
-            return table[width]
-        one = self._one()
-        if not table:
-            return one * (self.PRIOR_DRAFT if draft else 1 + self.PRIOR_SLOPE * (width - 1))
-        known = sorted(table)
-        below = [w for w in known if w < width]
-        above = [w for w in known if w > width]
-        if below and above:
-            a, b = below[-1], above[0]
-            return table[a] + (table[b] - table[a]) * (width - a) / (b - a)
-        if above:  # narrower than any measured: no cheaper than the narrowest
-            return table[above[0]]
-        last = below[-1]
-        # The slope of the widest two widths of two or more tokens: from one
-        # token to two, a CPU changes kernels (a matrix-vector product to a
-        # matrix one), a step no later width repeats.
-        wide = [w for w in below if w >= 2]
-        if len(wide) >= 2:
-            a, b = wide[-2], wide[-1]
-            slope = max((table[b] - table[a]) / (b - a), 0.0)
+        costs = self._draft if draft else self._target
+        one = costs.one()
+        if width <= 1 and one is not None:
+            return one
+        unit = self._one() * (self.PRIOR_DRAFT if draft else 1.0)
+        line = costs.line()
+        if line is not None:
+            estimate = line[0] + line[1] * width
+        elif costs.wide:  # one width measured: the prior slope from it
+            (w, seen), *_ = costs.wide.items()
+            estimate = statistics.median(seen) + self.PRIOR_SLOPE * unit * (width - w)
         else:
-            slope = (self.PRIOR_DRAFT if draft else self.PRIOR_SLOPE) * one
-        return table[last] + slope * (width - last)
+            estimate = (one or unit) + self.PRIOR_SLOPE * unit * (width - 1)
+        return max(estimate, one or 0.0)
 
     def _one(self) -> float:
         """A single-token decode's time: measured, else inferred from the
-        narrowest width measured through the prior, else 1 (relative)."""
-        table = self._target
-        if 1 in table:
-            return table[1]
-        if not table:
+        narrowest decode measured through the prior, else 1 (relative)."""
+        one = self._target.one()
+        if one is not None:
+            return one
+        if not self._target.wide:
             return 1.0
-        w = min(table)
-        return table[w] / (1 + self.PRIOR_SLOPE * (w - 1))
+        w = min(self._target.wide)
+        return statistics.median(self._target.wide[w]) / (1 + self.PRIOR_SLOPE * (w - 1))
 
     def plan(
         self,

@@ -290,3 +290,30 @@ def test_generation_errors_are_not_swallowed(ngram: inference.TextModel) -> None
     with pytest.raises(GenerationError):
         list(ngram.generate("word " * 600))
     assert _ids(ngram, PROMPTS[0], max_tokens=2)[0]
+
+
+def test_a_thread_probes_decodes_are_not_timed_for_the_pacer(
+    ngram: inference.TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode run at the thread tuner's probe count says little of what a
+    width costs at the usual count: the pacer does not learn from it."""
+    from inference_llamacpp.threads import ThreadTuner
+
+    from inference.speculation import Pacer
+
+    assert ngram._tuner is not None  # type: ignore[attr-defined]
+    widths: list[int] = []
+    record = Pacer.record
+    monkeypatch.setattr(
+        Pacer, "record", lambda self, w, s, **kw: (widths.append(w), record(self, w, s, **kw))
+    )
+    assert _ids(ngram, PROMPTS[1], max_tokens=8)[0]
+    assert widths  # decodes at the usual count are timed...
+
+    def probe(self: ThreadTuner, *, timed: bool) -> None:
+        self.probing = timed
+
+    monkeypatch.setattr(ThreadTuner, "before", probe)
+    widths.clear()
+    assert _ids(ngram, PROMPTS[1], max_tokens=8)[0]
+    assert widths == []  # ... a probe's are not

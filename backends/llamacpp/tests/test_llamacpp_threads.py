@@ -79,9 +79,9 @@ def test_prefill_and_scoring_steps_run_at_the_current_count(
     tuner, clock, applied = tuned
     clock.now = 10.0  # a probe is due
     tuner.before(timed=True)
-    assert applied[-1] == 1  # the probe's count, for a timed step
+    assert applied[-1] == 1 and tuner.probing  # the probe's count, for a timed step
     tuner.before(timed=False)
-    assert applied[-1] == 2  # a prefill in the middle of the probe: the current count
+    assert applied[-1] == 2 and not tuner.probing  # a prefill amid the probe: the current count
 
 
 def test_threads_fixes_the_count(model_path: str) -> None:

@@ -563,12 +563,14 @@ class Scheduler(batching.Scheduler):
             return
         start = time.perf_counter()
         try:
-            self._decode(stepping, abortable=prefilled >= ABORTABLE_PREFILL, timed=not prefilled)
+            probe = self._decode(
+                stepping, abortable=prefilled >= ABORTABLE_PREFILL, timed=not prefilled
+            )
         finally:
             fed = [(s, _state(s).fed) for s in stepping]
             for s in stepping:
                 _state(s).fed = 0
-        if not prefilled:
+        if not prefilled and not probe:  # a probe's thread count is not the usual one
             self._pacer.record(batch.n, time.perf_counter() - start)
         self._step_no += 1
         self.prefilled += prefilled
@@ -641,16 +643,20 @@ class Scheduler(batching.Scheduler):
                 spec.rows.append(batch.n)
                 batch.add(tok, slot.cells + 1 + i, slot.id, True)
 
-    def _decode(self, stepping: list[batching.Sequence], *, abortable: bool, timed: bool) -> None:
+    def _decode(self, stepping: list[batching.Sequence], *, abortable: bool, timed: bool) -> bool:
+        """One ``llama_decode`` of the batch; whether it ran at the thread
+        tuner's probe count."""
         batch = self._batch
         batch.raw.n_tokens = batch.n
         if abortable:
             self._abort_for = stepping
             lc.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         tuner = self._tuner
+        probe = False
         try:
             if tuner is not None:
                 tuner.before(timed=timed)
+                probe = tuner.probing
             start = time.perf_counter()
             rc = lc.llama_decode(self._ctx, batch.raw)
             if tuner is not None and timed and rc == 0:
@@ -660,12 +666,12 @@ class Scheduler(batching.Scheduler):
                 lc.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
                 self._abort_for = []
         if rc == 0:
-            return
+            return probe
         if rc == 2:  # every sequence of the step was cancelled
             with self._cond:
                 for seq in stepping:
                     self._halt(seq)
-            return
+            return probe
         raise GenerationError(f"llama_decode failed with code {rc}")
 
     def _all_stopped(self) -> bool:

@@ -66,6 +66,7 @@ class ThreadTuner:
         self._down = True  # which neighbour the next probe tries
         self._applied = self.threads  # what llama.cpp has now
         self._slow: list[float] = []  # the steps in a row past SLOWER times the median
+        self.probing = False  # see before()
 
     def before(self, *, timed: bool) -> None:
         """Set llama.cpp's thread count for the next ``llama_decode``: a
@@ -75,7 +76,11 @@ class ThreadTuner:
             other = self._neighbour()
             if other != self.threads:
                 self._probe, self._probe_left, self._tried = other, PROBE_STEPS, {}
-        self._set(self._probe if timed and self._probe is not None else self.threads)
+        probe = self._probe if timed else None
+        #: Whether the decode set up runs at a probe's count (its time says
+        #: little of the current count's).
+        self.probing = probe is not None
+        self._set(self.threads if probe is None else probe)
 
     def after(self, width: int, seconds: float) -> None:
         """Record a decode-only step of ``width`` sequences that took ``seconds``."""
