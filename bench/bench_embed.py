@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--serve", action="store_true", help="also measure through inference serve")
     ap.add_argument("--serve-only", action="store_true", help="only through inference serve")
-    ap.add_argument("--outtype", default="f32", help="the GGUF's type: f32, f16, q8_0")
+    ap.add_argument("--outtype", default="f32", help="the GGUF's type: f32, f16, bf16, q8_0")
     args = ap.parse_args()
     from inference.testing import minilm_folder, minilm_gguf
 

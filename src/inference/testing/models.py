@@ -188,7 +188,7 @@ def converter() -> str:
 
 def minilm_gguf(outtype: str = "f32") -> str | None:
     """all-MiniLM-L6-v2 as a GGUF file of ``outtype`` (``f32``, ``f16``,
-    ``q8_0``), made with llama.cpp's own converter and cached; None if the
+    ``bf16``, ``q8_0``), made with llama.cpp's own converter and cached; None if the
     model's package is not installed."""
     import subprocess
     import sys
