@@ -239,3 +239,20 @@ def test_a_draft_vocabulary_must_be_the_models_token_for_token() -> None:
         assert caught.value.option == "draft_model"
         assert caught.value.backend == "mlx"
         assert str(caught.value).startswith("d.gguf cannot be the draft model")
+
+
+def test_pacer_widens_the_decodes_it_tries_step_by_step() -> None:
+    """Where a decode of n tokens costs n single ones (MLX's CPU device), the
+    prior's optimism costs a narrow step or two, never a 17-token decode."""
+    pacer, offer, widths = Pacer(), [(_acceptance(0.95), 16)], []
+    for _ in range(6):
+        k = pacer.plan(1, 1, offer, room=500)
+        widths.append(1 + k)
+        pacer.record(1 + k, 0.1 * (1 + k))
+    assert widths[:2] == [3, 6], widths  # each at most twice the widest before...
+    assert widths[2:] == [1, 1, 1, 1]  # ... and once two are measured, none
+    cheap = Pacer()
+    for _ in range(6):  # where wide decodes are cheap, it reaches every guess in a few steps
+        k = cheap.plan(1, 1, offer, room=500)
+        cheap.record(1 + k, 0.01 + 0.0005 * k)
+    assert k == 16

@@ -185,6 +185,10 @@ class _Costs:
     def one(self) -> float | None:
         return statistics.median(self.ones) if self.ones else None
 
+    def widest(self) -> int:
+        """The widest decode measured (0: none)."""
+        return max(self.wide, default=1 if self.ones else 0)
+
     def line(self) -> tuple[float, float] | None:
         """``(intercept, slope)`` of wider decodes' seconds against their
         width, the slope at least 0; None until two widths are measured."""
@@ -217,7 +221,9 @@ class Pacer:
     every width measured, so that a decode slowed by another process cannot
     make the widths past it look too dear ever to be tried again. Until two
     widths are measured, a prior slope stands in, optimistic, so that a step
-    tries a wider decode and learns its cost.
+    tries a wider decode and learns its cost; a step tries no decode more
+    than twice as wide as the widest measured, so that learning a dear
+    device's costs takes a few narrow steps, not one wide one.
     """
 
     __slots__ = ("_draft", "_target", "fixed")
@@ -289,11 +295,15 @@ class Pacer:
         most = max((n for _, n in offers), default=0)
         if self.fixed:
             return min(most, room)
+        # Widths are tried at most twice as wide as the widest measured: on a
+        # device where a decode of n tokens costs n single ones, the prior's
+        # optimism then costs a step or two of learning, not one of 17 tokens.
+        reach = max(2 * self._target.widest(), base + 2)
         best_k, best = 0, emitting / self.time(base)
         for k in range(1, most + 1):
             sent = [min(k, n) for _, n in offers]
             extra = sum(sent)
-            if extra > room:
+            if extra > room or base + extra > reach:
                 break
             tokens = emitting + sum(
                 acc.expected(n) - 1 for (acc, _), n in zip(offers, sent, strict=True)
