@@ -32,6 +32,9 @@ def test_lookup_guesses_what_followed_the_last_ngram_before() -> None:
     # A longer n-gram is preferred to a shorter, more recent one.
     tokens = [5, 6, 7, 1, 9, 6, 7, 2, 5, 6, 7]
     assert Lookup().guess(tokens, 1) == [1]
+    # Up to five tokens long: the occurrence whose context is the sequence's own.
+    tokens = [1, 2, 3, 4, 5, 8, 9, 3, 4, 5, 7, 1, 2, 3, 4, 5]
+    assert Lookup().guess(tokens, 2) == [8, 9]
     assert Lookup().guess([1, 2, 3], 4) == []  # nothing seen twice
     assert Lookup().guess([4, 4, 4], 0) == []
 

@@ -50,8 +50,13 @@ DEFAULT_DRAFT_MAX = 16
 #: probability (llama.cpp's ``--draft-p-min``): an unsure guess is seldom
 #: right, and its check costs.
 P_MIN = 0.75
-#: Prompt lookup matches the sequence's last this many tokens, longest first.
-NGRAM_SIZES = (3, 2)
+#: Prompt lookup matches the sequence's last this many tokens, longest first:
+#: a longer match finds the occurrence whose context is the sequence's own.
+#: Against (3, 2), in two alternating runs on SmolLM2 Q8_0 (128 tokens, 3
+#: rounds each), editing code went from 1.07x and 1.09x to 1.21x and 1.26x
+#: of plain decoding, quoting a passage from 1.59x and 1.40x to 1.54x and
+#: 1.86x, the rest within the runs' spread.
+NGRAM_SIZES = (5, 4, 3, 2)
 
 
 class Lookup:
