@@ -151,6 +151,22 @@ def test_pacer_estimates_widths_it_has_not_measured() -> None:
     assert pacer.time(1) == pytest.approx(1.0)
 
 
+def test_pacer_times_are_positive_before_a_single_token_is_measured() -> None:
+    """A line through two noisy wide decodes (the second slowed) crosses zero
+    short of one token; no estimate may follow it there (a plan divides by
+    the time of the step's tokens)."""
+    pacer = Pacer()
+    pacer.record(2, 0.010)
+    pacer.record(3, 0.030)
+    assert pacer.time(1) == pytest.approx(0.010 / 2)  # 2 tokens take no longer than 2 single ones
+    assert pacer.plan(1, 1, [(_acceptance(0.9), 16)], room=500) >= 0
+    draft = Pacer()
+    draft.record(1, 0.010)
+    draft.record(2, 0.001, draft=True)
+    draft.record(3, 0.020, draft=True)
+    assert draft.time(1, draft=True) > 0
+
+
 def test_pacer_is_not_misled_by_one_slow_decode() -> None:
     pacer, calm = Pacer(), Pacer()
     for _ in range(3):

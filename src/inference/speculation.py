@@ -190,6 +190,18 @@ class _Costs:
     def one(self) -> float | None:
         return statistics.median(self.ones) if self.ones else None
 
+    def least(self) -> float:
+        """The least a single-token decode takes: measured, else the
+        narrowest wider decode's time per token (a decode of ``n`` tokens
+        takes no longer than ``n`` single ones); 0 before any is measured."""
+        one = self.one()
+        if one is not None:
+            return one
+        if not self.wide:
+            return 0.0
+        width = min(self.wide)
+        return statistics.median(self.wide[width]) / width
+
     def widest(self) -> int:
         """The widest decode measured (0: none)."""
         return max(self.wide, default=1 if self.ones else 0)
@@ -265,7 +277,9 @@ class Pacer:
             estimate = statistics.median(seen) + self.PRIOR_SLOPE * unit * (width - w)
         else:
             estimate = (one or unit) + self.PRIOR_SLOPE * unit * (width - 1)
-        return max(estimate, one or 0.0)
+        # Never below a single token's time, measured or bounded: a line
+        # through two noisy widths can cross zero short of them.
+        return max(estimate, costs.least())
 
     def _one(self) -> float:
         """A single-token decode's time: measured, else inferred from the
