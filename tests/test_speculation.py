@@ -3,6 +3,7 @@ and the options and refusals of the contract."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,30 @@ def test_pacer_times_are_positive_before_a_single_token_is_measured() -> None:
     draft.record(2, 0.001, draft=True)
     draft.record(3, 0.020, draft=True)
     assert draft.time(1, draft=True) > 0
+
+
+def test_pacer_plans_within_bounds_whatever_it_measured() -> None:
+    """Seeded random decode times (noisy, tiny, huge, any widths, a draft
+    model's too) and offers: every estimate stays positive and finite, and
+    every plan within what the batch takes and the sequences offer."""
+    rng = random.Random(7)
+    for _ in range(100):
+        pacer = Pacer()
+        for _ in range(rng.randrange(0, 40)):
+            width = rng.choice((1, 1, 2, 3, rng.randrange(1, 64)))
+            seconds = rng.choice((1e-9, 1e-6, 0.01 * width, rng.uniform(1e-4, 5.0)))
+            pacer.record(width, seconds, draft=rng.random() < 0.2)
+            for w in (1, 2, rng.randrange(1, 600)):
+                for draft in (False, True):
+                    t = pacer.time(w, draft=draft)
+                    assert 0 < t < float("inf"), (w, draft, t)
+            sequences = rng.randrange(1, 4)
+            offers = [(_acceptance(rng.random()), rng.randrange(0, 20)) for _ in range(sequences)]
+            room = rng.randrange(0, 40)
+            base = rng.randrange(1, 8)
+            k = pacer.plan(base, len(offers), offers, room=room, drafting=rng.random() < 0.5)
+            assert 0 <= k <= max(n for _, n in offers)
+            assert sum(min(k, n) for _, n in offers) <= room
 
 
 def test_pacer_is_not_misled_by_one_slow_decode() -> None:
