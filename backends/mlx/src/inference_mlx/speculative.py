@@ -32,9 +32,11 @@ from inference.speculation import P_MIN, Pacer
 
 __all__ = ["Drafter", "Speculation", "solo", "step", "tokens_by_id", "unable"]
 
-#: The generator's batch attributes :func:`step` reads and keeps in step
+#: The generator's batch attributes :func:`step` reads or keeps in step
 #: (mlx-lm 0.32's ``GenerationBatch``).
 _BATCH_STATE = (
+    "model",
+    "fallback_sampler",
     "_next_tokens",
     "_next_logprobs",
     "_token_context",
