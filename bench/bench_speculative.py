@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_speculative.py [--rounds 3] [--tokens 128]
         [--cases lookup,draft,open,concurrent] [--target q8_0|f16|q4_1]
-        [--backend llama_cpp|mlx]
+        [--backend llama_cpp|mlx] [--flash-attention]
 
 Each case loads one model with speculation and alternates calls with it on
 (the default) and off (``speculative=False``), on the same engine thread,
@@ -18,6 +18,12 @@ them, and whether the greedy answers were equal.
 - ``open``: open-ended prompts, where guesses fail, with each kind.
 - ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s.
 
+``--flash-attention`` instead loads the target with llama.cpp's flash
+attention (its choice on a CPU) and without, a model of each per round in
+alternating order, and gives prompt lookup's and plain decoding's tokens/s
+on the grounded and open cases against plain decoding with it, and the
+prefill of a fresh prompt with each.
+
 The target files are written once to ``~/.cache/inference/test-models``.
 Check the machine's load first (``uptime``): llama.cpp slows sharply when
 another process competes for the cores.
@@ -26,11 +32,13 @@ another process competes for the cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +170,70 @@ def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: i
     )
 
 
+@contextlib.contextmanager
+def _flash_attention(on: bool) -> Iterator[None]:
+    """Models loaded inside get llama.cpp's choice of flash attention (on
+    for a CPU) or none: the engine's context parameters, patched."""
+    import llama_cpp as lc
+    from inference_llamacpp import engine
+
+    default = lc.llama_context_default_params
+
+    def params() -> Any:
+        p = default()
+        if not on:
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        return p
+
+    engine.lc.llama_context_default_params = params  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        engine.lc.llama_context_default_params = default  # type: ignore[attr-defined]
+
+
+def _flash_attention_ab(target: str, rounds: int, tokens: int) -> None:
+    """Prompt lookup and plain decoding with llama.cpp's flash attention and
+    without, each against plain decoding with it, and a fresh prompt's
+    prefill: one model of each kind per round, in alternating order."""
+    rates: dict[tuple[str, bool, str], list[float]] = {}
+    prefill: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for on in [True, False] if r % 2 == 0 else [False, True]:
+            kind = "flash" if on else "no flash"
+            with _flash_attention(on):
+                m = inference.load_model(target, speculative="ngram", context_len=2048)
+            with m:
+                m.generate("Hello", max_tokens=2).text()  # a fresh context's first decode is slow
+                fresh = m.generate(f"Round {r}.\n\n" + PROSE, max_tokens=1)
+                fresh.text()
+                assert fresh.metrics is not None
+                prefill.setdefault(kind, []).append(
+                    fresh.metrics.prompt_tokens / fresh.metrics.prefill_seconds
+                )
+                for label, prompt in GROUNDED + OPEN:
+                    _run(m, prompt, 4)  # the prompt's KV cached for both
+                    for speculate in [True, False] if r % 2 == 0 else [False, True]:
+                        off = {} if speculate else {"speculative": False}
+                        _, metrics = _run(m, prompt, tokens, **off)
+                        rate = metrics.decode_tokens_per_second
+                        rates.setdefault((kind, speculate, label), []).append(rate)
+    for label, _ in GROUNDED + OPEN:
+        med = {k[:2]: statistics.median(v) for k, v in rates.items() if k[2] == label}
+        base = med[("flash", False)]
+        print(
+            f"{label:18} plain with flash attention {base:6.1f} tok/s; against it: "
+            f"speculative x{med[('flash', True)] / base:4.2f}, without flash attention "
+            f"plain x{med[('no flash', False)] / base:4.2f}, "
+            f"speculative x{med[('no flash', True)] / base:4.2f}",
+            flush=True,
+        )
+    print(
+        "prefill of a fresh prompt: "
+        + ", ".join(f"{k} {statistics.median(v):.0f} tok/s" for k, v in prefill.items())
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -175,12 +247,21 @@ def main() -> int:
         action="store_true",
         help="check every guess offered, paying or not (no pacing): what guesses could give",
     )
+    parser.add_argument(
+        "--flash-attention",
+        action="store_true",
+        help="prompt lookup and plain decoding with llama.cpp's flash attention and without",
+    )
     args = parser.parse_args()
     global EVERY_GUESS
     EVERY_GUESS = args.every_guess
     cases = set(args.cases.split(","))
     target = _target(args.target)
     print(f"{args.backend}: target {Path(target).name}; load {os.getloadavg()[0]:.2f}", flush=True)
+    if args.flash_attention:
+        _flash_attention_ab(target, args.rounds, args.tokens)
+        print(f"load {os.getloadavg()[0]:.2f}")
+        return 0
     base: dict[str, Any] = {"backend": args.backend, "context_len": 2048}
     if args.backend == "llama_cpp":
         base["threads"] = args.threads
