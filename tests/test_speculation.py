@@ -177,7 +177,7 @@ def test_pacer_plans_within_bounds_whatever_it_measured() -> None:
         pacer = Pacer()
         for _ in range(rng.randrange(0, 40)):
             width = rng.choice((1, 1, 2, 3, rng.randrange(1, 64)))
-            seconds = rng.choice((1e-9, 1e-6, 0.01 * width, rng.uniform(1e-4, 5.0)))
+            seconds = rng.choice((0.0, 1e-9, 1e-6, 0.01 * width, rng.uniform(1e-4, 5.0)))
             pacer.record(width, seconds, draft=rng.random() < 0.2)
             for w in (1, 2, rng.randrange(1, 600)):
                 for draft in (False, True):

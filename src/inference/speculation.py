@@ -177,6 +177,8 @@ class _Costs:
         self._line: tuple[float, float] | None = None  # fitted on demand
 
     def record(self, width: int, seconds: float) -> None:
+        if not seconds > 0:  # a clock that did not move measured nothing
+            return
         if width <= 1:
             self.ones.append(seconds)
             return
