@@ -202,7 +202,9 @@ def _flash_attention_ab(target: str, rounds: int, tokens: int) -> None:
         for on in [True, False] if r % 2 == 0 else [False, True]:
             kind = "flash" if on else "no flash"
             with _flash_attention(on):
-                m = inference.load_model(target, speculative="ngram", context_len=2048)
+                m = inference.load_model(
+                    target, backend="llama_cpp", speculative="ngram", context_len=2048
+                )
             with m:
                 m.generate("Hello", max_tokens=2).text()  # a fresh context's first decode is slow
                 fresh = m.generate(f"Round {r}.\n\n" + PROSE, max_tokens=1)
@@ -258,7 +260,7 @@ def main() -> int:
     cases = set(args.cases.split(","))
     target = _target(args.target)
     print(f"{args.backend}: target {Path(target).name}; load {os.getloadavg()[0]:.2f}", flush=True)
-    if args.flash_attention:
+    if args.flash_attention:  # llama.cpp's kernels: --backend does not apply
         _flash_attention_ab(target, args.rounds, args.tokens)
         print(f"load {os.getloadavg()[0]:.2f}")
         return 0
