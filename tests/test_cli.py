@@ -486,3 +486,15 @@ def test_the_speculation_flags_are_load_options() -> None:
     assert options["speculative"] == "ngram" and "draft_model" not in options
     with pytest.raises(SystemExit):
         _parser().parse_args(["generate", "m.gguf", "hi", "--speculative", "medusa"])
+
+
+def test_the_flash_attention_flag_is_a_load_option() -> None:
+    from inference.cli import _load_options, _parser
+
+    for flag, value in (("on", True), ("off", False)):
+        args = _parser().parse_args(["serve", "m.gguf", "--flash-attention", flag])
+        assert _load_options(args)["flash_attention"] is value
+    # Not given: the engine's choice, so the option is left out.
+    assert "flash_attention" not in _load_options(_parser().parse_args(["info", "m.gguf"]))
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["info", "m.gguf", "--flash-attention", "auto"])

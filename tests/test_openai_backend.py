@@ -215,7 +215,11 @@ def test_url_selects_the_backend_and_info(lcp: ServerProcess, remote: OpenAIMode
     assert info.context_length == N_CTX
     assert info.path.startswith(lcp.url + "#model=")
     assert remote.server == "llama-cpp-python" and remote.parallel_slots == 1
-    with inference.load_model(info.path) as again:  # the path loads the same model
+    assert not any("ignored" in note for note in info.notes)
+    # The path loads the same model; the engine's choices are the server's.
+    with inference.load_model(info.path, gpu_layers=0, flash_attention=False) as again:
+        assert "gpu_layers is ignored: the server decides" in again.info.notes
+        assert "flash_attention is ignored: the server decides" in again.info.notes
         assert (
             again.generate(PROMPTS[0], max_tokens=3).text()
             == remote.generate(PROMPTS[0], max_tokens=3).text()

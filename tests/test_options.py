@@ -108,6 +108,12 @@ BUILDERS: list[tuple[Any, str, list[tuple[Any, Any]], list[Any]]] = [
     (inference.with_cache_host_mib, "cache_host_mib", [(0, 0), (512, 512)], [-1, None, 1.5]),
     (inference.with_cache_dir, "cache_dir", [("", ""), ("/tmp/kv", "/tmp/kv")], [None, 3]),
     (inference.with_draft_model, "draft_model", [("", ""), ("/m/d.gguf", "/m/d.gguf")], [None, 3]),
+    (
+        inference.with_flash_attention,
+        "flash_attention",
+        [(None, None), (True, True), (False, False)],
+        [0, 1, "off", "auto"],
+    ),
     (inference.with_draft_max, "draft_max", [(0, 0), (8, 8), (32, 32)], [-1, 33, 2.5, True]),
     # Per call, a bool (its load form, a str, is checked in test_speculation).
     (inference.with_speculative, "speculative", [(None, None), (False, False)], [3, "medusa"]),

@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
             choices=("ngram",),
             help="decode speculatively with guesses copied from the prompt (prompt lookup)",
         )
+        p.add_argument(
+            "--flash-attention",
+            default=None,
+            choices=tuple(_FLASH_ATTENTION),
+            help="the engine's attention kernel: flash attention on or off "
+            "(default: the engine's choice)",
+        )
 
     def common_gen(p: argparse.ArgumentParser, **defaults: Any) -> None:
         _generate_flags(p.add_argument_group("generation options"), defaults)
@@ -302,6 +309,10 @@ def _gen_config(args: argparse.Namespace) -> GenerateConfig:
     return generate_config(**values)
 
 
+#: ``--flash-attention``'s values: the ``flash_attention`` load option's.
+_FLASH_ATTENTION = {"on": True, "off": False}
+
+
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The load options the common flags give (defaults are LoadConfig's)."""
     given = {
@@ -315,6 +326,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
         "cache_dir": args.cache_dir,
         "draft_model": args.draft_model,
         "speculative": args.speculative,
+        "flash_attention": _FLASH_ATTENTION.get(args.flash_attention),
     }
     return {k: v for k, v in given.items() if v is not None}
 

@@ -59,6 +59,7 @@ __all__ = [
     "with_context_len",
     "with_draft_max",
     "with_draft_model",
+    "with_flash_attention",
     "with_gpu_layers",
     "with_grammar",
     "with_json_object",
@@ -453,7 +454,10 @@ class LoadConfig:
     ``draft_model`` a smaller model with the same vocabulary whose guesses
     the model checks several at a time (speculative decoding), or
     ``speculative="ngram"`` guesses copied from the prompt and the text so
-    far (no second model). Checked when made, as :class:`GenerateConfig` is.
+    far (no second model); ``flash_attention`` None leaves the engine's
+    choice of attention kernel, True or False asks for flash attention or
+    the plain one (llama.cpp's backends honour it, MLX refuses it, a remote
+    server decides for itself). Checked when made, as :class:`GenerateConfig` is.
     """
 
     backend: str = _option("", _str)
@@ -471,6 +475,7 @@ class LoadConfig:
     cache_disk_mib: int = _option(CACHE_DISK_MIB, _at_least(1))
     draft_model: str = _option("", _path)
     speculative: str = _option("", _speculation)
+    flash_attention: bool | None = _option(None, _optional_bool)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -653,6 +658,13 @@ def with_draft_model(path: str | os.PathLike[str]) -> Option:
     """A smaller model with the same vocabulary, whose guesses the model
     checks several tokens at a time (speculative decoding)."""
     return _make("load", "draft_model", path)
+
+
+def with_flash_attention(on: bool | None) -> Option:
+    """Flash attention (True), the plain attention kernel (False) or the
+    engine's choice (None, the default). On a CPU, llama.cpp's flash
+    attention prefills faster but checks speculative guesses slower."""
+    return _make("load", "flash_attention", on)
 
 
 def with_backend(name: str) -> Option:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +52,26 @@ def test_info_from_gguf(model: inference.TextModel) -> None:
 def test_context_len_option(model_path: str) -> None:
     with inference.load_model(model_path, context_len=256) as m:
         assert m.info.context_length == 256
+
+
+@pytest.mark.parametrize(
+    ("value", "engine"), [(None, "auto"), (True, "enabled"), (False, "disabled")]
+)
+def test_flash_attention_reaches_every_context_the_model_makes(
+    model_path: str, value: bool | None, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="inference.llama_cpp")  # llama.cpp's own log
+    with inference.load_model(
+        model_path, context_len=256, flash_attention=value, draft_model=model_path
+    ) as m:
+        assert m.generate(COUNT, max_tokens=3).text() == " four, five"
+        assert len(m.embed("a large animal").vectors) == 1
+    said = [
+        found.group(1)
+        for record in caplog.records
+        if (found := re.search(r"flash_attn\s+=\s+(\w+)", record.getMessage()))
+    ]
+    assert said == [engine] * 3  # the model's, the draft model's and embedding's contexts
 
 
 def test_missing_file() -> None:

@@ -201,6 +201,19 @@ def test_context_len_and_cpu_device_options(model_path: str) -> None:
         assert full.text == " four, five, six,"
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("threads", 2), ("flash_attention", False), ("flash_attention", True)]
+)
+def test_engine_choices_mlx_makes_itself_are_refused(
+    model_path: str, option: str, value: object
+) -> None:
+    with pytest.raises(inference.UnsupportedOptionError) as caught:
+        inference.load_model(model_path, backend="mlx", **{option: value})
+    assert caught.value.option == option
+    assert caught.value.backend == "mlx"
+    assert option in str(caught.value)
+
+
 # --------------------------------------------------------------------------
 # generation
 

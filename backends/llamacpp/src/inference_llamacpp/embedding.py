@@ -61,7 +61,9 @@ class EmbeddingContext:
     """A llama.cpp context that pools: :meth:`run` gives one vector (as
     float32 bytes) per sequence of token ids. Use on the engine thread only."""
 
-    def __init__(self, model: Any, *, n_ctx: int, pooling: int, threads: int, path: str) -> None:
+    def __init__(
+        self, model: Any, *, n_ctx: int, pooling: int, threads: int, flash_attn: int, path: str
+    ) -> None:
         params = lc.llama_context_default_params()
         params.embeddings = True
         params.pooling_type = pooling
@@ -72,6 +74,7 @@ class EmbeddingContext:
         params.kv_unified = True  # the batch's sequences share the n_ctx cells
         params.n_threads = threads
         params.n_threads_batch = threads
+        params.flash_attn_type = flash_attn  # llama.cpp's, as the model was loaded
         params.no_perf = True
         self._ctx = lc.llama_init_from_model(model, params)
         if not self._ctx:

@@ -108,6 +108,17 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def flash_attn_type(cfg: LoadConfig) -> int:
+    """llama.cpp's ``flash_attn_type`` for the ``flash_attention`` option,
+    for every context the model makes (generation, the draft model's,
+    embedding): llama.cpp's own choice (auto) unless the option says."""
+    if cfg.flash_attention is None:
+        return int(lc.LLAMA_FLASH_ATTN_TYPE_AUTO)
+    if cfg.flash_attention:
+        return int(lc.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+    return int(lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+
+
 def _wanted(level: int) -> bool:
     """Whether a llama.cpp log line at ``level`` goes out: only when asked for,
     by ``INFERENCE_LOG=debug`` or by giving the ``inference.llama_cpp``
@@ -246,6 +257,7 @@ class LlamaCppModel(ScoringTextModel):
         self._threads = threads
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        cparams.flash_attn_type = self._flash_attn = flash_attn_type(cfg)
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -274,7 +286,12 @@ class LlamaCppModel(ScoringTextModel):
         self._n_seq = n_seq
         if cfg.draft_model:  # a draft with another vocabulary is refused before the rest
             self._drafter = Drafter(
-                cfg.draft_model, header, n_ctx=self._n_ctx, n_seq=n_seq, threads=threads
+                cfg.draft_model,
+                header,
+                n_ctx=self._n_ctx,
+                n_seq=n_seq,
+                threads=threads,
+                flash_attn=self._flash_attn,
             )
         self._n_vocab = n_vocab
         self._mem = lc.llama_get_memory(self._ctx)
@@ -730,6 +747,7 @@ class LlamaCppModel(ScoringTextModel):
                 n_ctx=self._embed_ctx,
                 pooling=self._pooling,
                 threads=self._tuner.threads if self._tuner else self._threads,
+                flash_attn=self._flash_attn,
                 path=self._path,
             )
         return self._embedding.run(group), self._embedding.width

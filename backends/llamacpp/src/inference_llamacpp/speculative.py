@@ -35,7 +35,14 @@ class Drafter:
     """A draft model's context, one KV stream per target slot."""
 
     def __init__(
-        self, path: str, target: GGUFHeader, *, n_ctx: int, n_seq: int, threads: int
+        self,
+        path: str,
+        target: GGUFHeader,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        threads: int,
+        flash_attn: int,
     ) -> None:
         header = read_header(path)
         preflight.check(header, path)
@@ -49,12 +56,12 @@ class Drafter:
         self._ctx: Any = None
         self._batch: Batch | None = None
         try:
-            self._open(path, n_ctx, n_seq, threads)
+            self._open(path, n_ctx, n_seq, threads, flash_attn)
         except BaseException:
             self.free()
             raise
 
-    def _open(self, path: str, n_ctx: int, n_seq: int, threads: int) -> None:
+    def _open(self, path: str, n_ctx: int, n_seq: int, threads: int, flash_attn: int) -> None:
         mparams = lc.llama_model_default_params()
         self._model = lc.llama_model_load_from_file(path.encode(), mparams)
         if not self._model:
@@ -73,6 +80,7 @@ class Drafter:
         cparams.kv_unified = False
         cparams.swa_full = True  # trimmed back after every rejected guess
         cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn_type = flash_attn  # the target's llama.cpp flash_attn_type
         cparams.no_perf = True
         self._ctx = lc.llama_init_from_model(self._model, cparams)
         if not self._ctx:

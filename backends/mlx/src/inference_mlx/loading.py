@@ -53,6 +53,13 @@ def load(path: str, cfg: LoadConfig, *, device: MlxDevice | None = None) -> Load
             option="threads",
             backend="mlx",
         )
+    if cfg.flash_attention is not None:
+        raise UnsupportedOptionError(
+            "flash_attention: MLX chooses its own attention kernel (its fused scaled "
+            "dot-product attention); this backend cannot turn it on or off",
+            option="flash_attention",
+            backend="mlx",
+        )
     if cfg.pooling in ("rank", "cls"):
         raise UnsupportedOptionError(
             f"pooling={cfg.pooling!r}: this backend pools a decoder's hidden states by "

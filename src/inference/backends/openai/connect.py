@@ -116,6 +116,8 @@ def load(url: str, cfg: LoadConfig, defaults: Settings) -> OpenAIModel:
         notes.append(f"no scoring: {dialect.label} {dialect.no_scoring}")
     if cfg.gpu_layers != -1:
         notes.append("gpu_layers is ignored: the server decides")
+    if cfg.flash_attention is not None:
+        notes.append("flash_attention is ignored: the server decides")
     if not context and cfg.context_len:
         context = cfg.context_len
         notes.append("context_length as given by context_len (the server does not report it)")
