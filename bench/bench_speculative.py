@@ -18,11 +18,11 @@ them, and whether the greedy answers were equal.
 - ``open``: open-ended prompts, where guesses fail, with each kind.
 - ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s.
 
-``--flash-attention`` instead loads the target with llama.cpp's flash
-attention (its choice on a CPU) and without, a model of each per round in
-alternating order, and gives prompt lookup's and plain decoding's tokens/s
-on the grounded and open cases against plain decoding with it, and the
-prefill of a fresh prompt with each.
+``--flash-attention`` instead loads the target with flash attention
+(``flash_attention=True``, llama.cpp's own choice on a CPU) and without, a
+model of each per round in alternating order, and gives prompt lookup's
+and plain decoding's tokens/s on the grounded and open cases against plain
+decoding with it, and the prefill of a fresh prompt with each.
 
 The target files are written once to ``~/.cache/inference/test-models``.
 Check the machine's load first (``uptime``): llama.cpp slows sharply when
@@ -32,13 +32,11 @@ another process competes for the cores.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,28 +168,6 @@ def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: i
     )
 
 
-@contextlib.contextmanager
-def _flash_attention(on: bool) -> Iterator[None]:
-    """Models loaded inside get llama.cpp's choice of flash attention (on
-    for a CPU) or none: the engine's context parameters, patched."""
-    import llama_cpp as lc
-    from inference_llamacpp import engine
-
-    default = lc.llama_context_default_params
-
-    def params() -> Any:
-        p = default()
-        if not on:
-            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        return p
-
-    engine.lc.llama_context_default_params = params  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        engine.lc.llama_context_default_params = default  # type: ignore[attr-defined]
-
-
 def _flash_attention_ab(target: str, rounds: int, tokens: int) -> None:
     """Prompt lookup and plain decoding with llama.cpp's flash attention and
     without, each against plain decoding with it, and a fresh prompt's
@@ -201,11 +177,13 @@ def _flash_attention_ab(target: str, rounds: int, tokens: int) -> None:
     for r in range(rounds):
         for on in [True, False] if r % 2 == 0 else [False, True]:
             kind = "flash" if on else "no flash"
-            with _flash_attention(on):
-                m = inference.load_model(
-                    target, backend="llama_cpp", speculative="ngram", context_len=2048
-                )
-            with m:
+            with inference.load_model(
+                target,
+                backend="llama_cpp",
+                speculative="ngram",
+                context_len=2048,
+                flash_attention=on,
+            ) as m:
                 m.generate("Hello", max_tokens=2).text()  # a fresh context's first decode is slow
                 fresh = m.generate(f"Round {r}.\n\n" + PROSE, max_tokens=1)
                 fresh.text()
