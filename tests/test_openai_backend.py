@@ -476,12 +476,14 @@ def _number_bounds_dropped(schema: Any) -> Any:
 def test_structured_output_through_real_servers(
     server: str, request: pytest.FixtureRequest
 ) -> None:
-    """The issue's validity figures against llama-cpp-python's server and
-    llama-server. Both servers turn a JSON schema into a grammar with their
-    own converters, which enforce every keyword of these schemas but numeric
-    bounds (llama-server: ``minimum``/``maximum`` on ``"number"``;
-    llama-cpp-python's: on ``"integer"`` too): the only failures allowed are
-    such numbers, and each must validate once those bounds are dropped."""
+    """Validity against llama-cpp-python's server and llama-server: 20
+    schemas, 10 choices and 10 tool calls (the issue's 50 / 20 / 20 run where
+    the constraint is ours, in ``test_llamacpp_structured.py``). Both servers
+    turn a JSON schema into a grammar with their own converters, which
+    enforce every keyword of these schemas but numeric bounds (llama-server:
+    ``minimum``/``maximum`` on ``"number"``; llama-cpp-python's: on
+    ``"integer"`` too): the only failures allowed are such numbers, and each
+    must validate once those bounds are dropped."""
     import ast
 
     import jsonschema
@@ -496,14 +498,14 @@ def test_structured_output_through_real_servers(
 
     proc: ServerProcess = request.getfixturevalue(server)
     with inference.load_model(proc.url, context_len=N_CTX) as model:
-        result = schema_validity(model, 50)
+        result = schema_validity(model, 20)
         for failure in result.failures:
             name, _, shown = failure.partition(": ")
             value = json.loads(ast.literal_eval(shown))
             jsonschema.validate(value, _number_bounds_dropped(SCHEMAS[name]))
-        assert result.runs == 50 and result.valid >= 25
-        assert choice_validity(model, 20).valid == 20
-        tools = tool_validity(model, 20)
+        assert result.runs == 20 and result.valid >= 10
+        assert choice_validity(model, 10).valid == 10
+        tools = tool_validity(model, 10)
         schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
         for failure in tools.failures:  # a call, with only a bound broken...
             shown = json.loads(failure)
@@ -513,6 +515,6 @@ def test_structured_output_through_real_servers(
                 calls = [(found["name"], found["arguments"])]
             for name, arguments in calls:
                 jsonschema.validate(arguments, _number_bounds_dropped(schemas[name]))
-        assert tools.runs == 20 and tools.valid >= 15
+        assert tools.runs == 10 and tools.valid >= 7
         with pytest.raises(inference.UnsupportedOptionError):
             model.chat([Message("user", "x")], regex="[0-9]+")

@@ -140,7 +140,7 @@ def test_a_required_tool_call_has_arguments_in_its_schema(model: OpenAIModel) ->
 def test_max_tokens_past_the_context_ends_as_length(model: OpenAIModel) -> None:
     """vLLM refuses a max_tokens past its context (400): it is clamped, and
     a prompt near the end of the context ends as "length" when it is full."""
-    stream = model.generate(PROMPT * 235, max_tokens=100_000)  # about 1,880 of 2,048
+    stream = model.generate(PROMPT * 250, max_tokens=100_000)  # about 2,000 of 2,048
     tokens = list(stream)
     assert stream.finish_reason == "length" and stream.metrics is not None
     assert stream.metrics.prompt_tokens + len(tokens) == 2048

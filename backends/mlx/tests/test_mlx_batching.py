@@ -76,6 +76,7 @@ def test_prompts_seen_before_come_back_from_the_kept_caches(model_path: str) -> 
     """Two prompts in turn on one sequence: the first's cache, no longer the
     last one kept, is reused from host memory for its next call (tier
     "host"), whose answer equals its first; the last one kept is "slot"."""
+    # Past WORTH_TAKING tokens: a shorter prompt would take the other's cache.
     rules = " ".join(f"Rule {i}: be brief." for i in range(12))
     first = [Message("system", rules), Message("user", "Name a colour.")]
     other = [Message("system", rules[::-1]), Message("user", "Name a bird.")]

