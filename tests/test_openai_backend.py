@@ -167,12 +167,11 @@ def test_chat_equals_the_llama_cpp_backend(remote: OpenAIModel, local: TextModel
     assert remote.chat(messages, max_tokens=N_TOKENS).text() == want
 
 
-@pytest.mark.parametrize("chat", [False, True])
-def test_streamed_logprobs_equal_the_llama_cpp_backend(
-    remote: OpenAIModel, local: TextModel, chat: bool
-) -> None:
+def _logprobs_agree(remote: OpenAIModel, local: TextModel, chat: bool, *, ids: bool) -> None:
     """The server's figures for each token (its own text, log-probability and
-    top 3) are the in-process backend's, for the completions and chat endpoints."""
+    top 3) are the in-process backend's within 1e-3, on the completions or
+    chat endpoint; with the ids where the server sends them (``ids``), else
+    -1."""
     if chat:
         messages = [{"role": "user", "content": "Name a large animal."}]
         ours = list(remote.chat(messages, max_tokens=N_TOKENS, logprobs=3))
@@ -181,12 +180,20 @@ def test_streamed_logprobs_equal_the_llama_cpp_backend(
         ours = list(remote.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
         theirs = list(local.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
     assert [t.text for t in ours] == [t.text for t in theirs]
+    assert [t.id for t in ours] == [t.id if ids else -1 for t in theirs]
     for a, b in zip(ours, theirs, strict=True):
         assert a.logprob is not None and b.logprob is not None
         assert abs(a.logprob - b.logprob) <= 1e-3, (a, b)
         assert [x.text for x in a.top_logprobs] == [x.text for x in b.top_logprobs]
         for x, y in zip(a.top_logprobs, b.top_logprobs, strict=True):
-            assert x.id == -1 and abs(x.logprob - y.logprob) <= 1e-3
+            assert x.id == (y.id if ids else -1) and abs(x.logprob - y.logprob) <= 1e-3
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streamed_logprobs_equal_the_llama_cpp_backend(
+    remote: OpenAIModel, local: TextModel, chat: bool
+) -> None:
+    _logprobs_agree(remote, local, chat, ids=False)
 
 
 def test_server_defaults_would_leak_without_explicit_fields(
@@ -316,24 +323,10 @@ def test_llama_server_greedy_equals_llama_cpp_python(lls: ServerProcess, direct:
 def test_llama_server_logprobs_equal_the_llama_cpp_backend(
     lls: ServerProcess, local: TextModel, chat: bool
 ) -> None:
-    """llama-server's figures for each token (its id, log-probability and top
-    3 with their ids) are the in-process backend's, on both endpoints: one
-    engine, two builds of it."""
+    """One engine, two builds of it: the same figures, ids included."""
     with inference.load_model(lls.url) as model:
-        if chat:
-            messages = [{"role": "user", "content": "Name a large animal."}]
-            ours = list(model.chat(messages, max_tokens=N_TOKENS, logprobs=3))
-            theirs = list(local.chat(messages, max_tokens=N_TOKENS, logprobs=3))
-        else:
-            ours = list(model.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
-            theirs = list(local.generate(PROMPTS[0], max_tokens=N_TOKENS, logprobs=3))
-    assert [t.id for t in ours] == [t.id for t in theirs]
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.logprob is not None and b.logprob is not None
-        assert abs(a.logprob - b.logprob) <= 1e-3, (a, b)
-        assert [x.id for x in a.top_logprobs] == [x.id for x in b.top_logprobs]
-        for x, y in zip(a.top_logprobs, b.top_logprobs, strict=True):
-            assert x.text == y.text and abs(x.logprob - y.logprob) <= 1e-3
+        assert isinstance(model, OpenAIModel)
+        _logprobs_agree(model, local, chat, ids=True)
 
 
 SCORED = [
