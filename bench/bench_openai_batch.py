@@ -131,7 +131,7 @@ def main() -> None:
     if args.server in ("both", "llama-server"):
         binary = servers.llama_server_binary()
         if binary is None:
-            print("llama-server: skipped (no binary; set LLAMA_SERVER)")
+            print("llama-server: skipped (no binary: scripts/install_engine.py --llama-server)")
         else:
             with servers.llama_server(
                 binary,

@@ -69,7 +69,7 @@ def lls() -> Iterator[ServerProcess]:
     """llama.cpp's llama-server with two parallel slots, one per session."""
     binary = llama_server_binary()
     if binary is None:
-        pytest.skip("no llama-server binary here (set LLAMA_SERVER to one)")
+        pytest.skip("no llama-server here: scripts/install_engine.py --llama-server builds it")
     with llama_server(binary, parallel=2, n_ctx=2 * N_CTX, threads=1) as server:
         yield server
 
