@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     args = os.environ["CMAKE_ARGS"] if "CMAKE_ARGS" in os.environ else cmake_args()
     if ns.llama_server:
-        install(LLAMA_SERVER, f"{args} {LLAMA_SERVER_ARGS}".strip(), 10)
+        install(LLAMA_SERVER, f"{args} {LLAMA_SERVER_ARGS}".strip(), 9)
     else:
         install(engine_requirement(), args, 7)
     return 0
