@@ -16,7 +16,8 @@ them, and whether the greedy answers were equal.
 - ``draft``: SmolLM2 Q4_1 (as shipped) drafting for the same model at a
   higher precision (``--target``, made with llama.cpp's quantiser).
 - ``open``: open-ended prompts, where guesses fail, with each kind.
-- ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s.
+- ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s and
+  the guesses checked.
 
 ``--flash-attention`` instead loads the target with flash attention
 (``flash_attention=True``, llama.cpp's own choice on a CPU) and without, a
@@ -139,12 +140,15 @@ def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: i
     prompts = [p for _, p in OPEN] + [p for _, p in GROUNDED]
     prompts = (prompts * streams)[:streams]
 
+    counts = [0, 0]  # guesses checked and kept, in the speculative waves
+
     def wave(speculate: bool) -> float:
-        done = [0] * len(prompts)
+        done = [(0, 0, 0)] * len(prompts)  # per stream: tokens, drafted, accepted
 
         def one(i: int) -> None:
             opts = {} if speculate else {"speculative": False}
-            done[i] = len(_run(model, prompts[i], tokens, **opts)[0])
+            ids, m = _run(model, prompts[i], tokens, **opts)
+            done[i] = (len(ids), m.drafted_tokens, m.accepted_tokens)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
         start = time.perf_counter()
@@ -152,11 +156,15 @@ def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: i
             t.start()
         for t in threads:
             t.join()
-        return sum(done) / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        counts[0] += sum(d for _, d, _ in done)
+        counts[1] += sum(a for _, _, a in done)
+        return sum(n for n, _, _ in done) / seconds
 
     on: list[float] = []
     off: list[float] = []
     wave(True)  # warm: the prompts' KV cached, as for every round after
+    counts[:] = [0, 0]
     for r in range(rounds):
         for speculate in [True, False] if r % 2 == 0 else [False, True]:
             (on if speculate else off).append(wave(speculate))
@@ -164,7 +172,8 @@ def _concurrent(model: inference.TextModel, rounds: int, tokens: int, streams: i
     a, b = statistics.median(on), statistics.median(off)
     print(
         f"{streams} streams at once: plain {b:6.1f} tok/s  speculative {a:6.1f} tok/s  "
-        f"x{a / b:4.2f}"
+        f"x{a / b:4.2f}  drafted {counts[0]:5d} accepted "
+        f"{counts[1] / counts[0] if counts[0] else 0.0:4.0%}"
     )
 
 
