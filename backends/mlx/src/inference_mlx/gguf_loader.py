@@ -266,8 +266,9 @@ def _build(path: str, header: GGUFHeader, fd: int) -> _Loaded:
     mapped, per_module, weight_notes = _read_weights(fd, header, arch, config)
     notes.extend(weight_notes)
     quantization = _quantization_config(per_module)
-    config["quantization"] = quantization
-    config["quantization_config"] = dict(quantization)
+    if quantization:  # a file of plain types only is an unquantised model
+        config["quantization"] = quantization
+        config["quantization_config"] = dict(quantization)
 
     module = importlib.import_module(f"mlx_lm.models.{arch.model_type}")
     model = module.Model(module.ModelArgs.from_dict(config))
@@ -533,11 +534,14 @@ def _quantization_config(per_module: Mapping[str, dict[str, int] | bool]) -> dic
 
     Each module that differs from the default is listed under its path, a
     plain (unquantised) one as ``False``, as mlx-lm's ``load_model`` reads it.
+    Empty when no module is quantised.
     """
     settings = Counter(
         (v["group_size"], v["bits"]) for v in per_module.values() if isinstance(v, dict)
     )
-    group_size, bits = settings.most_common(1)[0][0] if settings else (GROUP_SIZE, 4)
+    if not settings:
+        return {}
+    group_size, bits = settings.most_common(1)[0][0]
     default = {"group_size": group_size, "bits": bits}
     quantization: dict[str, Any] = dict(default)
     for path in sorted(per_module):
