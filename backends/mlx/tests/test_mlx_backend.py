@@ -1,7 +1,10 @@
 """The MLX backend against SmolLM2-135M-Instruct, as a GGUF file and as an MLX folder.
 
-Greedy outputs are those llama.cpp gives for the same file. MLX's CPU build
-runs about 8 tokens/s here, so every check asks for a handful of tokens.
+The checks that generate run on SmolLM2 in float32 (:mod:`fast_cpu`), those
+of the file and its 4-bit path on the file as shipped (Q4_1); greedy outputs
+are those llama.cpp gives for the shipped file. MLX's CPU build decodes the
+float32 model at about 16 tokens/s here, so every check asks for a handful
+of tokens.
 """
 
 from __future__ import annotations
@@ -106,16 +109,20 @@ def test_unknown_backend_name_still_fails() -> None:
 # loading
 
 
-def test_info_from_gguf(model: inference.TextModel) -> None:
-    info = model.info
-    assert info.backend == "mlx"
-    assert (info.architecture, info.layers, info.hidden_size) == ("llama", 30, 576)
-    assert info.vocab_size == 49152
-    assert (info.quant_bits, info.quant_group_size) == (4, 32)
-    assert info.context_length == 8192
-    assert model.model_type == "llama"
-    assert any("Q4_1" in note for note in info.notes)
-    assert any(note.startswith("MLX device: ") for note in info.notes)
+def test_info_from_gguf(model_path: str, model: inference.TextModel) -> None:
+    with inference.load_model(model_path, backend="mlx") as shipped:
+        info = shipped.info
+        assert info.backend == "mlx"
+        assert (info.architecture, info.layers, info.hidden_size) == ("llama", 30, 576)
+        assert info.vocab_size == 49152
+        assert (info.quant_bits, info.quant_group_size) == (4, 32)
+        assert info.context_length == 8192
+        assert shipped.model_type == "llama"
+        assert any("Q4_1" in note for note in info.notes)
+        assert any(note.startswith("MLX device: ") for note in info.notes)
+    # A file of float types only is an unquantised model.
+    assert (model.info.quant_bits, model.info.quant_group_size) == (0, 0)
+    assert "211 tensors of type F32 kept unquantised" in model.info.notes
 
 
 def test_corrupt_and_truncated_gguf_refused(model_path: str, tmp_path: Path) -> None:
@@ -181,8 +188,8 @@ def test_mlx_folder_loads_offline(mlx_folder: str, monkeypatch: pytest.MonkeyPat
         assert m.chat(ANIMAL, max_tokens=10).text().startswith(ELEPHANT)
 
 
-def test_context_len_and_cpu_device_options(model_path: str) -> None:
-    with inference.load_model(model_path, backend="mlx", context_len=24, gpu_layers=0) as m:
+def test_context_len_and_cpu_device_options(f32_path: str) -> None:
+    with inference.load_model(f32_path, backend="mlx", context_len=24, gpu_layers=0) as m:
         assert m.info.context_length == 24
         assert "MLX device: cpu" in m.info.notes
         stream = m.generate(" a" * 30, max_tokens=2)
@@ -354,7 +361,7 @@ def test_batch_generate_sampling_is_seeded(model: inference.TextModel) -> None:
 # stopping and lifecycle
 
 
-def test_cancel_during_prefill_then_reuse(model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_during_prefill_then_reuse(f32_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from inference_mlx import engine
     from mlx_lm.generate import BatchGenerator
 
@@ -374,7 +381,7 @@ def test_cancel_during_prefill_then_reuse(model_path: str, monkeypatch: pytest.M
         return prompts, responses
 
     monkeypatch.setattr(BatchGenerator, "next", watched)
-    with inference.load_model(model_path, backend="mlx") as model:
+    with inference.load_model(f32_path, backend="mlx") as model:
         stream = model.generate(long_prompt, max_tokens=10, cancel=event)
         assert list(stream) == []
         assert isinstance(stream.err, Cancelled)
@@ -520,10 +527,10 @@ def _fed_lengths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_the_next_chat_turn_prefills_only_its_new_tokens(
-    model_path: str, monkeypatch: pytest.MonkeyPatch
+    f32_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = [Message("user", "Name a large animal.")]
-    with inference.load_model(model_path, backend="mlx") as m:
+    with inference.load_model(f32_path, backend="mlx") as m:
         lengths = _fed_lengths(monkeypatch)
         reply = m.chat(first, max_tokens=8).text()
         turn = [*first, Message("assistant", reply), Message("user", "And a small one?")]
@@ -537,14 +544,14 @@ def test_the_next_chat_turn_prefills_only_its_new_tokens(
     # The second prompt starts with the first prompt and its answer: only the
     # rest is fed to the model.
     assert 0 < lengths[1] < whole - 10, (lengths, whole)
-    with inference.load_model(model_path, backend="mlx") as fresh:
+    with inference.load_model(f32_path, backend="mlx") as fresh:
         assert fresh.chat(turn, max_tokens=8).text() == again  # the same answer as from scratch
 
 
 def test_no_reuse_with_a_repeat_penalty_or_after_a_cancelled_prefill(
-    model_path: str, monkeypatch: pytest.MonkeyPatch
+    f32_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with inference.load_model(model_path, backend="mlx") as m:
+    with inference.load_model(f32_path, backend="mlx") as m:
         lengths = _fed_lengths(monkeypatch)
         m.generate(COUNT, max_tokens=3).text()
         longer = COUNT + " four, five,"
@@ -556,5 +563,5 @@ def test_no_reuse_with_a_repeat_penalty_or_after_a_cancelled_prefill(
         assert list(m.generate(longer, max_tokens=2, cancel=event)) == []
         expected = m.generate(longer, max_tokens=4).text()
         monkeypatch.undo()
-    with inference.load_model(model_path, backend="mlx") as fresh:
+    with inference.load_model(f32_path, backend="mlx") as fresh:
         assert fresh.generate(longer, max_tokens=4).text() == expected

@@ -18,9 +18,10 @@ import statistics
 from collections.abc import Iterator
 
 import pytest
+from fast_cpu import smollm2_f32
 
 import inference
-from inference.testing import requantise, requires, smollm2_path
+from inference.testing import requires, smollm2_path
 
 pytestmark = requires("mlx", "mlx_lm", "inference_llamacpp")
 
@@ -57,12 +58,10 @@ def _mean_gap(a: list[inference.ScoreResult], b: list[inference.ScoreResult]) ->
 
 
 @pytest.fixture(scope="module")
-def scores(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, list[inference.ScoreResult]]]:
+def scores() -> Iterator[dict[str, list[inference.ScoreResult]]]:
     q4_1 = smollm2_path()
     assert q4_1 is not None
-    f32 = requantise(q4_1, tmp_path_factory.mktemp("f32") / "SmolLM2.F32.gguf", "ALL_F32")
+    f32 = smollm2_f32()
     out = {}
     for name, path in (("q4_1", q4_1), ("f32", f32)):
         for backend, options in (("llama_cpp", {"context_len": 512}), ("mlx", {})):
