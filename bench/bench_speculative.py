@@ -1,7 +1,7 @@
 """Speculative decoding against plain decoding, in one run.
 
     .venv/bin/python bench/bench_speculative.py [--rounds 3] [--tokens 128]
-        [--cases lookup,draft,open,concurrent] [--target q8_0|f16|q4_1]
+        [--cases lookup,draft,open,concurrent] [--target q8_0|f16|f32|q4_1]
         [--backend llama_cpp|mlx] [--flash-attention]
 
 Each case loads one model with speculation and alternates calls with it on
@@ -90,7 +90,7 @@ def _target(kind: str) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        requantise(source, tmp, kind.upper())
+        requantise(source, tmp, "ALL_F32" if kind == "f32" else kind.upper())
         os.replace(tmp, path)
     return str(path)
 
@@ -228,7 +228,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--cases", default="lookup,draft,open,concurrent")
-    parser.add_argument("--target", default="q8_0", choices=("q8_0", "f16", "q4_1"))
+    parser.add_argument("--target", default="q8_0", choices=("q8_0", "f16", "f32", "q4_1"))
     parser.add_argument("--backend", default="llama_cpp", choices=("llama_cpp", "mlx"))
     parser.add_argument("--threads", type=int, default=0, help="fixed CPU threads (0: tuned)")
     parser.add_argument(
