@@ -2,15 +2,15 @@
 
 MLX's Linux CPU wheel bundles the reference BLAS, and its own kernels for
 quantised matrix products are slow on a CPU: SmolLM2 as shipped (4-bit)
-prefills at about the speed it decodes, some 10 tokens/s here. Float32 matrix products go through
-``cblas_sgemm``, so :func:`use_openblas`, run before ``mlx.core`` is first
-imported, loads the system's OpenBLAS into the global symbol scope, where
-MLX's library finds its ``cblas_sgemm`` before the bundled one; and
-:func:`smollm2_f32` is the same model in float32, written by llama.cpp's
-quantiser. Together they prefill some twenty times faster and decode twice
-as fast (``docs/mlx.md`` gives the figures of ``bench/bench_mlx.py``). The
-tests of the 4-bit path itself (the loader, the requantised types, the
-cross-engine checks) keep the file as shipped.
+prefills at about the speed it decodes, some 10 tokens/s here. Float32
+matrix products go through ``cblas_sgemm``, so :func:`use_openblas`, run
+before ``mlx.core`` is first imported, loads the system's OpenBLAS into the
+global symbol scope, where MLX's library finds its ``cblas_sgemm`` before
+the bundled one; and :func:`smollm2_f32` is the same model in float32,
+written by llama.cpp's quantiser. Together they prefill some twenty times
+faster and decode twice as fast (``docs/mlx.md`` gives the figures of
+``bench/bench_mlx.py``). The tests of the 4-bit path itself (the loader,
+the requantised types, the cross-engine checks) keep the file as shipped.
 """
 
 from __future__ import annotations
