@@ -1,7 +1,7 @@
 """Speculative decoding against plain decoding, in one run.
 
     .venv/bin/python bench/bench_speculative.py [--rounds 3] [--tokens 128]
-        [--cases lookup,draft,open,concurrent] [--target q8_0|f16|f32|q4_1]
+        [--cases lookup,draft,open,concurrent,both] [--target q8_0|f16|f32|q4_1]
         [--backend llama_cpp|mlx] [--flash-attention]
 
 Each case loads one model with speculation and alternates calls with it on
@@ -16,6 +16,9 @@ them, and whether the greedy answers were equal.
 - ``draft``: SmolLM2 Q4_1 (as shipped) drafting for the same model at a
   higher precision (``--target``, made with llama.cpp's quantiser).
 - ``open``: open-ended prompts, where guesses fail, with each kind.
+- ``both`` (not run unless asked for): prompt lookup and the draft model
+  together (``speculative="ngram"`` and ``draft_model=``: lookup's guesses
+  first), on the grounded and the open-ended prompts.
 - ``concurrent``: 2 and 8 streams at once (4 slots), aggregate tokens/s and
   the guesses checked.
 
@@ -129,7 +132,7 @@ def _compare(
         on, off = statistics.median(on_rates), statistics.median(off_rates)
         rate = accepted / drafted if drafted else 0.0
         print(
-            f"{name:6} {label:18} plain {off:6.1f} tok/s  speculative {on:6.1f} tok/s  "
+            f"{name:11} {label:18} plain {off:6.1f} tok/s  speculative {on:6.1f} tok/s  "
             f"x{on / off:4.2f}  drafted {drafted:5d} accepted {rate:4.0%}  "
             f"equal answers {equal}/{rounds}",
             flush=True,
@@ -266,6 +269,11 @@ def main() -> int:
                 _compare("draft", m, GROUNDED, args.rounds, args.tokens)
             if "open" in cases:
                 _compare("draft", m, OPEN, args.rounds, args.tokens)
+    if "both" in cases:
+        with inference.load_model(
+            target, speculative="ngram", draft_model=smollm2_path(), **base
+        ) as m:
+            _compare("ngram+draft", m, GROUNDED + OPEN, args.rounds, args.tokens)
     if "concurrent" in cases:
         with inference.load_model(target, speculative="ngram", parallel_slots=4, **base) as m:
             for streams in (2, 8):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import inference
-from inference import GenerateConfig, registry
+from inference import GenerateConfig, LoadConfig, registry
 from inference.cli import CHAT_COMMANDS, main
 from inference.testing import FakeBackend
 
@@ -484,6 +484,8 @@ def test_the_speculation_flags_are_load_options() -> None:
     args = _parser().parse_args(["generate", "m.gguf", "hi", "--speculative", "ngram"])
     options = _load_options(args)
     assert options["speculative"] == "ngram" and "draft_model" not in options
+    both = ["serve", "m.gguf", "--draft-model", "d.gguf", "--speculative", "ngram"]
+    assert LoadConfig(**_load_options(_parser().parse_args(both))).speculation == "ngram+draft"
     with pytest.raises(SystemExit):
         _parser().parse_args(["generate", "m.gguf", "hi", "--speculative", "medusa"])
 

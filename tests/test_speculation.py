@@ -18,6 +18,7 @@ from inference import (
     with_speculative,
 )
 from inference.capabilities import Capabilities, refuse_unsupported
+from inference.options import SPECULATION
 from inference.registry import load_model, register_backend
 from inference.speculation import Acceptance, Lookup, Pacer, check_vocabulary, expected_tokens
 from inference.testing import FakeBackend
@@ -223,8 +224,11 @@ def test_options_and_their_builders() -> None:
         LoadConfig(speculative="draft")  # a draft model is named, not asked for
     with pytest.raises(ValueError, match="draft_max"):
         GenerateConfig(draft_max=33)
-    with pytest.raises(ValueError, match="give one"):
-        LoadConfig(draft_model="/tmp/d.gguf", speculative="ngram")
+    assert [
+        LoadConfig(draft_model=d, speculative=s).speculation
+        for d, s in (("", ""), ("", "ngram"), ("/tmp/d.gguf", ""), ("/tmp/d.gguf", "ngram"))
+    ] == ["", "ngram", "draft", "ngram+draft"]
+    assert set(SPECULATION) == {"ngram", "draft", "ngram+draft"}
     with pytest.raises(ValueError, match="turned it off"):
         GenerateConfig(draft_max=4, speculative=False)
 

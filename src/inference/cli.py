@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
             "--speculative",
             default=None,
             choices=("ngram",),
-            help="decode speculatively with guesses copied from the prompt (prompt lookup)",
+            help="decode speculatively with guesses copied from the prompt (prompt lookup; "
+            "with --draft-model too, its guesses come first)",
         )
         p.add_argument(
             "--flash-attention",

@@ -240,8 +240,10 @@ def _pooling(option: str, value: object) -> str:
 #: How a model decodes speculatively (``capabilities.speculative``): "ngram"
 #: copies its guesses from the prompt and the text so far (prompt lookup,
 #: ``speculative="ngram"`` at load); "draft" checks a smaller model's
-#: (``draft_model=``).
-SPECULATION = ("ngram", "draft")
+#: (``draft_model=``); "ngram+draft" both (given both at load): prompt
+#: lookup's guesses first, as llama.cpp orders its kinds, the draft model's
+#: where lookup has none or its guesses do not pay.
+SPECULATION = ("ngram", "draft", "ngram+draft")
 #: The most tokens ``draft_max`` lets one step propose.
 DRAFT_MAX_LIMIT = 32
 
@@ -362,13 +364,6 @@ def _check_together(cfg: GenerateConfig) -> None:
         raise ValueError("draft_max= needs speculation; the call turned it off (speculative=False)")
 
 
-def _check_load(cfg: LoadConfig) -> None:
-    if cfg.draft_model and cfg.speculative:
-        raise ValueError(
-            f"draft_model= and speculative={cfg.speculative!r} both say how to draft; give one"
-        )
-
-
 def _option(default: Any, check: _Check, **kw: Any) -> Any:
     """A config field and its check: the one place an option is defined."""
     if isinstance(default, MappingProxyType):  # unhashable, so a factory
@@ -452,9 +447,10 @@ class LoadConfig:
     ``cache_dir`` a folder where it keeps prompts' KV across restarts (""
     is ``$INFERENCE_KV_CACHE_DIR``, else none), within ``cache_disk_mib``;
     ``draft_model`` a smaller model with the same vocabulary whose guesses
-    the model checks several at a time (speculative decoding), or
+    the model checks several at a time (speculative decoding), and
     ``speculative="ngram"`` guesses copied from the prompt and the text so
-    far (no second model); ``flash_attention`` None leaves the engine's
+    far (no second model; with a draft model too, lookup's guesses come
+    first); ``flash_attention`` None leaves the engine's
     choice of attention kernel, True or False asks for flash attention or
     the plain one (llama.cpp's backends honour it, MLX refuses it, a remote
     server decides for itself). Checked when made, as :class:`GenerateConfig` is.
@@ -479,7 +475,14 @@ class LoadConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
-        _check_load(self)
+
+    @property
+    def speculation(self) -> str:
+        """How the model is to decode speculatively: one of
+        :data:`SPECULATION`, or "" (it is not)."""
+        if self.draft_model:
+            return "ngram+draft" if self.speculative else "draft"
+        return self.speculative
 
 
 Target = Literal["generate", "load"]
@@ -638,7 +641,9 @@ def with_cancel(event: threading.Event | None) -> Option:
 
 def with_speculative(value: str | bool | None) -> Option:
     """Speculative decoding. At load, a str: "ngram" drafts tokens from the
-    prompt and the text so far (a draft model is :func:`with_draft_model`).
+    prompt and the text so far (a draft model is :func:`with_draft_model`;
+    with both, lookup's guesses come first and the draft model's where it
+    has none).
     Per call, a bool: False turns it off, None (the default) speculates as
     the model was loaded to."""
     target: Target = "load" if isinstance(value, str) else "generate"

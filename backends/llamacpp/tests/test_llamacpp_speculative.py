@@ -17,6 +17,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,34 @@ def drafted(target: str) -> Iterator[inference.TextModel]:
     model.close()
 
 
+@pytest.fixture(scope="module")
+def both(target: str) -> Iterator[inference.TextModel]:
+    model = inference.load_model(
+        target,
+        backend="llama_cpp",
+        context_len=512,
+        speculative="ngram",
+        draft_model=smollm2_path(),
+    )
+    yield _checking_every_guess(model)
+    model.close()
+
+
 def _ids(model: inference.TextModel, prompt: str, **options: Any) -> tuple[list[int], Any]:
     stream = model.generate(prompt, max_tokens=options.pop("max_tokens", 48), **options)
     ids = [t.id for t in stream]
     return ids, stream.metrics
 
 
-@pytest.mark.parametrize("kind", ["ngram", "drafted"])
+KINDS = {"ngram": "ngram", "drafted": "draft", "both": "ngram+draft"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_greedy_output_is_the_models_own(
     kind: str, plain: inference.TextModel, request: pytest.FixtureRequest
 ) -> None:
     model = request.getfixturevalue(kind)
-    assert model.capabilities.speculative == ("ngram" if kind == "ngram" else "draft")
+    assert model.capabilities.speculative == KINDS[kind]
     drafted = accepted = 0
     for prompt in PROMPTS:
         alone, _ = _ids(plain, prompt)
@@ -101,7 +118,7 @@ def test_greedy_output_is_the_models_own(
     assert m.drafted_tokens == 0
 
 
-@pytest.mark.parametrize("kind", ["ngram", "drafted"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_seeded_sampling_gives_the_same_tokens(
     kind: str, plain: inference.TextModel, request: pytest.FixtureRequest
 ) -> None:
@@ -118,6 +135,42 @@ def test_seeded_sampling_gives_the_same_tokens(
         assert ids == _ids(plain, PROMPTS[1], **options)[0]
         drafted += m.drafted_tokens
     assert drafted > 0
+
+
+def test_with_both_the_draft_model_guesses_only_where_lookup_has_none(
+    both: inference.TextModel, plain: inference.TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompt lookup's guesses come first (they cost nothing to make): with
+    every guess offered checked, the draft model is asked only in steps
+    where lookup has none, and the tokens are the model's own either way."""
+    from inference.speculation import Lookup
+
+    steps: list[str] = []  # per step: "lookup" (it had guesses), "none", then "draft"
+    lookup_guess = Lookup.guess
+
+    def looked(self: Lookup, tokens: Any, k: int) -> list[int]:
+        out = lookup_guess(self, tokens, k)
+        steps.append("lookup" if out else "none")
+        return out
+
+    drafter = both._scheduler._drafter  # type: ignore[attr-defined]
+    draft_guess = drafter.guess
+
+    def drafted(wants: Any, pacer: Any) -> list[list[int]]:
+        steps.append("draft")
+        out: list[list[int]] = draft_guess(wants, pacer)
+        return out
+
+    monkeypatch.setattr(Lookup, "guess", looked)
+    monkeypatch.setattr(drafter, "guess", drafted)
+    checked = 0
+    for prompt in (PROMPTS[0], PROMPTS[2]):  # one lookup finds much in, one little
+        ids, m = _ids(both, prompt, max_tokens=32)
+        assert ids == _ids(plain, prompt, max_tokens=32)[0]
+        checked += m.drafted_tokens
+    assert checked > 0
+    assert "lookup" in steps and "draft" in steps
+    assert all(before == "none" for before, now in pairwise(steps) if now == "draft")
 
 
 #: How far, in nats, llama.cpp's attention without flash attention moves a
@@ -224,9 +277,12 @@ def test_sampled_tokens_follow_the_models_distribution(
 
 
 def test_stop_strings_max_tokens_and_logprobs_are_unchanged(
-    plain: inference.TextModel, ngram: inference.TextModel, drafted: inference.TextModel
+    plain: inference.TextModel,
+    ngram: inference.TextModel,
+    drafted: inference.TextModel,
+    both: inference.TextModel,
 ) -> None:
-    for model in (ngram, drafted):
+    for model in (ngram, drafted, both):
         for options in (
             {"stop": ["mat, the"], "logprobs": 3},
             {"max_tokens": 1},
@@ -278,9 +334,12 @@ def test_concurrent_streams_each_give_what_they_give_alone(
 
 
 def test_a_cancelled_or_abandoned_stream_leaves_the_model_ready(
-    plain: inference.TextModel, drafted: inference.TextModel, ngram: inference.TextModel
+    plain: inference.TextModel,
+    drafted: inference.TextModel,
+    ngram: inference.TextModel,
+    both: inference.TextModel,
 ) -> None:
-    for model in (drafted, ngram):
+    for model in (drafted, ngram, both):
         stream = model.generate(PROMPTS[0], max_tokens=40)
         it = iter(stream)
         next(it), next(it)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ def drafted(tiny: str) -> Iterator[inference.TextModel]:
         model.close()
 
 
+@pytest.fixture(scope="module")
+def both(tiny: str) -> Iterator[inference.TextModel]:
+    """The tiny model with prompt lookup and itself as the draft."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(speculative, "P_MIN", 0.0)
+        model = inference.load_model(tiny, backend="mlx", speculative="ngram", draft_model=tiny)
+        yield _checking_every_guess(model)
+        model.close()
+
+
 def _ids(model: inference.TextModel, prompt: Any, **options: Any) -> tuple[list[int], Any]:
     if model.capabilities.speculative and options.get("speculative") is not False:
         options.setdefault("draft_max", DRAFT_MAX)
@@ -126,6 +137,66 @@ def test_a_draft_model_gives_the_models_own_tokens(
             total += m.drafted_tokens
             kept += m.accepted_tokens
     assert 0 < kept < total  # some guesses were right, some wrong
+
+
+def test_with_both_the_draft_model_guesses_only_where_lookup_has_none(
+    tiny_plain: inference.TextModel, both: inference.TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompt lookup's guesses come first (they cost nothing to make): with
+    every guess offered checked, the draft model is asked only in steps
+    where lookup has none past the pending token, and the tokens are the
+    model's own either way."""
+    from inference.speculation import Lookup
+
+    assert both.capabilities.speculative == "ngram+draft"
+    steps: list[str] = []  # "lookup" (guesses past the pending token), "none", "draft"
+    lookup_guess = Lookup.guess
+
+    def looked(self: Lookup, tokens: Any, k: int) -> list[int]:
+        out = lookup_guess(self, tokens, k)
+        steps.append("lookup" if len(out) > 1 else "none")
+        return out
+
+    drafter = both._scheduler._drafter  # type: ignore[attr-defined]
+    draft_guess = drafter.guess
+
+    def drafted(tokens: list[int], k: int, pacer: Any) -> list[int]:
+        steps.append("draft")
+        out: list[int] = draft_guess(tokens, k, pacer)
+        return out
+
+    monkeypatch.setattr(Lookup, "guess", looked)
+    monkeypatch.setattr(drafter, "guess", drafted)
+    checked = 0
+    for prompt in TINY:  # the first has no token twice, the second repeats itself
+        for options in ({}, {"temperature": 1.0, "seed": 5}):
+            ids, m = _tiny(both, prompt, **options)
+            assert ids == _tiny(tiny_plain, prompt, **options)[0], options
+            checked += m.drafted_tokens
+    assert checked > 0
+    assert "lookup" in steps and "draft" in steps
+    assert all(before == "none" for before, now in pairwise(steps) if now == "draft")
+
+
+def test_guesses_are_judged_once_the_token_after_them_has_come() -> None:
+    """A step's guesses are judged two steps on: the token sampled in place
+    of a rejected guess is pending (not yet among the sequence's tokens) at
+    the next step, and judged without it, the guess would never count as
+    wrong."""
+    from inference.speculation import Acceptance
+
+    spec = speculative.Speculation("ngram+draft", draft_max=4)
+    fresh = Acceptance()
+    # Step 1 guesses 4, 5, 6 after [1, 2, 3]: 4 and 5 are kept, 9 is sampled
+    # in place of 6 and waits, pending.
+    spec.made.append((spec.draft_acceptance, [4, 5, 6], 3))
+    spec.judge([1, 2, 3, 4, 5])  # step 2: nothing judged yet
+    assert spec.draft_acceptance.rate(True) == fresh.rate(True)
+    spec.judge([1, 2, 3, 4, 5, 9])  # step 3: 9 has come
+    fresh.observe([4, 5, 6], [4, 5, 9])
+    assert spec.draft_acceptance.rate(True) == fresh.rate(True) < 0.5
+    assert spec.acceptance.rate(True) == Acceptance().rate(True)  # lookup's: untouched
+    assert spec.made == spec.judging == []
 
 
 def test_stop_strings_max_tokens_and_logprobs_are_unchanged(

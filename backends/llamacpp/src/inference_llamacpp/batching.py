@@ -137,15 +137,25 @@ class _Slot:
 
 
 class Speculation(speculation.Speculation):
-    """A sequence's speculation, and this step's checked guesses and their
-    batch rows."""
+    """A sequence's speculation, the guesses each source made for this step
+    (checked or not), and the ones checked and their batch rows."""
 
-    __slots__ = ("drafts", "rows")
+    __slots__ = ("draft_guesses", "drafts", "guesses", "rows")
 
-    def __init__(self, *, ngram: bool, draft_max: int) -> None:
-        super().__init__(ngram=ngram, draft_max=draft_max)
-        self.drafts: list[int] = []  # checked this step (a prefix of guesses)
+    def __init__(self, how: str, *, draft_max: int) -> None:
+        super().__init__(how, draft_max=draft_max)
+        self.guesses: list[int] = []  # prompt lookup's, this step
+        self.draft_guesses: list[int] = []  # the draft model's, this step
+        self.drafts: list[int] = []  # checked this step (a prefix of one source's guesses)
         self.rows: list[int] = []  # the batch rows of the drafts' logits
+
+    def observe(self, emitted: Sequence[int]) -> None:
+        """Judge this step's guesses, each source's by its own acceptance,
+        by the tokens the step ``emitted`` (the token sampled after the last
+        guess kept included), then forget them."""
+        self.acceptance.observe(self.guesses, emitted)
+        self.draft_acceptance.observe(self.draft_guesses, emitted)
+        self.guesses, self.draft_guesses = [], []
 
 
 class SeqState:
@@ -594,11 +604,13 @@ class Scheduler(batching.Scheduler):
 
     def _guess(self, decoding: list[batching.Sequence]) -> None:
         """Add guessed continuations of the decoding sequences that speculate
-        to the batch (each drafted token with logits, after the sequence's
+        to the batch (each guessed token with logits, after the sequence's
         last token): as many as :class:`~inference.speculation.Pacer` finds
-        pay, from prompt lookup or the draft model."""
+        pay, from prompt lookup where its guesses pay, else from the draft
+        model."""
         batch = self._batch
-        offers: list[tuple[Speculation, _Slot, int]] = []  # (its speculation, slot, most)
+        looked: list[tuple[Speculation, _Slot, int]] = []  # (its speculation, slot, most)
+        drafting: list[tuple[Speculation, _Slot, int]] = []
         for seq in decoding:
             state = _state(seq)
             spec, slot = state.spec, state.slot
@@ -609,37 +621,45 @@ class Scheduler(batching.Scheduler):
             most = min(spec.draft_max, seq.limit - seq.generated - 1, self._n_ctx - slot.cells - 1)
             if spec.lookup is not None:  # guesses every step, sent or not (see Acceptance)
                 spec.guesses = spec.lookup.guess(slot.tokens, spec.draft_max)
-                most = min(most, len(spec.guesses))
-            else:
-                spec.guesses = []  # a draft model's come below, when asked for
-            if most > 0:
-                offers.append((spec, slot, most))
-        if not offers:
+                if most > 0 and spec.guesses:
+                    looked.append((spec, slot, min(most, len(spec.guesses))))
+            if most > 0 and spec.drafting:
+                drafting.append((spec, slot, most))
+        room = batch.capacity - batch.n
+        if looked:
+            offers = [(spec.acceptance, most) for spec, _, most in looked]
+            k = self._pacer.plan(batch.n, len(decoding), offers, room=room)
+            if k > 0:
+                self._add(
+                    [(spec, slot, spec.guesses[: min(k, most)]) for spec, slot, most in looked]
+                )
+                return
+        if not drafting or self._drafter is None:
             return
-        k = self._pacer.plan(
-            batch.n,
-            len(decoding),
-            [(spec.acceptance, most) for spec, _, most in offers],
-            room=batch.capacity - batch.n,
-            drafting=self._drafter is not None,
-        )
+        offers = [(spec.draft_acceptance, most) for spec, _, most in drafting]
+        k = self._pacer.plan(batch.n, len(decoding), offers, room=room, drafting=True)
         if k <= 0:
             return
-        if self._drafter is not None:
-            wants = [
-                (slot.id, slot.tokens[: slot.cells + 1], min(k, most)) for _, slot, most in offers
-            ]
-            try:
-                drafted = self._drafter.guess(wants, self._pacer)
-            except GenerationError:
-                _log.warning("the draft model failed; this step checks no guesses", exc_info=True)
-                return
-            for (spec, _, _), guesses in zip(offers, drafted, strict=True):
-                spec.guesses = guesses
-        for spec, slot, most in offers:
-            spec.drafts = spec.guesses[: min(k, most)]
+        wants = [
+            (slot.id, slot.tokens[: slot.cells + 1], min(k, most)) for _, slot, most in drafting
+        ]
+        try:
+            drafted = self._drafter.guess(wants, self._pacer)
+        except GenerationError:
+            _log.warning("the draft model failed; this step checks no guesses", exc_info=True)
+            return
+        for (spec, _, _), guesses in zip(drafting, drafted, strict=True):
+            spec.draft_guesses = guesses
+        self._add([(spec, slot, spec.draft_guesses) for spec, slot, _ in drafting])
+
+    def _add(self, checked: list[tuple[Speculation, _Slot, list[int]]]) -> None:
+        """Put each sequence's guesses to check into the batch, after its
+        last token."""
+        batch = self._batch
+        for spec, slot, drafts in checked:
+            spec.drafts = drafts
             spec.rows = []
-            for i, tok in enumerate(spec.drafts):
+            for i, tok in enumerate(drafts):
                 spec.rows.append(batch.n)
                 batch.add(tok, slot.cells + 1 + i, slot.id, True)
 
@@ -703,8 +723,7 @@ class Scheduler(batching.Scheduler):
             accepted = max(len(emitted) - 1, 0)
             if accepted < len(drafts):
                 lc.llama_memory_seq_rm(self._mem, slot.id, slot.cells, -1)
-        spec.acceptance.observe(spec.guesses, emitted)
-        spec.guesses = []
+        spec.observe(emitted)
         if drafts:
             control = seq.control
             control.drafted_tokens += len(drafts)

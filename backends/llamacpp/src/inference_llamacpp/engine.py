@@ -238,8 +238,8 @@ class LlamaCppModel(ScoringTextModel):
         # A sliding-window model's window layers keep only their window's
         # cells, as llama.cpp's server does (Gemma 3: a sixth of the KV);
         # the prefix cache checkpoints its prompts instead of trimming them.
-        #: Speculative decoding: "ngram", "draft" (a draft model) or "".
-        self._speculation = "draft" if cfg.draft_model else cfg.speculative
+        #: Speculative decoding: one of inference.options.SPECULATION, or "".
+        self._speculation = cfg.speculation
         if self._speculation and (
             lc.llama_model_is_recurrent(self._model) or lc.llama_model_is_hybrid(self._model)
         ):
@@ -488,9 +488,7 @@ class LlamaCppModel(ScoringTextModel):
                 lc.llama_sampler_accept(sampler, t)
         spec = None
         if self._speculation and cfg.speculative is not False:
-            spec = Speculation(
-                ngram=self._speculation == "ngram", draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX
-            )
+            spec = Speculation(self._speculation, draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX)
         yield from scheduler.generate(
             ids,
             control,

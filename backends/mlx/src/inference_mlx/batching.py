@@ -18,11 +18,12 @@ steps every sequence it holds, so it pauses only when every reader is
 model's engine thread that ends when no stream is left, so that the model's
 other calls run between batches.
 
-A sequence that speculates (``speculative="ngram"`` or ``draft_model=``)
-has its guesses checked in the steps where it decodes alone: such a step is
-:func:`inference_mlx.speculative.step`, on the generator's batch, with as
-many guesses as :class:`inference.speculation.Pacer` finds pay (none where
-none do); with others beside it, the generator's own step runs.
+A sequence that speculates (``speculative="ngram"``, ``draft_model=``, or
+both) has its guesses checked in the steps where it decodes alone: such a
+step is :func:`inference_mlx.speculative.step`, on the generator's batch,
+with as many guesses as :class:`inference.speculation.Pacer` finds pay
+(none where none do), prompt lookup's where they pay, else the draft
+model's; with others beside it, the generator's own step runs.
 
 The hand-over between the loop and the streams' readers is
 :class:`inference.batching.Scheduler`'s.
@@ -308,21 +309,22 @@ class Scheduler(batching.Scheduler):
         if seq is None or spec is None:
             return None
         history: list[int] = batch.tokens[0]  # in the cache; the pending token follows
-        if spec.guesses:  # the last step's guesses against the tokens that came
-            spec.acceptance.observe(spec.guesses, history[spec.at :])
+        spec.judge(history)
         # Never past max_tokens: the pending token comes anyway.
         most = min(spec.draft_max, batch.max_tokens[0] - batch._num_tokens[0] - 1)
-        # Prompt lookup guesses every step, checked or not (see Acceptance):
-        # from the tokens in the cache, so its first guess is of the pending one.
-        spec.guesses, spec.at = [], len(history)
-        if spec.lookup is not None:
-            spec.guesses = spec.lookup.guess(history, spec.draft_max + 1)
-            most = min(most, len(spec.guesses) - 1)
-        drafter = self._drafter
-        k = 0
-        if most > 0:
-            offer = [(spec.acceptance, most)]
-            k = self._pacer.plan(1, 1, offer, room=most, drafting=drafter is not None)
+        k, looked = 0, list[int]()
+        if spec.lookup is not None and most > 0:
+            # Prompt lookup guesses every step, checked or not (see
+            # Acceptance): from the tokens in the cache, so its first guess
+            # is of the pending token.
+            looked = spec.lookup.guess(history, spec.draft_max + 1)
+            spec.made.append((spec.acceptance, looked, len(history)))
+            if len(looked) > 1:
+                offer = [(spec.acceptance, min(most, len(looked) - 1))]
+                k = self._pacer.plan(1, 1, offer, room=most)
+        drafter = self._drafter if k == 0 and spec.drafting else None
+        if drafter is not None and most > 0:
+            k = self._pacer.plan(1, 1, [(spec.draft_acceptance, most)], room=most, drafting=True)
         self._plain = (self._plain + 1) % TIMED_EVERY if k == 0 else 0
         if k == 0 and self._plain != 1:
             return None
@@ -331,17 +333,16 @@ class Scheduler(batching.Scheduler):
             if k > 0:
                 pending = int(batch._next_tokens[0].item())
                 tokens = [*history, pending]
-                if spec.lookup is not None:
-                    if spec.guesses[0] == pending:
-                        sent = spec.guesses[1 : 1 + k]
-                    else:
-                        sent = spec.lookup.guess(tokens, k)
-                elif drafter is not None:
+                if drafter is None:  # prompt lookup's, made again if the first was wrong
+                    assert spec.lookup is not None
+                    right = looked[0] == pending
+                    sent = looked[1 : 1 + k] if right else spec.lookup.guess(tokens, k)
+                else:
                     try:
                         sent = drafter.guess(tokens, k, self._pacer)
                     except GenerationError:
                         _log.warning("the draft model failed; this step checks none", exc_info=True)
-                    spec.guesses, spec.at = sent, len(tokens)
+                    spec.made.append((spec.draft_acceptance, sent, len(tokens)))
             start = time.perf_counter()
             responses = speculative.step(batch, sent)
             self._pacer.record(1 + len(sent), time.perf_counter() - start)

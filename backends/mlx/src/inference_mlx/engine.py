@@ -118,8 +118,8 @@ class MlxModel(ScoringTextModel):
         self._cpu_only = loaded.cpu_only
         self._mx_stream: Any = None  # made on first use
         self._last_token_pooling = loaded.cfg.pooling == "last"
-        #: Speculative decoding: "ngram", "draft" (a draft model) or "".
-        self._speculation = "draft" if draft is not None else loaded.cfg.speculative
+        #: Speculative decoding: one of inference.options.SPECULATION, or "".
+        self._speculation = loaded.cfg.speculation
         drafter = Drafter(draft, prefill_step_size=PREFILL_STEP_SIZE) if draft else None
         assert self._engine is not None
         self._scheduler = Scheduler(
@@ -156,7 +156,7 @@ class MlxModel(ScoringTextModel):
             )
         if not cfg.draft_model:
             return cls(loaded)
-        plain = replace(cfg, draft_model="", adapter_path="", cache_dir="")
+        plain = replace(cfg, draft_model="", speculative="", adapter_path="", cache_dir="")
         draft = loading.load(cfg.draft_model, plain, device=device)
         check_vocabulary(
             tokens_by_id(loading.vocabulary(_unwrap(loaded.wrapper))),
@@ -244,9 +244,7 @@ class MlxModel(ScoringTextModel):
         stop_ids = self._eog_ids | frozenset(cfg.stop_tokens)
         spec = None
         if self._speculation and cfg.speculative is not False:
-            spec = Speculation(
-                ngram=self._speculation == "ngram", draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX
-            )
+            spec = Speculation(self._speculation, draft_max=cfg.draft_max or DEFAULT_DRAFT_MAX)
         state = SeqState(cfg, spec)
         yield from self._scheduler.generate(
             ids, control, limit=limit, stop_ids=stop_ids, logprobs=cfg.logprobs, state=state

@@ -52,15 +52,25 @@ _BATCH_STATE = (
 
 
 class Speculation(speculation.Speculation):
-    """A sequence's speculation, and where in its tokens its last guesses
-    were made from (they are compared with the tokens that came at the next
-    step)."""
+    """A sequence's speculation, and the guesses it made at its last two
+    steps, each with the acceptance that judges it and where in the tokens
+    it begins: a step's guesses are judged two steps on, when the token
+    sampled after the last one checked (pending until a step decodes it)
+    is among the tokens."""
 
-    __slots__ = ("at",)
+    __slots__ = ("judging", "made")
 
-    def __init__(self, *, ngram: bool, draft_max: int) -> None:
-        super().__init__(ngram=ngram, draft_max=draft_max)
-        self.at = 0
+    def __init__(self, how: str, *, draft_max: int) -> None:
+        super().__init__(how, draft_max=draft_max)
+        self.made: list[tuple[speculation.Acceptance, list[int], int]] = []  # this step's
+        self.judging: list[tuple[speculation.Acceptance, list[int], int]] = []  # the last's
+
+    def judge(self, tokens: list[int]) -> None:
+        """Judge the guesses made two steps before by ``tokens`` (the
+        sequence's, every one decoded), and move the last step's up."""
+        for acceptance, guesses, at in self.judging:
+            acceptance.observe(guesses, tokens[at:])
+        self.judging, self.made = self.made, []
 
 
 def unable(model: Any) -> str:
