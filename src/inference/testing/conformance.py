@@ -69,6 +69,12 @@ class TextModelConformance:
     #: How far ``score()`` may be from the streamed log-probabilities of the
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
+    #: For a model set to check every guess it is offered: prompts on which
+    #: it checks some and keeps some within twice ``max_tokens`` tokens, each
+    #: source of guesses it has its own
+    #: (prompt lookup's a prompt that repeats itself, a draft model's one
+    #: it is sure how to go on with); () checks only the output's equality.
+    guessing_prompts: ClassVar[tuple[str, ...]] = ()
     _model: ClassVar[TextModel | None] = None
 
     @classmethod
@@ -496,6 +502,11 @@ class TextModelConformance:
             assert m is not None and m_off is not None
             assert 0 <= m.accepted_tokens <= m.drafted_tokens
             assert m_off.drafted_tokens == m_off.accepted_tokens == 0
+        for prompt in self.guessing_prompts:
+            stream = self.model.generate(prompt, max_tokens=2 * self.max_tokens)
+            assert stream.text()
+            m = stream.metrics
+            assert m is not None and 0 < m.accepted_tokens <= m.drafted_tokens, prompt
 
     # -- errors, metrics, lifecycle ---------------------------------------------
 
