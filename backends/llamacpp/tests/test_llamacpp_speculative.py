@@ -419,6 +419,29 @@ def test_generation_errors_are_not_swallowed(ngram: inference.TextModel) -> None
     assert _ids(ngram, PROMPTS[0], max_tokens=2)[0]
 
 
+def test_the_draft_models_catching_up_is_timed_for_the_pacer(
+    drafted: inference.TextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before it guesses, the draft model catches up with the sequence (many
+    tokens after a run of prompt lookup's guesses): that decode, which
+    gives its first guess, is timed as a draft decode. With one guess a
+    step it is the only one."""
+    from inference.speculation import Pacer
+
+    drafts: list[int] = []
+    record = Pacer.record
+
+    def timed(self: Pacer, width: int, seconds: float, *, draft: bool = False) -> None:
+        if draft:
+            drafts.append(width)
+        record(self, width, seconds, draft=draft)
+
+    monkeypatch.setattr(Pacer, "record", timed)
+    ids, m = _ids(drafted, PROMPTS[1], max_tokens=8, draft_max=1)
+    assert ids and m.drafted_tokens > 0
+    assert len(drafts) >= m.drafted_tokens and set(drafts) == {1}
+
+
 def test_a_thread_probes_decodes_are_not_timed_for_the_pacer(
     ngram: inference.TextModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -99,10 +99,14 @@ class Drafter:
         """For each ``(slot, tokens, k)``, up to ``k`` greedy guesses of what
         follows ``tokens`` (the target slot's, its last sampled token
         included), in one decode per guess for all of them; each decode's
-        time goes to ``pacer``."""
+        time goes to ``pacer``, the first's with the catching up it took
+        (a stream behind by many tokens, as after a run of prompt lookup's
+        guesses, makes the draft model's guesses dearer)."""
         batch = self._batch
         assert batch is not None
+        start = time.perf_counter()
         rows = self._catch_up(wants)
+        pacer.record(sum(1 for *_, k in wants if k > 0), time.perf_counter() - start, draft=True)
         out: list[list[int]] = [[] for _ in wants]
         going = [i for i, (_, _, k) in enumerate(wants) if k > 0]
         while going:
@@ -157,7 +161,7 @@ class Drafter:
             batch.clear()
             for slot, p, t in body[start : min(start + batch.capacity, cut)]:
                 batch.add(t, p, slot, False)
-            self._decode(None, width=0)
+            self._decode(None)
         batch.clear()
         for slot, p, t in body[cut:]:
             batch.add(t, p, slot, False)
@@ -165,10 +169,10 @@ class Drafter:
             rows[i] = batch.n
             batch.add(t, p, slot, True)
         if batch.n:
-            self._decode(None, width=0)
+            self._decode(None)
         return rows
 
-    def _decode(self, pacer: Pacer | None, *, width: int) -> None:
+    def _decode(self, pacer: Pacer | None, *, width: int = 0) -> None:
         batch = self._batch
         assert batch is not None
         batch.raw.n_tokens = batch.n

@@ -193,10 +193,14 @@ class Drafter:
     def guess(self, tokens: list[int], k: int, pacer: Pacer) -> list[int]:
         """Up to ``k`` greedy guesses of what follows ``tokens``, stopping
         where the draft's most likely token falls below :data:`P_MIN`; each
-        decode's time goes to ``pacer``."""
+        decode's time goes to ``pacer``, the first's with the catching up it
+        took (a cache behind by many tokens, as after a run of prompt
+        lookup's guesses, makes the draft model's guesses dearer)."""
         import mlx.core as mx
 
+        start = time.perf_counter()
         logits = self._catch_up(tokens)
+        pacer.record(1, time.perf_counter() - start, draft=True)
         out: list[int] = []
         while True:
             probs = mx.softmax(logits.astype(mx.float32), axis=-1)
