@@ -70,10 +70,10 @@ class TextModelConformance:
     #: same tokens (engines batch differently when scoring).
     logprob_tolerance: ClassVar[float] = 1e-3
     #: For a model set to check every guess it is offered: prompts on which
-    #: it checks some and keeps some within twice ``max_tokens`` tokens, each
-    #: source of guesses it has its own
-    #: (prompt lookup's a prompt that repeats itself, a draft model's one
-    #: it is sure how to go on with); () checks only the output's equality.
+    #: it checks some and keeps some within twice ``max_tokens`` tokens, one
+    #: for each source of guesses it has (prompt lookup's a prompt that
+    #: repeats itself, a draft model's one it is sure how to go on with);
+    #: () checks only that the output is unchanged.
     guessing_prompts: ClassVar[tuple[str, ...]] = ()
     _model: ClassVar[TextModel | None] = None
 

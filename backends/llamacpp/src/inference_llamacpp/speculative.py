@@ -104,11 +104,12 @@ class Drafter:
         guesses, makes the draft model's guesses dearer)."""
         batch = self._batch
         assert batch is not None
+        going = [i for i, (_, _, k) in enumerate(wants) if k > 0]
         start = time.perf_counter()
         rows = self._catch_up(wants)
-        pacer.record(sum(1 for *_, k in wants if k > 0), time.perf_counter() - start, draft=True)
+        if going:
+            pacer.record(len(going), time.perf_counter() - start, draft=True)
         out: list[list[int]] = [[] for _ in wants]
-        going = [i for i, (_, _, k) in enumerate(wants) if k > 0]
         while going:
             batch.clear()
             still = []
