@@ -16,8 +16,9 @@ much less than ``1 + k`` single ones, and a draft model's guesses cost less
 than the target's own decodes. So the bound it prints: a draft model
 (``--draft``) guessing ``k`` tokens a step, every guess right, costs ``k`` of
 its single decodes and one target decode of ``1 + k`` tokens, and emits
-``1 + k`` tokens; the best ratio over ``k`` against the target's single
-decodes is the most any acceptance rate can give. Prompt lookup's guesses
+``1 + k`` tokens; the best ratio over the ``k`` measured (1, 3, 7 and 15)
+against the target's single decodes is the most any acceptance rate can
+give there. Prompt lookup's guesses
 cost nothing to make, so its bound counts the target's decodes alone.
 Check the machine's load first (``uptime``).
 """
